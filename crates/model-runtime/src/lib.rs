@@ -1,0 +1,13 @@
+//! Where model weights come from and where they run.
+//!
+//! - [`source`]: a model named by a local path or a Hugging Face repo id, resolved to files on
+//!   local disk. Hub repos are fetched with `hf-hub` into the standard Hugging Face cache (with a
+//!   progress bar); when the hub cannot be reached and the files are not cached, the error says
+//!   exactly what to download and where to put it.
+//! - [`device`]: the compute device (CPU, or CUDA with the `cuda` feature) parsed from config.
+
+pub mod device;
+pub mod source;
+
+pub use device::{DeviceChoice, DeviceError};
+pub use source::{HubOptions, ModelSource, ResolvedModel, SourceError};
