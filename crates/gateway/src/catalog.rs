@@ -1,0 +1,79 @@
+//! The models the llm service serves, fetched through ListModels and reused for a short while.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::llm::{BackendError, LlmBackend, ModelEntry};
+
+/// A briefly cached view of the service's model list. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct ModelCatalog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    llm: LlmBackend,
+    ttl: Duration,
+    /// The last successful list. A std lock: held only to copy an `Arc` in or out, never
+    /// across an await.
+    cached: RwLock<Option<(Instant, Arc<[ModelEntry]>)>>,
+    /// Held across the fetch, so concurrent misses make one ListModels call, not one each.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl ModelCatalog {
+    pub(crate) fn new(llm: LlmBackend, ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                llm,
+                ttl,
+                cached: RwLock::new(None),
+                refresh: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The current list, from cache when fresh.
+    pub(crate) async fn models(&self) -> Result<Arc<[ModelEntry]>, BackendError> {
+        if let Some(models) = self.fresh() {
+            return Ok(models);
+        }
+        let _refreshing = self.inner.refresh.lock().await;
+        if let Some(models) = self.fresh() {
+            return Ok(models);
+        }
+        let models: Arc<[ModelEntry]> = self.inner.llm.list_models().await?.into();
+        *self.write() = Some((Instant::now(), Arc::clone(&models)));
+        Ok(models)
+    }
+
+    /// Whether the last list fetched had this id. Never calls the service: used for metric
+    /// labels, where a stale answer is fine and a network call is not.
+    pub(crate) fn is_known(&self, id: &str) -> bool {
+        self.read()
+            .as_ref()
+            .is_some_and(|(_, models)| models.iter().any(|m| m.id == id))
+    }
+
+    fn fresh(&self) -> Option<Arc<[ModelEntry]>> {
+        match &*self.read() {
+            Some((at, models)) if at.elapsed() < self.inner.ttl => Some(Arc::clone(models)),
+            _ => None,
+        }
+    }
+
+    // A poisoned lock only means a panic while swapping an Option; the data is still whole.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<(Instant, Arc<[ModelEntry]>)>> {
+        self.inner
+            .cached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<(Instant, Arc<[ModelEntry]>)>> {
+        self.inner
+            .cached
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,226 @@
+//! Request extractors whose failures come out in our error envelope.
+
+use std::convert::Infallible;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The request id header, read from clients and echoed back (tower-http sets it when absent).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// `Json` whose rejections are [`ApiError`]s: a wrong content type, malformed JSON and wrong
+/// field types are 400s naming the field at fault, and a body over the limit is a 413.
+#[derive(Debug)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::invalid_request(
+                "Expected a JSON body with `Content-Type: application/json`.",
+            ));
+        }
+        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: limit.unwrap_or_default(),
+                }
+            } else {
+                ApiError::invalid_request(format!(
+                    "Could not read the request body: {}",
+                    rejection.body_text()
+                ))
+            }
+        })?;
+        parse_json(&bytes).map(AppJson)
+    }
+}
+
+/// The configured body limit, put in request extensions so the 413 message can state it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a body, naming the field at fault in the error (`messages[0].content`).
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::invalid_request(format!(
+                "We could not parse the JSON body of your request: {inner}."
+            ));
+        }
+        let message = inner.to_string();
+        let param = param_of(&path, &message);
+        ApiError::InvalidRequest {
+            message: match &param {
+                Some(param) => format!("Invalid value for `{param}`: {}", strip_position(&message)),
+                None => format!("Invalid request body: {}", strip_position(&message)),
+            },
+            param,
+        }
+    })?;
+    deserializer.end().map_err(|err| {
+        ApiError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {err}."
+        ))
+    })?;
+    Ok(value)
+}
+
+/// The field an error is about: the path serde reached, completed by the field name of a
+/// "missing field" error (which serde reports at the enclosing object).
+fn param_of(path: &str, message: &str) -> Option<String> {
+    let path = if path == "." { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        ("", None) => None,
+        ("", Some(field)) => Some(field.to_owned()),
+        (path, Some(field)) => Some(format!("{path}.{field}")),
+        (path, None) => Some(path.to_owned()),
+    }
+}
+
+/// serde_json appends " at line L column C", which says nothing once the param is named.
+fn strip_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    }
+}
+
+/// The request's id, as set or propagated by the request-id layer.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let id = parts
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            // Only when the request-id layer is not installed (unit tests of handlers).
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Ok(RequestId(id))
+    }
+}
+
+/// Longest client-supplied request id we keep; longer or non-printable ones are replaced, since
+/// the id goes into logs, traces and the service's request.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Drops a client `x-request-id` unfit to log, so the request-id layer generates a fresh one.
+pub(crate) async fn sanitize_request_id(mut req: Request) -> Request {
+    let unfit = req.headers().get(REQUEST_ID_HEADER).is_some_and(|v| {
+        v.len() > MAX_REQUEST_ID_LEN
+            || v.is_empty()
+            || !v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    });
+    if unfit {
+        req.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Outer {
+        model: String,
+        temperature: Option<f64>,
+        messages: Vec<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        role: String,
+        content: String,
+    }
+
+    fn error_of(body: &str) -> (String, Option<String>) {
+        match parse_json::<Outer>(body.as_bytes()).unwrap_err() {
+            ApiError::InvalidRequest { message, param } => (message, param),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_named_as_such() {
+        let (message, param) = error_of("{\"model\": ");
+        assert!(message.contains("could not parse the JSON"), "{message}");
+        assert_eq!(param, None);
+        let (message, _) = error_of("{\"model\":\"m\",\"messages\":[]} trailing");
+        assert!(message.contains("could not parse the JSON"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let (message, param) = error_of(r#"{"model":"m","temperature":"hot","messages":[]}"#);
+        assert_eq!(param.as_deref(), Some("temperature"));
+        assert!(message.contains("invalid type"), "{message}");
+        assert!(!message.contains("line"), "{message}");
+        let (_, param) = error_of(r#"{"model":"m","messages":[{"role":"user","content":3}]}"#);
+        assert_eq!(param.as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let (_, param) = error_of(r#"{"messages":[]}"#);
+        assert_eq!(param.as_deref(), Some("model"));
+        let (_, param) = error_of(r#"{"model":"m","messages":[{"role":"user"}]}"#);
+        assert_eq!(param.as_deref(), Some("messages[0].content"));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/vnd.api+json"));
+        assert!(!with("text/plain"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

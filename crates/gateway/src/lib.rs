@@ -1,0 +1,184 @@
+//! The HTTP edge of Passerelle: OpenAI-compatible routes in front of the model services, which it
+//! reaches only through their gRPC clients.
+//!
+//! Start with [`GatewayConfig`] and [`AppState::new`], then either mount [`app`] yourself or call
+//! [`serve`] with a bound listener and a shutdown future. Inside: [`config`] (what can be tuned),
+//! [`state`] (the handles every handler shares), [`auth`] (API keys as the [`Principal`]
+//! extractor), [`error`] (the one OpenAI error envelope), [`extract`] (JSON and request-id
+//! extractors that reject in that envelope), [`openai`] (request and response shapes, validation,
+//! conversion to the llm contract), [`llm`] (the domain client of the llm service), `generation`
+//! (one generation, timed and collected), `sse` (streaming with cancellation on disconnect),
+//! `catalog` (the cached model list), [`metrics`] (Prometheus), `admission` (the concurrency
+//! bound) and `routes` (the handlers).
+
+mod admission;
+pub mod auth;
+mod body;
+mod catalog;
+pub mod config;
+pub mod error;
+pub mod extract;
+mod generation;
+pub mod llm;
+pub mod metrics;
+pub mod openai;
+mod routes;
+mod sse;
+pub mod state;
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderName;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub use auth::Principal;
+pub use config::GatewayConfig;
+pub use error::ApiError;
+pub use metrics::GatewayMetrics;
+pub use state::{AppState, GatewayError};
+
+use extract::{BodyLimit, REQUEST_ID_HEADER};
+
+/// The gateway's router, with every route and middleware, ready to serve.
+///
+/// `/v1/*` needs an API key (see [`Principal`]) and counts against the concurrency bound;
+/// `/health/live`, `/health/ready` and `/metrics` need neither.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().body_limit_bytes;
+    let v1 = Router::new()
+        .route("/v1/models", get(routes::models::list))
+        .route("/v1/models/{*id}", get(routes::models::get))
+        .route("/v1/chat/completions", post(routes::chat::create))
+        .route("/v1/completions", post(routes::completions::create))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ));
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    Router::new()
+        .merge(v1)
+        .route("/health/live", get(routes::health::live))
+        .route("/health/ready", get(routes::health::ready))
+        .route("/metrics", get(routes::metrics::render))
+        .fallback(routes::not_found)
+        // Applies to the routes added above, so it must come after them.
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(BodyLimit(body_limit)))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(extract::sanitize_request_id))
+        .with_state(state)
+}
+
+/// The span every request runs in. It names the route template, not the raw path, and never
+/// headers: `Authorization` must not reach the logs. `key_id` is filled in by [`Principal`].
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http_request",
+        method = %req.method(),
+        route,
+        request_id,
+        key_id = tracing::field::Empty,
+    );
+    passerelle_telemetry::propagation::set_parent_from(&span, req.headers());
+    span
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting connections and
+/// lets in-flight requests and streams finish for up to `shutdown_grace` before closing them
+/// (which cancels their generations).
+///
+/// ```no_run
+/// # async fn example(state: passerelle_gateway::AppState) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let server = tokio::spawn(passerelle_gateway::serve(listener, state, async {
+///     let _ = stopped.await;
+/// }));
+/// // ... talk to http://{addr} ...
+/// let _ = stop.send(());
+/// server.await??;
+/// # Ok(()) }
+/// ```
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    warn_if_open(&state).await;
+    let grace = state.config().shutdown_grace;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, llm = %state.config().llm_endpoint, "gateway listening");
+    }
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result,
+        _ = on_signal => {}
+    }
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    drain(server, grace).await
+}
+
+async fn drain(
+    server: impl Future<Output = std::io::Result<()>>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("drain deadline passed; closing the remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// An open gateway must never go unnoticed.
+async fn warn_if_open(state: &AppState) {
+    if state.config().require_auth {
+        return;
+    }
+    match state.keys().has_any_keys().await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "NO API KEYS ARE CONFIGURED: /v1 is open to anyone who can reach this address. \
+             Create a key or set require_auth to close it."
+        ),
+        Err(err) => tracing::error!(error = %err, "could not read the key store"),
+    }
+}

@@ -1,0 +1,246 @@
+//! The gateway's Prometheus metrics and the middleware that records per-request ones.
+//!
+//! Labels come from closed sets only: the route template (`/v1/models/{id}`, or `unmatched`),
+//! a model id the llm service reported (else `unknown`, or `none` for routes without a model),
+//! and the status class (`2xx`, `4xx`, `5xx`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use passerelle_telemetry::metrics::{INTER_TOKEN_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::body::attach_to_body;
+
+/// Model label for routes that do not name a model.
+const NO_MODEL: &str = "none";
+/// Model label for a model the service did not confirm it serves.
+pub(crate) const UNKNOWN_MODEL: &str = "unknown";
+
+/// The model a response was for, put in its extensions by generation handlers so the request
+/// metrics can carry it. Only ever a model id the service reported, or [`UNKNOWN_MODEL`].
+#[derive(Debug, Clone)]
+pub(crate) struct ModelLabel(pub String);
+
+/// Handles on the gateway's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    in_flight: IntGauge,
+    time_to_first_token: HistogramVec,
+    inter_token_latency: HistogramVec,
+    prompt_tokens: IntCounterVec,
+    completion_tokens: IntCounterVec,
+}
+
+impl GatewayMetrics {
+    /// Creates the gateway's metrics and registers them on `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+        };
+        let inner = Inner {
+            requests: IntCounterVec::new(
+                Opts::new("passerelle_http_requests_total", "HTTP requests answered."),
+                &["route", "model", "status"],
+            )?,
+            request_duration: histogram(
+                "passerelle_http_request_duration_seconds",
+                "Time from request to the end of the response body (streams included).",
+                REQUEST_BUCKETS,
+                &["route", "status"],
+            )?,
+            in_flight: IntGauge::new(
+                "passerelle_http_requests_in_flight",
+                "HTTP requests being handled or streaming.",
+            )?,
+            time_to_first_token: histogram(
+                "passerelle_time_to_first_token_seconds",
+                "Time from request to the first generated token.",
+                TTFT_BUCKETS,
+                &["model"],
+            )?,
+            inter_token_latency: histogram(
+                "passerelle_inter_token_latency_seconds",
+                "Time between consecutive token deliveries of one generation.",
+                INTER_TOKEN_BUCKETS,
+                &["model"],
+            )?,
+            prompt_tokens: IntCounterVec::new(
+                Opts::new("passerelle_prompt_tokens_total", "Prompt tokens processed."),
+                &["model"],
+            )?,
+            completion_tokens: IntCounterVec::new(
+                Opts::new("passerelle_completion_tokens_total", "Tokens generated."),
+                &["model"],
+            )?,
+        };
+        registry.register(Box::new(inner.requests.clone()))?;
+        registry.register(Box::new(inner.request_duration.clone()))?;
+        registry.register(Box::new(inner.in_flight.clone()))?;
+        registry.register(Box::new(inner.time_to_first_token.clone()))?;
+        registry.register(Box::new(inner.inter_token_latency.clone()))?;
+        registry.register(Box::new(inner.prompt_tokens.clone()))?;
+        registry.register(Box::new(inner.completion_tokens.clone()))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub(crate) fn prompt_tokens(&self, model: &str, tokens: u32) {
+        self.inner
+            .prompt_tokens
+            .with_label_values(&[model])
+            .inc_by(u64::from(tokens));
+    }
+
+    pub(crate) fn completion_tokens(&self, model: &str, tokens: u32) {
+        self.inner
+            .completion_tokens
+            .with_label_values(&[model])
+            .inc_by(u64::from(tokens));
+    }
+
+    pub(crate) fn time_to_first_token(&self, model: &str, elapsed: Duration) {
+        self.inner
+            .time_to_first_token
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn inter_token_latency(&self, model: &str, elapsed: Duration) {
+        self.inner
+            .inter_token_latency
+            .with_label_values(&[model])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Counts a request when its response head is ready, and times it until its body is done
+/// (or dropped, when the client goes away mid-stream).
+pub(crate) async fn track(
+    State(metrics): State<GatewayMetrics>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let in_flight = InFlight::enter(&metrics);
+
+    let response = next.run(req).await;
+
+    let status = status_class(response.status().as_u16());
+    let model = response
+        .extensions()
+        .get::<ModelLabel>()
+        .map_or(NO_MODEL, |label| label.0.as_str());
+    metrics
+        .inner
+        .requests
+        .with_label_values(&[&route, model, status])
+        .inc();
+    let timer = BodyTimer {
+        metrics: metrics.clone(),
+        route,
+        status,
+        started,
+        _in_flight: in_flight,
+    };
+    attach_to_body(response, timer)
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Holds the in-flight gauge up while a request is handled or its body is streaming.
+struct InFlight(GatewayMetrics);
+
+impl InFlight {
+    fn enter(metrics: &GatewayMetrics) -> Self {
+        metrics.inner.in_flight.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inner.in_flight.dec();
+    }
+}
+
+/// Observes the request duration when the response body is dropped: after its last byte, or
+/// when the client disconnected.
+struct BodyTimer {
+    metrics: GatewayMetrics,
+    route: String,
+    status: &'static str,
+    started: Instant,
+    _in_flight: InFlight,
+}
+
+impl Drop for BodyTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .inner
+            .request_duration
+            .with_label_values(&[self.route.as_str(), self.status])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_every_metric_once() {
+        let registry = Registry::new();
+        let metrics = GatewayMetrics::register(&registry).unwrap();
+        metrics.prompt_tokens("m", 3);
+        metrics.completion_tokens("m", 4);
+        metrics.time_to_first_token("m", Duration::from_millis(20));
+        metrics.inter_token_latency("m", Duration::from_millis(20));
+        let text = passerelle_telemetry::metrics::encode_text(&registry);
+        for name in [
+            "passerelle_prompt_tokens_total{model=\"m\"} 3",
+            "passerelle_completion_tokens_total{model=\"m\"} 4",
+            "passerelle_time_to_first_token_seconds_bucket",
+            "passerelle_inter_token_latency_seconds_bucket",
+            "passerelle_http_requests_in_flight 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(
+            GatewayMetrics::register(&registry).is_err(),
+            "double registration must fail"
+        );
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(200), "2xx");
+        assert_eq!(status_class(404), "4xx");
+        assert_eq!(status_class(503), "5xx");
+    }
+}

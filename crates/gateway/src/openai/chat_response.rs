@@ -1,0 +1,274 @@
+//! Chat completion responses (`chat.completion`) and stream chunks (`chat.completion.chunk`).
+
+use axum::response::sse::Event;
+use serde::Serialize;
+
+use super::logprobs::ChatLogprobs;
+use super::{ResponseMeta, UsageOut, chunk_usage};
+use crate::generation::Collected;
+use crate::llm::{Delta, Finished, Usage};
+use crate::sse::{ChunkEncoder, json_event};
+
+/// A whole chat completion.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion {
+    #[serde(flatten)]
+    meta: ResponseMeta,
+    object: &'static str,
+    choices: Vec<ChatChoice>,
+    usage: UsageOut,
+}
+
+#[derive(Debug, Serialize)]
+struct ChatChoice {
+    index: u32,
+    message: AssistantMessage,
+    logprobs: Option<ChatLogprobs>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct AssistantMessage {
+    role: &'static str,
+    content: String,
+}
+
+impl ChatCompletion {
+    pub(crate) fn new(meta: ResponseMeta, collected: Collected, logprobs: bool) -> Self {
+        let choices = collected
+            .choices
+            .into_iter()
+            .zip(0..)
+            .map(|(choice, index)| ChatChoice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: choice.text,
+                },
+                logprobs: logprobs.then(|| ChatLogprobs::from_tokens(choice.logprobs)),
+                finish_reason: choice.finish_reason.map(|r| r.as_openai()),
+            })
+            .collect();
+        ChatCompletion {
+            meta,
+            object: "chat.completion",
+            choices,
+            usage: collected.usage.into(),
+        }
+    }
+}
+
+/// One `chat.completion.chunk`.
+#[derive(Debug, Serialize)]
+struct ChatChunk<'a> {
+    #[serde(flatten)]
+    meta: &'a ResponseMeta,
+    object: &'static str,
+    choices: Vec<ChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageOut>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChunkChoice {
+    index: u32,
+    delta: ChunkDelta,
+    logprobs: Option<ChatLogprobs>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ChunkDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+}
+
+/// Encodes a chat stream.
+pub(crate) struct ChatChunks {
+    meta: ResponseMeta,
+    include_usage: bool,
+    logprobs: bool,
+}
+
+impl ChatChunks {
+    pub(crate) fn new(meta: ResponseMeta, include_usage: bool, logprobs: bool) -> Self {
+        Self {
+            meta,
+            include_usage,
+            logprobs,
+        }
+    }
+
+    fn chunk(&self, choices: Vec<ChunkChoice>) -> Event {
+        json_event(&ChatChunk {
+            meta: &self.meta,
+            object: "chat.completion.chunk",
+            choices,
+            usage: chunk_usage(self.include_usage),
+        })
+    }
+}
+
+impl ChunkEncoder for ChatChunks {
+    fn opening(&mut self, choices: u32) -> Vec<Event> {
+        (0..choices)
+            .map(|index| {
+                self.chunk(vec![ChunkChoice {
+                    index,
+                    delta: ChunkDelta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }])
+            })
+            .collect()
+    }
+
+    fn delta(&mut self, delta: Delta) -> Option<Event> {
+        if delta.text.is_empty() && delta.logprobs.is_empty() {
+            return None;
+        }
+        let logprobs = (self.logprobs && !delta.logprobs.is_empty())
+            .then(|| ChatLogprobs::from_tokens(delta.logprobs));
+        Some(self.chunk(vec![ChunkChoice {
+            index: delta.index,
+            delta: ChunkDelta {
+                role: None,
+                content: Some(delta.text),
+            },
+            logprobs,
+            finish_reason: None,
+        }]))
+    }
+
+    fn finished(&mut self, finished: &Finished) -> Event {
+        self.chunk(vec![ChunkChoice {
+            index: finished.index,
+            delta: ChunkDelta::default(),
+            logprobs: None,
+            finish_reason: Some(finished.reason.as_openai()),
+        }])
+    }
+
+    fn usage(&mut self, usage: Usage) -> Event {
+        json_event(&ChatChunk {
+            meta: &self.meta,
+            object: "chat.completion.chunk",
+            choices: Vec::new(),
+            usage: Some(Some(usage.into())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::CollectedChoice;
+    use crate::llm::FinishReason;
+    use crate::sse::event_json;
+
+    fn meta() -> ResponseMeta {
+        ResponseMeta {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+            system_fingerprint: "fp",
+        }
+    }
+
+    #[test]
+    fn whole_completion_shape() {
+        let collected = Collected {
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                total_tokens: 5,
+            },
+            choices: vec![CollectedChoice {
+                text: "Hi!".into(),
+                logprobs: vec![],
+                finish_reason: Some(FinishReason::Stop),
+            }],
+        };
+        let body = serde_json::to_value(ChatCompletion::new(meta(), collected, false)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+                "system_fingerprint": "fp",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"},
+                             "logprobs": null, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            })
+        );
+    }
+
+    #[test]
+    fn stream_chunks_without_usage() {
+        let mut enc = ChatChunks::new(meta(), false, false);
+        let opening = enc.opening(1);
+        assert_eq!(opening.len(), 1);
+        let first = event_json(opening.into_iter().next().unwrap());
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(
+            first["choices"][0]["delta"],
+            serde_json::json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(
+            first["choices"][0]["finish_reason"],
+            serde_json::Value::Null
+        );
+        assert!(first.get("usage").is_none());
+
+        let delta = Delta {
+            index: 0,
+            text: "Hi".into(),
+            tokens: 1,
+            logprobs: vec![],
+        };
+        let chunk = event_json(enc.delta(delta).unwrap());
+        assert_eq!(
+            chunk["choices"][0]["delta"],
+            serde_json::json!({"content": "Hi"})
+        );
+        assert!(
+            enc.delta(Delta {
+                index: 0,
+                text: String::new(),
+                tokens: 1,
+                logprobs: vec![]
+            })
+            .is_none()
+        );
+
+        let fin = event_json(enc.finished(&Finished {
+            index: 0,
+            reason: FinishReason::Length,
+            usage: None,
+        }));
+        assert_eq!(fin["choices"][0]["delta"], serde_json::json!({}));
+        assert_eq!(fin["choices"][0]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn stream_chunks_with_usage() {
+        let mut enc = ChatChunks::new(meta(), true, false);
+        let first = event_json(enc.opening(1).into_iter().next().unwrap());
+        assert_eq!(first["usage"], serde_json::Value::Null);
+        assert!(first.as_object().unwrap().contains_key("usage"));
+        let last = event_json(enc.usage(Usage {
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            total_tokens: 3,
+        }));
+        assert_eq!(last["choices"], serde_json::json!([]));
+        assert_eq!(
+            last["usage"],
+            serde_json::json!({"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+        );
+    }
+}

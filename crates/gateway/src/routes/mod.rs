@@ -1,0 +1,51 @@
+//! The HTTP routes, one module per resource.
+
+pub(crate) mod chat;
+pub(crate) mod completions;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod models;
+
+use axum::http::{Method, Uri};
+
+use crate::error::ApiError;
+
+/// Any path no route has.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// A known path with the wrong method.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// A generation route's response with its metric model label: the model the service named on
+/// success, else the requested id when the service lists it, else "unknown".
+fn labelled(
+    state: &crate::state::AppState,
+    requested: Option<&str>,
+    result: Result<(axum::response::Response, String), ApiError>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut response, label) = match result {
+        Ok(ok) => ok,
+        Err(err) => {
+            let label = match requested {
+                Some(model) => crate::generation::model_label(state, model),
+                None => crate::metrics::UNKNOWN_MODEL.to_owned(),
+            };
+            (err.into_response(), label)
+        }
+    };
+    response
+        .extensions_mut()
+        .insert(crate::metrics::ModelLabel(label));
+    response
+}

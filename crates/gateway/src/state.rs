@@ -1,0 +1,129 @@
+//! What every handler can reach: cheap handles only, cloned per request.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use passerelle_store::KeyVerifier;
+use prometheus::Registry;
+
+use crate::GatewayConfig;
+use crate::admission::Admission;
+use crate::catalog::ModelCatalog;
+use crate::llm::LlmBackend;
+use crate::metrics::GatewayMetrics;
+
+/// Why the gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// `llm_endpoint` is not a usable `http://` or `https://` URI.
+    #[error("invalid llm endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    /// The gateway's metrics could not be registered (already registered on this registry).
+    #[error("cannot register gateway metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The gateway's shared state.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use passerelle_gateway::{AppState, GatewayConfig};
+/// use passerelle_store::{Keyring, StaticKeys};
+///
+/// let config = GatewayConfig::new("http://127.0.0.1:50051");
+/// let keys = Keyring::new(StaticKeys::from_plaintext(["my-key"]), None);
+/// let registry = prometheus::Registry::new();
+/// let state = AppState::new(config, Arc::new(keys), &registry)?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// passerelle_gateway::serve(listener, state, std::future::pending()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<GatewayConfig>,
+    llm: LlmBackend,
+    catalog: ModelCatalog,
+    keys: Arc<dyn KeyVerifier>,
+    metrics: GatewayMetrics,
+    registry: Registry,
+    admission: Admission,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Assembles the state: a lazily connected llm client (nothing is dialled until the first
+    /// request), the gateway's metrics registered on `registry` (which `/metrics` renders, so
+    /// register the services' metrics on it too when they run in this process), and the keys.
+    pub fn new(
+        config: GatewayConfig,
+        keys: Arc<dyn KeyVerifier>,
+        registry: &Registry,
+    ) -> Result<Self, GatewayError> {
+        let invalid = |reason: String| GatewayError::InvalidEndpoint {
+            endpoint: config.llm_endpoint.clone(),
+            reason,
+        };
+        // Without a scheme the URI still parses, and only fails at the first request.
+        let endpoint = &config.llm_endpoint;
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(invalid("expected http://host:port".to_owned()));
+        }
+        let llm = LlmBackend::connect_lazy(&config).map_err(|e| invalid(e.to_string()))?;
+        let metrics = GatewayMetrics::register(registry)?;
+        Ok(Self {
+            catalog: ModelCatalog::new(llm.clone(), config.models_cache_ttl),
+            admission: Admission::new(config.max_concurrent_requests),
+            config: Arc::new(config),
+            llm,
+            keys,
+            metrics,
+            registry: registry.clone(),
+        })
+    }
+
+    /// The configuration the gateway runs with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The key verifier behind [`crate::auth::Principal`].
+    pub fn keys(&self) -> &Arc<dyn KeyVerifier> {
+        &self.keys
+    }
+
+    pub(crate) fn llm(&self) -> &LlmBackend {
+        &self.llm
+    }
+
+    pub(crate) fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+
+    pub(crate) fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl FromRef<AppState> for GatewayMetrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+impl FromRef<AppState> for Admission {
+    fn from_ref(state: &AppState) -> Self {
+        state.admission.clone()
+    }
+}

@@ -1,0 +1,9 @@
+//! Whole-stack tests: the real gateway in front of the real llm service, serving a tiny
+//! random-weight Qwen2 model written by testkit, over HTTP and gRPC on loopback.
+
+mod cancellation;
+mod chat;
+mod completions;
+mod errors;
+mod support;
+mod tracing_context;

@@ -1,0 +1,126 @@
+//! Operator-supplied plaintext keys (for example `PASSERELLE_API_KEYS`), held only as hashes.
+
+use crate::StoreError;
+use crate::keys::{KeyHash, KeyRecord, KeyVerifier};
+
+/// A fixed set of keys given in plaintext by the operator. The plaintext is hashed at load and
+/// dropped; records are named by position (`static-1`, ...) rather than by any part of the key,
+/// since operator-chosen keys may be short enough for a fragment to matter.
+#[derive(Default, Clone)]
+pub struct StaticKeys {
+    keys: Vec<(KeyHash, KeyRecord)>,
+}
+
+impl std::fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticKeys")
+            .field("len", &self.keys.len())
+            .finish()
+    }
+}
+
+impl StaticKeys {
+    /// Hashes each key. Surrounding whitespace is trimmed, empty entries are skipped (so a
+    /// trailing comma in a list is harmless) and duplicates are kept once.
+    pub fn from_plaintext<I, S>(keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut hashes: Vec<KeyHash> = Vec::new();
+        for key in keys {
+            let key = key.as_ref().trim();
+            if key.is_empty() {
+                continue;
+            }
+            let hash = KeyHash::of(key);
+            if !hashes.iter().any(|h| h.matches(&hash)) {
+                hashes.push(hash);
+            }
+        }
+        let keys = hashes
+            .into_iter()
+            .enumerate()
+            .map(|(i, hash)| {
+                let record = KeyRecord {
+                    id: format!("static-{}", i + 1),
+                    name: "static".to_owned(),
+                    prefix: format!("static-{}", i + 1),
+                    created_at: 0,
+                    revoked_at: None,
+                };
+                (hash, record)
+            })
+            .collect();
+        Self { keys }
+    }
+
+    /// Splits a comma-separated list, as `PASSERELLE_API_KEYS` holds it, then as
+    /// [`StaticKeys::from_plaintext`].
+    pub fn from_comma_separated(list: &str) -> Self {
+        Self::from_plaintext(list.split(','))
+    }
+
+    /// Number of distinct keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key was given.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The matching record, comparing against every key so timing does not reveal which
+    /// (or whether an early one) matched.
+    pub fn find(&self, presented: &str) -> Option<KeyRecord> {
+        let presented = KeyHash::of(presented);
+        let mut found = None;
+        for (hash, record) in &self.keys {
+            if hash.matches(&presented) {
+                found = Some(record);
+            }
+        }
+        found.cloned()
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyVerifier for StaticKeys {
+    async fn verify(&self, presented: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.find(presented))
+    }
+
+    async fn has_any_keys(&self) -> Result<bool, StoreError> {
+        Ok(!self.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_only_listed_keys() {
+        let keys = StaticKeys::from_plaintext(["alpha", "beta"]);
+        assert_eq!(keys.find("alpha").unwrap().id, "static-1");
+        assert_eq!(keys.find("beta").unwrap().id, "static-2");
+        assert!(keys.find("gamma").is_none());
+        assert!(keys.find("").is_none());
+        assert!(keys.find("alpha ").is_none());
+    }
+
+    #[test]
+    fn trims_skips_empty_and_dedups() {
+        let keys = StaticKeys::from_comma_separated(" alpha, ,beta,alpha,");
+        assert_eq!(keys.len(), 2);
+        assert!(keys.find("alpha").is_some());
+        assert!(StaticKeys::from_comma_separated("").is_empty());
+    }
+
+    #[test]
+    fn debug_output_shows_no_key_material() {
+        let keys = StaticKeys::from_plaintext(["supersecret"]);
+        assert_eq!(format!("{keys:?}"), "StaticKeys { len: 1 }");
+    }
+}
