@@ -3,7 +3,14 @@
 
 use std::path::PathBuf;
 
-const DOMAINS: [&str; 6] = ["common", "llm", "safety", "asr", "diarization", "embeddings"];
+const DOMAINS: [&str; 6] = [
+    "common",
+    "llm",
+    "safety",
+    "asr",
+    "diarization",
+    "embeddings",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;

@@ -44,7 +44,8 @@ pub struct GrpcServer {
     config: ServerConfig,
     routes: Routes,
     health: HealthReporter,
-    health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    health_service:
+        tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     pending_not_serving: Vec<&'static str>,
 }
 
@@ -61,7 +62,8 @@ impl GrpcServer {
     /// A server with health and reflection and no domain service yet.
     pub fn new(config: ServerConfig) -> Self {
         let health = HealthReporter::new();
-        let health_service = tonic_health::server::HealthService::from_health_reporter(health.clone());
+        let health_service =
+            tonic_health::server::HealthService::from_health_reporter(health.clone());
         let health_service = tonic_health::pb::health_server::HealthServer::new(health_service);
         Self {
             config,
@@ -130,7 +132,10 @@ impl GrpcServer {
             result = &mut server => return result.map_err(ServeError::from),
             _ = drain_rx => {}
         }
-        tracing::info!(?drain_timeout, "shutting down: draining in-flight gRPC calls");
+        tracing::info!(
+            ?drain_timeout,
+            "shutting down: draining in-flight gRPC calls"
+        );
         match tokio::time::timeout(drain_timeout, server).await {
             Ok(result) => result.map_err(ServeError::from),
             Err(_) => Err(ServeError::DrainTimeout(drain_timeout)),

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -10,10 +12,18 @@ use tonic_reflection::pb::v1::{
 
 use passerelle_grpc_server::{GrpcServer, ServerConfig};
 
-async fn start() -> (String, tonic_health::server::HealthReporter, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn start() -> (
+    String,
+    tonic_health::server::HealthReporter,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let server = GrpcServer::new(ServerConfig { drain_timeout: Duration::from_secs(5), ..ServerConfig::default() });
+    let server = GrpcServer::new(ServerConfig {
+        drain_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    });
     let health = server.health();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -28,35 +38,58 @@ async fn start() -> (String, tonic_health::server::HealthReporter, tokio::sync::
 }
 
 async fn channel(address: String) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(address).unwrap().connect().await.unwrap()
+    tonic::transport::Endpoint::from_shared(address)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn health_reports_the_status_a_service_sets() {
     let (address, health, stop, task) = start().await;
     let mut client = HealthClient::new(channel(address).await);
-    let check = |service: &str| HealthCheckRequest { service: service.to_owned() };
+    let check = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
 
     let overall = client.check(check("")).await.unwrap().into_inner();
     assert_eq!(overall.status(), ServingStatus::Serving);
 
     health
-        .set_service_status("passerelle.llm.v1.Llm", tonic_health::ServingStatus::NotServing)
+        .set_service_status(
+            "passerelle.llm.v1.Llm",
+            tonic_health::ServingStatus::NotServing,
+        )
         .await;
-    let llm = client.check(check("passerelle.llm.v1.Llm")).await.unwrap().into_inner();
+    let llm = client
+        .check(check("passerelle.llm.v1.Llm"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(llm.status(), ServingStatus::NotServing);
 
     health
-        .set_service_status("passerelle.llm.v1.Llm", tonic_health::ServingStatus::Serving)
+        .set_service_status(
+            "passerelle.llm.v1.Llm",
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
-    let llm = client.check(check("passerelle.llm.v1.Llm")).await.unwrap().into_inner();
+    let llm = client
+        .check(check("passerelle.llm.v1.Llm"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(llm.status(), ServingStatus::Serving);
 
     let unknown = client.check(check("no.such.Service")).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -89,5 +122,8 @@ async fn reflection_describes_every_passerelle_domain() {
         }
     }
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -58,8 +58,10 @@ impl DeviceChoice {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(DeviceError::NotCompiled(self));
                 }
-                candle_core::Device::new_cuda(ordinal)
-                    .map_err(|source| DeviceError::Open { device: self, source })
+                candle_core::Device::new_cuda(ordinal).map_err(|source| DeviceError::Open {
+                    device: self,
+                    source,
+                })
             }
         }
     }
@@ -72,8 +74,14 @@ mod tests {
     #[test]
     fn parses_the_documented_names() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert_eq!("CUDA".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
-        assert_eq!("cuda:3".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(3));
+        assert_eq!(
+            "CUDA".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(0)
+        );
+        assert_eq!(
+            "cuda:3".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(3)
+        );
         assert!("tpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
     }

@@ -72,7 +72,9 @@ pub struct ResolvedModel {
 /// Why a model could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("model `{0}` is neither an existing path nor a Hugging Face repo id (`owner/name`, `owner/name:file.gguf` or `owner/name:QUANT`)")]
+    #[error(
+        "model `{0}` is neither an existing path nor a Hugging Face repo id (`owner/name`, `owner/name:file.gguf` or `owner/name:QUANT`)"
+    )]
     Unrecognised(String),
     #[error("{path} is not a model: {reason}")]
     NotAModel { path: PathBuf, reason: String },
@@ -132,7 +134,11 @@ impl ModelSource {
     pub async fn resolve(&self, options: &HubOptions) -> Result<ResolvedModel, SourceError> {
         match self {
             Self::Local(path) => resolve_local(path),
-            Self::Hub { repo, file } => HubRequest::new(repo, file.as_deref(), options).resolve().await,
+            Self::Hub { repo, file } => {
+                HubRequest::new(repo, file.as_deref(), options)
+                    .resolve()
+                    .await
+            }
         }
     }
 }
@@ -147,10 +153,18 @@ fn resolve_local(path: &Path) -> Result<ResolvedModel, SourceError> {
         .map(|stem| stem.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_owned());
     if path.is_file() {
-        return if path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf")) {
-            Ok(ResolvedModel { path: path.to_path_buf(), default_id })
+        return if path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
+        {
+            Ok(ResolvedModel {
+                path: path.to_path_buf(),
+                default_id,
+            })
         } else {
-            Err(not_a_model("a model file must be a `.gguf` file".to_owned()))
+            Err(not_a_model(
+                "a model file must be a `.gguf` file".to_owned(),
+            ))
         };
     }
     let missing: Vec<&str> = SAFETENSORS_REQUIRED
@@ -158,14 +172,20 @@ fn resolve_local(path: &Path) -> Result<ResolvedModel, SourceError> {
         .filter(|file| !path.join(file).is_file())
         .collect();
     if !missing.is_empty() {
-        return Err(not_a_model(format!("the directory lacks {}", missing.join(", "))));
+        return Err(not_a_model(format!(
+            "the directory lacks {}",
+            missing.join(", ")
+        )));
     }
     if !path.join(SINGLE_WEIGHTS).is_file() && !path.join(SHARD_INDEX).is_file() {
         return Err(not_a_model(format!(
             "the directory has neither {SINGLE_WEIGHTS} nor {SHARD_INDEX}"
         )));
     }
-    Ok(ResolvedModel { path: path.to_path_buf(), default_id })
+    Ok(ResolvedModel {
+        path: path.to_path_buf(),
+        default_id,
+    })
 }
 
 /// One hub resolution: cache first, then the network.
@@ -178,16 +198,29 @@ struct HubRequest<'a> {
 
 impl<'a> HubRequest<'a> {
     fn new(repo_id: &'a str, file: Option<&'a str>, options: &'a HubOptions) -> Self {
-        let cache = options.cache_dir.clone().map(Cache::new).unwrap_or_else(Cache::from_env);
-        Self { repo_id, file, options, cache }
+        let cache = options
+            .cache_dir
+            .clone()
+            .map(Cache::new)
+            .unwrap_or_else(Cache::from_env);
+        Self {
+            repo_id,
+            file,
+            options,
+            cache,
+        }
     }
 
     fn repo(&self) -> Repo {
-        Repo::with_revision(self.repo_id.to_owned(), RepoType::Model, self.options.revision.clone())
+        Repo::with_revision(
+            self.repo_id.to_owned(),
+            RepoType::Model,
+            self.options.revision.clone(),
+        )
     }
 
     async fn resolve(self) -> Result<ResolvedModel, SourceError> {
-        if let Some(resolved) = self.from_cache() {
+        if let Some(resolved) = self.cached() {
             return Ok(resolved);
         }
         if self.options.offline {
@@ -197,7 +230,9 @@ impl<'a> HubRequest<'a> {
         if let Some(dir) = &self.options.cache_dir {
             builder = builder.with_cache_dir(dir.clone());
         }
-        let api = builder.build().map_err(|err| self.unavailable(&err.to_string()))?;
+        let api = builder
+            .build()
+            .map_err(|err| self.unavailable(&err.to_string()))?;
         let api_repo = api.repo(self.repo());
         let info = match tokio::time::timeout(self.options.connect_timeout, api_repo.info()).await {
             Ok(Ok(info)) => info,
@@ -214,11 +249,14 @@ impl<'a> HubRequest<'a> {
         let mut first = None;
         for file in &files {
             tracing::info!(repo = self.repo_id, file, "fetching model file");
-            let path = api_repo.get(file).await.map_err(|err| SourceError::Download {
-                repo: self.repo_id.to_owned(),
-                file: file.clone(),
-                reason: err.to_string(),
-            })?;
+            let path = api_repo
+                .get(file)
+                .await
+                .map_err(|err| SourceError::Download {
+                    repo: self.repo_id.to_owned(),
+                    file: file.clone(),
+                    reason: err.to_string(),
+                })?;
             first.get_or_insert(path);
         }
         let first = first.ok_or_else(|| self.unavailable("the repo lists no usable file"))?;
@@ -230,8 +268,10 @@ impl<'a> HubRequest<'a> {
         match self.file {
             Some(wanted) => Ok(vec![self.pick_gguf(wanted, listing)?]),
             None => {
-                let mut files: Vec<String> =
-                    SAFETENSORS_REQUIRED.iter().map(|f| (*f).to_owned()).collect();
+                let mut files: Vec<String> = SAFETENSORS_REQUIRED
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect();
                 files.extend(
                     SAFETENSORS_OPTIONAL
                         .iter()
@@ -265,12 +305,16 @@ impl<'a> HubRequest<'a> {
             .ok_or_else(|| SourceError::NoMatchingFile {
                 repo: self.repo_id.to_owned(),
                 wanted: wanted.to_owned(),
-                available: ggufs.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "),
+                available: ggufs
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
     /// Everything needed is already in the cache: no network at all.
-    fn from_cache(&self) -> Option<ResolvedModel> {
+    fn cached(&self) -> Option<ResolvedModel> {
         let cached = self.cache.repo(self.repo());
         match self.file {
             Some(file) if file.ends_with(".gguf") => {
@@ -285,7 +329,11 @@ impl<'a> HubRequest<'a> {
                     .filter_map(Result::ok)
                     .map(|entry| entry.path())
                     .find(|path| {
-                        let name = path.file_name().unwrap_or_default().to_string_lossy().to_ascii_lowercase();
+                        let name = path
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .to_ascii_lowercase();
                         name.ends_with(".gguf") && name.contains(&tag)
                     })
                     .map(|path| self.resolved(path, true))
@@ -293,7 +341,9 @@ impl<'a> HubRequest<'a> {
             None => {
                 let config = cached.get("config.json")?;
                 let dir = config.parent()?.to_path_buf();
-                resolve_local(&dir).ok().map(|_| self.resolved(config, false))
+                resolve_local(&dir)
+                    .ok()
+                    .map(|_| self.resolved(config, false))
             }
         }
     }
@@ -302,9 +352,15 @@ impl<'a> HubRequest<'a> {
         let path = if gguf {
             first_file
         } else {
-            first_file.parent().map(Path::to_path_buf).unwrap_or(first_file)
+            first_file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or(first_file)
         };
-        ResolvedModel { path, default_id: self.repo_id.to_owned() }
+        ResolvedModel {
+            path,
+            default_id: self.repo_id.to_owned(),
+        }
     }
 
     /// The error that tells the user exactly what to fetch by hand.
@@ -312,7 +368,10 @@ impl<'a> HubRequest<'a> {
         let name = self.repo_id.rsplit('/').next().unwrap_or(self.repo_id);
         let (files, model_arg) = match self.file {
             Some(file) if file.ends_with(".gguf") => (file.to_owned(), format!("./{name}/{file}")),
-            Some(tag) => (format!("--include '*{tag}*.gguf'"), format!("./{name}/<the .gguf file>")),
+            Some(tag) => (
+                format!("--include '*{tag}*.gguf'"),
+                format!("./{name}/<the .gguf file>"),
+            ),
             None => (String::new(), format!("./{name}")),
         };
         let cache_folder = self
@@ -340,7 +399,10 @@ mod tests {
     fn parses_hub_ids_and_rejects_nonsense() {
         assert_eq!(
             "Qwen/Qwen2.5-0.5B-Instruct".parse::<ModelSource>().unwrap(),
-            ModelSource::Hub { repo: "Qwen/Qwen2.5-0.5B-Instruct".into(), file: None }
+            ModelSource::Hub {
+                repo: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+                file: None
+            }
         );
         assert_eq!(
             "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf"
@@ -351,8 +413,18 @@ mod tests {
                 file: Some("qwen2.5-0.5b-instruct-q4_k_m.gguf".into())
             }
         );
-        for bad in ["", "just-a-name", "a/b/c", "./missing/model", "/no/such/file.gguf", "a/b:"] {
-            assert!(bad.parse::<ModelSource>().is_err(), "{bad} should be rejected");
+        for bad in [
+            "",
+            "just-a-name",
+            "a/b/c",
+            "./missing/model",
+            "/no/such/file.gguf",
+            "a/b:",
+        ] {
+            assert!(
+                bad.parse::<ModelSource>().is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 
@@ -364,7 +436,12 @@ mod tests {
         for file in SAFETENSORS_REQUIRED {
             std::fs::write(dir.path().join(file), "{}").unwrap();
         }
-        assert!(resolve_local(dir.path()).unwrap_err().to_string().contains(SINGLE_WEIGHTS));
+        assert!(
+            resolve_local(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains(SINGLE_WEIGHTS)
+        );
         std::fs::write(dir.path().join(SINGLE_WEIGHTS), "").unwrap();
         assert_eq!(resolve_local(dir.path()).unwrap().path, dir.path());
     }
@@ -388,12 +465,16 @@ mod tests {
             offline: true,
             ..HubOptions::default()
         };
-        let source: ModelSource = "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf"
-            .parse()
-            .unwrap();
+        let source: ModelSource =
+            "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf"
+                .parse()
+                .unwrap();
         let err = source.resolve(&options).await.unwrap_err().to_string();
         assert!(err.contains("huggingface-cli download Qwen/Qwen2.5-0.5B-Instruct-GGUF qwen2.5-0.5b-instruct-q4_k_m.gguf"), "{err}");
-        assert!(err.contains("--model ./Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"), "{err}");
+        assert!(
+            err.contains("--model ./Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -402,7 +483,10 @@ mod tests {
         let repo = Repo::with_revision("acme/tiny-GGUF".into(), RepoType::Model, "main".into());
         let cached = Cache::new(cache.path().to_path_buf()).repo(repo.clone());
         cached.create_ref("0123456789abcdef").unwrap();
-        let snapshot = cache.path().join(repo.folder_name()).join("snapshots/0123456789abcdef");
+        let snapshot = cache
+            .path()
+            .join(repo.folder_name())
+            .join("snapshots/0123456789abcdef");
         std::fs::create_dir_all(&snapshot).unwrap();
         std::fs::write(snapshot.join("tiny-Q8_0.gguf"), "").unwrap();
         let options = HubOptions {
@@ -411,7 +495,12 @@ mod tests {
             ..HubOptions::default()
         };
         for name in ["acme/tiny-GGUF:tiny-Q8_0.gguf", "acme/tiny-GGUF:q8_0"] {
-            let resolved = name.parse::<ModelSource>().unwrap().resolve(&options).await.unwrap();
+            let resolved = name
+                .parse::<ModelSource>()
+                .unwrap()
+                .resolve(&options)
+                .await
+                .unwrap();
             assert_eq!(resolved.path, snapshot.join("tiny-Q8_0.gguf"));
             assert_eq!(resolved.default_id, "acme/tiny-GGUF");
         }

@@ -33,7 +33,10 @@ pub fn set_parent_from(span: &tracing::Span, headers: &http::HeaderMap) {
 pub struct TraceContextInterceptor;
 
 impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         inject_context(request.metadata_mut());
         Ok(request)
     }
@@ -73,11 +76,14 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
         );
         let context = extract_context(&headers);
         let mut metadata = MetadataMap::new();
-        TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(&mut metadata));
+        TraceContextPropagator::new()
+            .inject_context(&context, &mut MetadataInjector(&mut metadata));
         assert_eq!(
             metadata.get("traceparent").unwrap(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

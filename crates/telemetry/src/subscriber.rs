@@ -3,7 +3,9 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -23,7 +25,9 @@ impl std::str::FromStr for LogFormat {
         match s.to_ascii_lowercase().as_str() {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
-            other => Err(format!("unknown log format `{other}` (expected `text` or `json`)")),
+            other => Err(format!(
+                "unknown log format `{other}` (expected `text` or `json`)"
+            )),
         }
     }
 }
@@ -85,12 +89,14 @@ impl Drop for TelemetryGuard {
 /// Installs the global `tracing` subscriber. Call once, early in `main`; must run inside a Tokio
 /// runtime when an OTLP endpoint is set (the batch exporter runs on it).
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_new(&config.log_filter).map_err(|source| TelemetryError::Filter {
-        filter: config.log_filter.clone(),
-        source,
-    })?;
+    let filter =
+        EnvFilter::try_new(&config.log_filter).map_err(|source| TelemetryError::Filter {
+            filter: config.log_filter.clone(),
+            source,
+        })?;
     let fmt_layer = match config.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -105,9 +111,9 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .as_deref()
         .map(|endpoint| otlp_provider(&config.service_name, endpoint))
         .transpose()?;
-    let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("passerelle"))
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("passerelle")));
 
     tracing_subscriber::registry()
         .with(otel_layer)
@@ -128,7 +134,11 @@ fn otlp_provider(service_name: &str, endpoint: &str) -> Result<SdkTracerProvider
         })?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(service_name.to_owned()).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        )
         .build())
 }
 

@@ -6,4 +6,3 @@ mod chat;
 mod completions;
 mod errors;
 mod support;
-mod tracing_context;

@@ -1,0 +1,30 @@
+//! `passerelle gateway`: the HTTP gateway alone, in front of an llm service elsewhere.
+
+use anyhow::Context as _;
+
+use crate::{
+    args::GatewayArgs,
+    config::{self, FileConfig},
+    settings,
+    shutdown::Shutdown,
+};
+
+const DEFAULT_LLM_ENDPOINT: &str = "http://127.0.0.1:50051";
+
+pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let listen = settings::listen(args.listen, file, config::DEFAULT_LISTEN)?;
+    let llm_endpoint = args
+        .llm_endpoint
+        .or_else(|| file.llm_endpoint.clone())
+        .unwrap_or_else(|| DEFAULT_LLM_ENDPOINT.to_owned());
+    let gateway = settings::gateway(&args.gateway, file, llm_endpoint)?;
+    let shutdown = Shutdown::on_signals();
+    let registry = prometheus::Registry::new();
+    let state = super::gateway_state(gateway, &registry)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    passerelle_gateway::serve(listener, state, shutdown.wait())
+        .await
+        .context("gateway failed")
+}

@@ -1,0 +1,71 @@
+//! What each subcommand does.
+
+mod gateway;
+mod keys;
+mod llm;
+mod serve;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use passerelle_store::{EmbeddedStore, Keyring, StaticKeys};
+
+use crate::{
+    args::{Cli, Command},
+    config::FileConfig,
+    settings::{self, GatewaySettings, ModelSettings},
+};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    let service_name = match &cli.command {
+        Command::Serve(_) => "passerelle",
+        Command::Gateway(_) => "passerelle-gateway",
+        Command::Llm(_) => "passerelle-llm",
+        Command::Keys(_) => "passerelle-keys",
+    };
+    let _telemetry =
+        passerelle_telemetry::init(&settings::telemetry(&cli.log, &file, service_name)?)?;
+    match cli.command {
+        Command::Serve(args) => serve::run(args, &file).await,
+        Command::Gateway(args) => gateway::run(args, &file).await,
+        Command::Llm(args) => llm::run(args, &file).await,
+        Command::Keys(args) => keys::run(args, &file).await,
+    }
+}
+
+/// Resolves the model (downloading it when needed) into the llm service's configuration.
+async fn llm_config(model: &ModelSettings) -> anyhow::Result<passerelle_llm::LlmServiceConfig> {
+    let source: passerelle_model_runtime::ModelSource = model.model.parse()?;
+    let resolved = source.resolve(&model.hub).await?;
+    tracing::info!(model = %model.model, path = %resolved.path.display(), "model files ready");
+    Ok(passerelle_llm::LlmServiceConfig {
+        model_path: resolved.path,
+        model_id: model.model_id.clone().unwrap_or(resolved.default_id),
+        source: model.model.clone(),
+        threads: model.threads,
+        queue_capacity: model.queue_capacity,
+    })
+}
+
+/// The gateway's state: keys from the variable or file, plus the embedded store.
+fn gateway_state(
+    settings: GatewaySettings,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<passerelle_gateway::AppState> {
+    let store = EmbeddedStore::open(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot open the key store in {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let keyring = Keyring::new(
+        StaticKeys::from_plaintext(&settings.api_keys),
+        Some(Arc::new(store)),
+    );
+    Ok(passerelle_gateway::AppState::new(
+        settings.config,
+        Arc::new(keyring),
+        registry,
+    )?)
+}

@@ -1,0 +1,37 @@
+//! `passerelle`, the one binary: `serve` (gateway and llm service in one process), `gateway`,
+//! `llm`, and `keys` to manage API keys.
+//!
+//! `args` declares the command line, `config` the TOML file, `settings` merges them into each
+//! component's configuration, `commands` runs them, `shutdown` turns SIGINT/SIGTERM into a
+//! graceful drain.
+
+mod args;
+mod commands;
+mod config;
+mod settings;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("passerelle: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("passerelle: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Flags and variables (already merged by clap) layered over the file, over the defaults, into
+//! the domain configuration each component takes.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use passerelle_model_runtime::HubOptions;
+use passerelle_telemetry::{LogFormat, TelemetryConfig};
+
+use crate::{
+    args::{GatewayOptions, LogArgs, ModelArgs},
+    config::{self, FileConfig},
+};
+
+/// The model to load and how to fetch it.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub model: String,
+    pub model_id: Option<String>,
+    pub threads: Option<usize>,
+    pub hub: HubOptions,
+    pub queue_capacity: usize,
+}
+
+/// The gateway's configuration plus the key sources it reads.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub config: passerelle_gateway::GatewayConfig,
+    pub api_keys: Vec<String>,
+    pub data_dir: PathBuf,
+}
+
+pub fn telemetry(
+    args: &LogArgs,
+    file: &FileConfig,
+    service_name: &str,
+) -> anyhow::Result<TelemetryConfig> {
+    let log_format = match (&args.log_format, &file.log_format) {
+        (Some(format), _) => *format,
+        (None, Some(format)) => format.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => LogFormat::Text,
+    };
+    Ok(TelemetryConfig {
+        service_name: service_name.to_owned(),
+        log_format,
+        log_filter: pick(args.log_filter.clone(), file.log_filter.clone(), || {
+            "info".to_owned()
+        }),
+        otlp_endpoint: args
+            .otlp_endpoint
+            .clone()
+            .or_else(|| file.otlp_endpoint.clone()),
+    })
+}
+
+pub fn model(args: &ModelArgs, file: &FileConfig) -> anyhow::Result<ModelSettings> {
+    let hf_offline = std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|value| matches!(value.as_str(), "1" | "true" | "TRUE" | "yes"));
+    let threads = args.threads.or(file.threads);
+    if threads == Some(0) {
+        anyhow::bail!("threads must be at least 1");
+    }
+    let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(64);
+    if queue_capacity == 0 {
+        anyhow::bail!("queue_capacity must be at least 1");
+    }
+    Ok(ModelSettings {
+        model: pick(args.model.clone(), file.model.clone(), || {
+            config::DEFAULT_MODEL.to_owned()
+        }),
+        model_id: args.model_id.clone().or_else(|| file.model_id.clone()),
+        threads,
+        hub: HubOptions {
+            cache_dir: args.hf_cache.clone().or_else(|| file.hf_cache.clone()),
+            offline: args.offline.or(file.offline).unwrap_or(hf_offline),
+            revision: pick(args.revision.clone(), file.revision.clone(), || {
+                "main".to_owned()
+            }),
+            ..HubOptions::default()
+        },
+        queue_capacity,
+    })
+}
+
+pub fn gateway(
+    args: &GatewayOptions,
+    file: &FileConfig,
+    llm_endpoint: String,
+) -> anyhow::Result<GatewaySettings> {
+    let defaults = passerelle_gateway::GatewayConfig::default();
+    let api_keys = match &args.api_keys {
+        Some(joined) => config::split_keys(joined),
+        None => file
+            .api_keys
+            .clone()
+            .map(config::ApiKeysValue::into_keys)
+            .unwrap_or_default(),
+    };
+    let body_limit_bytes = args
+        .max_body_bytes
+        .or(file.max_body_bytes)
+        .unwrap_or(defaults.body_limit_bytes);
+    if body_limit_bytes == 0 {
+        anyhow::bail!("max_body_bytes must be at least 1");
+    }
+    let request_timeout = args
+        .request_timeout_secs
+        .or(file.request_timeout_secs)
+        .map(Duration::from_secs)
+        .unwrap_or(defaults.request_timeout);
+    Ok(GatewaySettings {
+        config: passerelle_gateway::GatewayConfig {
+            llm_endpoint,
+            body_limit_bytes,
+            request_timeout,
+            require_auth: args
+                .require_auth
+                .or(file.require_auth)
+                .unwrap_or(defaults.require_auth),
+            ..defaults
+        },
+        api_keys,
+        data_dir: args
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(config::default_data_dir),
+    })
+}
+
+/// The listen address: flag or variable, else the file, else `default`.
+pub fn listen(
+    flag: Option<SocketAddr>,
+    file: &FileConfig,
+    default: &str,
+) -> anyhow::Result<SocketAddr> {
+    if let Some(addr) = flag {
+        return Ok(addr);
+    }
+    let text = file.listen.as_deref().unwrap_or(default);
+    text.parse().with_context(|| {
+        format!("invalid listen address `{text}` (expected host:port, e.g. 127.0.0.1:8080)")
+    })
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>, default: impl FnOnce() -> T) -> T {
+    flag.or(file).unwrap_or_else(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::args::{Cli, Command};
+
+    fn serve_args(argv: &[&str]) -> crate::args::ServeArgs {
+        let mut full = vec!["passerelle", "serve"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Serve(serve) => serve,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file: FileConfig =
+            toml::from_str("model = \"from-file.gguf\"\nthreads = 3\nlisten = \"0.0.0.0:9999\"")
+                .unwrap();
+        let serve = serve_args(&["--model", "from-flag.gguf"]);
+        let model = model(&serve.model, &file).unwrap();
+        assert_eq!(model.model, "from-flag.gguf");
+        assert_eq!(model.threads, Some(3));
+        assert_eq!(
+            listen(serve.listen, &file, config::DEFAULT_LISTEN).unwrap(),
+            "0.0.0.0:9999".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let serve = serve_args(&[]);
+        let file = FileConfig::default();
+        let model = model(&serve.model, &file).unwrap();
+        assert_eq!(model.model, config::DEFAULT_MODEL);
+        assert_eq!(model.queue_capacity, 64);
+        assert_eq!(
+            listen(None, &file, config::DEFAULT_LISTEN)
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:8080"
+        );
+        let gateway = gateway(&serve.gateway, &file, "http://127.0.0.1:1".into()).unwrap();
+        assert!(gateway.api_keys.is_empty());
+        assert!(!gateway.config.require_auth);
+    }
+
+    #[test]
+    fn api_keys_come_from_the_flag_or_the_file() {
+        let file: FileConfig = toml::from_str("api_keys = [\"file-key\"]").unwrap();
+        let from_file = gateway(&serve_args(&[]).gateway, &file, String::new()).unwrap();
+        assert_eq!(from_file.api_keys, vec!["file-key"]);
+        let from_flag = gateway(
+            &serve_args(&["--api-keys", "a,b"]).gateway,
+            &file,
+            String::new(),
+        )
+        .unwrap();
+        assert_eq!(from_flag.api_keys, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn nonsense_values_are_clear_errors() {
+        let file: FileConfig = toml::from_str("listen = \"localhost\"").unwrap();
+        let err = listen(None, &file, config::DEFAULT_LISTEN)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid listen address"), "{err}");
+        let zero_threads = serve_args(&["--threads", "0"]);
+        assert!(model(&zero_threads.model, &FileConfig::default()).is_err());
+    }
+}

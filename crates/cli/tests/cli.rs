@@ -1,0 +1,218 @@
+//! The `passerelle` binary as an operator runs it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use passerelle_testkit::{TinyQwen2, WeightDtype};
+use serde_json::{Value, json};
+
+fn passerelle() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_passerelle"));
+    // No ambient configuration may leak into the tests.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PASSERELLE_") || name.starts_with("HF_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("PASSERELLE_LOG_FORMAT", "text");
+    command
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("run passerelle");
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn keys_are_created_listed_and_revoked() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let created = run_ok(passerelle().args(["keys", "--data-dir", dir, "create", "--name", "ci"]));
+    let secret = created.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("psk-") && secret.len() > 30, "{created}");
+
+    let listed = run_ok(passerelle().args(["keys", "--data-dir", dir, "list"]));
+    assert!(
+        listed.contains("ci") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "list must never show a secret");
+    let prefix = &secret[..12];
+    assert!(listed.contains(prefix), "{listed}");
+
+    run_ok(passerelle().args(["keys", "--data-dir", dir, "revoke", prefix]));
+    let listed = run_ok(passerelle().args(["keys", "--data-dir", dir, "list"]));
+    assert!(listed.contains("revoked"), "{listed}");
+}
+
+/// A running `passerelle serve`, stopped with SIGTERM on drop.
+struct Server {
+    child: Child,
+    base_url: String,
+}
+
+impl Server {
+    fn start(model: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = passerelle()
+            .args(["serve", "--model"])
+            .arg(model)
+            .args([
+                "--model-id",
+                "tiny",
+                "--listen",
+                "127.0.0.1:0",
+                "--offline",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn passerelle serve");
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(at) = line.find("OpenAI API at ") {
+                    let url = line[at + "OpenAI API at ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .trim_end_matches("/v1");
+                    let _ = found.send(url.to_owned());
+                    sent = true;
+                }
+            }
+        });
+        let base_url = address
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server never said where it listens");
+        Self { child, base_url }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_answers_with_a_stored_key_and_stops_cleanly_on_sigterm() {
+    let model = TinyQwen2::write(3).unwrap();
+    let gguf = model.write_gguf(WeightDtype::Q8_0).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let created = run_ok(
+        passerelle()
+            .args(["keys", "--data-dir"])
+            .arg(data.path())
+            .args(["create", "--name", "app"]),
+    );
+    let secret = created.lines().last().unwrap().trim().to_owned();
+
+    let mut server = Server::start(&gguf, data.path(), &[]);
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{}/health/ready", server.base_url))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let request =
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let answer = http
+        .post(format!("{}/v1/chat/completions", server.base_url))
+        .bearer_auth(&secret)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+
+    let refused = http
+        .post(format!("{}/v1/chat/completions", server.base_url))
+        .bearer_auth("psk-not-a-key")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM should drain and exit 0, got {status}"
+    );
+}
+
+#[test]
+fn an_uncached_hub_model_offline_fails_fast_with_instructions() {
+    let cache = tempfile::tempdir().unwrap();
+    let output = passerelle()
+        .args([
+            "serve",
+            "--offline",
+            "--model",
+            "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf",
+            "--hf-cache",
+        ])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("huggingface-cli download Qwen/Qwen2.5-0.5B-Instruct-GGUF"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn configuration_mistakes_are_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("passerelle.toml");
+    std::fs::write(&config, "modle = \"typo.gguf\"\n").unwrap();
+    let output = passerelle()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field"));
+
+    let output = passerelle()
+        .args(["serve", "--model", "./does/not/exist.gguf", "--offline"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("neither an existing path"));
+}

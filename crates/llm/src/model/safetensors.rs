@@ -1,0 +1,316 @@
+//! Loading a Hugging Face Qwen2 directory: `config.json`, memory-mapped safetensors weights
+//! (converted to F32 for the CPU), `tokenizer.json`, `tokenizer_config.json` and the optional
+//! `generation_config.json`.
+
+// Memory-mapping the weights is the one unsafe operation of this crate; see the SAFETY note.
+#![allow(unsafe_code)]
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use candle_core::{DType, Device};
+use candle_nn::{Activation, VarBuilder};
+use candle_transformers::models::qwen2::{Config, ModelForCausalLM};
+use serde::Deserialize;
+
+use crate::{
+    error::LoadError,
+    model::{ModelAssets, ModelFiles, ModelFormat},
+    sampler::SamplingDefaults,
+    tokenizer::TextTokenizer,
+};
+
+/// A template saved beside the tokenizer, where newer `transformers` versions write it.
+const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// The `config.json` fields Qwen2 uses, with `transformers`' defaults for optional ones.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    max_position_embeddings: usize,
+    sliding_window: Option<usize>,
+    max_window_layers: Option<usize>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    rope_theta: Option<f64>,
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    use_sliding_window: bool,
+    hidden_act: Option<Activation>,
+}
+
+impl HfConfig {
+    fn into_candle(self) -> Config {
+        // candle always masks by `sliding_window`; a model that does not use one gets a window as
+        // long as its context so the mask is plain causal.
+        let sliding_window = match (self.use_sliding_window, self.sliding_window) {
+            (true, Some(window)) => window,
+            _ => self.max_position_embeddings,
+        };
+        Config {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            max_position_embeddings: self.max_position_embeddings,
+            sliding_window,
+            max_window_layers: self.max_window_layers.unwrap_or(self.num_hidden_layers),
+            tie_word_embeddings: self.tie_word_embeddings,
+            rope_theta: self.rope_theta.unwrap_or(10_000.0),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            use_sliding_window: self.use_sliding_window,
+            hidden_act: self.hidden_act.unwrap_or(Activation::Silu),
+        }
+    }
+}
+
+/// A special token in `tokenizer_config.json`: a string or an `AddedToken` object.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TokenField {
+    Text(String),
+    Object { content: String },
+}
+
+impl TokenField {
+    fn into_text(self) -> String {
+        match self {
+            Self::Text(text) | Self::Object { content: text } => text,
+        }
+    }
+}
+
+/// `chat_template`: one template, or named ones of which `default` is used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TemplateField {
+    Single(String),
+    Named(Vec<NamedTemplate>),
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedTemplate {
+    name: String,
+    template: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizerConfig {
+    chat_template: Option<TemplateField>,
+    bos_token: Option<TokenField>,
+    eos_token: Option<TokenField>,
+}
+
+/// An id or a list of ids (`eos_token_id` takes both forms).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Ids {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GenerationConfig {
+    eos_token_id: Option<Ids>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+}
+
+impl GenerationConfig {
+    /// vLLM's reading of `generation_config.json`: its sampling values become the defaults of
+    /// requests that leave them unset.
+    fn sampling_defaults(&self) -> SamplingDefaults {
+        let openai = SamplingDefaults::default();
+        SamplingDefaults {
+            temperature: self.temperature.unwrap_or(openai.temperature),
+            top_p: self.top_p.unwrap_or(openai.top_p),
+            top_k: self.top_k.unwrap_or(openai.top_k),
+            min_p: self.min_p.unwrap_or(openai.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(openai.repetition_penalty),
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| LoadError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Refuses anything but Qwen2, naming what `config.json` declares.
+fn check_architecture(path: &Path) -> Result<(), LoadError> {
+    let json: serde_json::Value = read_json(path)?;
+    let model_type = json.get("model_type").and_then(|v| v.as_str());
+    if model_type == Some("qwen2") {
+        return Ok(());
+    }
+    let architectures = json
+        .get("architectures")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|a| !a.is_empty());
+    let found = match (model_type, architectures) {
+        (Some(t), Some(a)) => format!("{t} ({a})"),
+        (Some(t), None) => t.to_owned(),
+        (None, Some(a)) => a,
+        (None, None) => "none declared".to_owned(),
+    };
+    Err(LoadError::UnsupportedArchitecture {
+        path: path.to_path_buf(),
+        found,
+    })
+}
+
+pub(super) fn load(
+    files: &ModelFiles,
+    device: &Device,
+) -> Result<(ModelForCausalLM, ModelAssets), LoadError> {
+    let ModelFiles::Safetensors {
+        dir,
+        config,
+        tokenizer,
+        tokenizer_config,
+        generation_config,
+        weights,
+    } = files
+    else {
+        unreachable!("safetensors::load is only called for safetensors files");
+    };
+    check_architecture(config)?;
+    let hf_config: HfConfig = read_json(config)?;
+    let context_length = hf_config.max_position_embeddings;
+    let vocab_size = hf_config.vocab_size;
+    let config = hf_config.into_candle();
+
+    let tokenizer = TextTokenizer::from_file(tokenizer)?;
+    let tokenizer_config: TokenizerConfig = read_json(tokenizer_config)?;
+    let generation: GenerationConfig = match generation_config {
+        Some(path) => read_json(path)?,
+        None => GenerationConfig::default(),
+    };
+    let chat_template = chat_template(dir, tokenizer_config.chat_template)?;
+    let bos_token = tokenizer_config.bos_token.map(TokenField::into_text);
+    let eos_token = tokenizer_config.eos_token.map(TokenField::into_text);
+    let mut eos_token_ids: BTreeSet<u32> = eos_token
+        .as_deref()
+        .and_then(|text| tokenizer.token_id(text))
+        .into_iter()
+        .collect();
+    match &generation.eos_token_id {
+        Some(Ids::One(id)) => {
+            eos_token_ids.insert(*id);
+        }
+        Some(Ids::Many(ids)) => eos_token_ids.extend(ids),
+        None => {}
+    }
+
+    let weights: Vec<PathBuf> = weights.clone();
+    // SAFETY: the weight files are mapped read-only and must not be modified or truncated while
+    // the model is loaded; that is the contract of serving a model directory (the same one
+    // candle's and transformers' loaders rely on). Tensors are copied to F32 at load on the CPU.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, device)? };
+    let model = ModelForCausalLM::new(&config, vb)?;
+    let assets = ModelAssets {
+        format: ModelFormat::Safetensors,
+        context_length,
+        vocab_size,
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        eos_token_ids,
+        sampling_defaults: generation.sampling_defaults(),
+    };
+    Ok((model, assets))
+}
+
+/// The template from `tokenizer_config.json`, else from `chat_template.jinja`.
+fn chat_template(dir: &Path, field: Option<TemplateField>) -> Result<Option<String>, LoadError> {
+    match field {
+        Some(TemplateField::Single(source)) => return Ok(Some(source)),
+        Some(TemplateField::Named(named)) => {
+            return Ok(named
+                .into_iter()
+                .find(|t| t.name == "default")
+                .map(|t| t.template));
+        }
+        None => {}
+    }
+    let file = dir.join(CHAT_TEMPLATE_FILE);
+    if !file.is_file() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(&file)
+        .map(Some)
+        .map_err(|source| LoadError::Io { path: file, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_architectures_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}"#,
+        )
+        .unwrap();
+        let err = check_architecture(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("llama (LlamaForCausalLM)"),
+            "{err}"
+        );
+        std::fs::write(&path, r#"{"model_type": "qwen2"}"#).unwrap();
+        check_architecture(&path).unwrap();
+    }
+
+    #[test]
+    fn generation_config_sets_sampling_defaults_and_eos_lists() {
+        let config: GenerationConfig =
+            serde_json::from_str(r#"{"eos_token_id": [5, 6], "temperature": 0.7, "top_k": 20}"#)
+                .unwrap();
+        let defaults = config.sampling_defaults();
+        assert_eq!(defaults.temperature, 0.7);
+        assert_eq!(defaults.top_k, 20);
+        assert_eq!(defaults.top_p, 1.0);
+        assert!(matches!(config.eos_token_id, Some(Ids::Many(ref ids)) if ids == &[5, 6]));
+    }
+
+    #[test]
+    fn unused_sliding_windows_become_the_context() {
+        let config: HfConfig = serde_json::from_str(
+            r#"{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "max_position_embeddings": 128, "sliding_window": 4,
+                "use_sliding_window": false}"#,
+        )
+        .unwrap();
+        let config = config.into_candle();
+        assert_eq!(config.sliding_window, 128);
+        assert_eq!(config.num_key_value_heads, 2);
+    }
+}

@@ -1,0 +1,77 @@
+//! Serving the engine over gRPC: bind at once, report NOT_SERVING while the model loads, flip
+//! to SERVING after the warm-up pass.
+
+use std::{future::Future, path::PathBuf};
+
+use passerelle_grpc_server::{GrpcServer, ServerConfig};
+use passerelle_proto::llm::llm_server::LlmServer;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::{
+    engine::{Engine, EngineConfig},
+    error::LlmError,
+    service::LlmService,
+};
+
+/// What `serve` runs.
+#[derive(Debug, Clone)]
+pub struct LlmServiceConfig {
+    /// A `.gguf` file or a Hugging Face model directory, already resolved to local disk.
+    pub model_path: PathBuf,
+    /// The id clients name the model by.
+    pub model_id: String,
+    /// What the operator named (a path or a hub repo), reported by `ListModels`.
+    pub source: String,
+    /// Compute threads; candle's default when `None`.
+    pub threads: Option<usize>,
+    /// Requests that may wait for the engine before new ones get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+/// Serves the `Llm` service on `listener` until `shutdown` resolves. The model loads in the
+/// background; until it is warm, health says NOT_SERVING and `Generate` answers UNAVAILABLE
+/// ("model is loading").
+pub async fn serve(
+    config: LlmServiceConfig,
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LlmError> {
+    let engine = Engine::spawn(
+        EngineConfig {
+            model_path: config.model_path,
+            model_id: config.model_id,
+            threads: config.threads,
+            queue_capacity: config.queue_capacity,
+        },
+        &registry,
+    )?;
+    let server = GrpcServer::new(ServerConfig::default());
+    let health = server.health();
+    let max_message_bytes = server.max_message_bytes();
+    let service = LlmServer::new(LlmService::new(engine.clone(), config.source))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let serving = server.add_service(service).serve(listener, shutdown);
+    tokio::pin!(serving);
+    let ready = engine.ready();
+    tokio::pin!(ready);
+    let mut flipped = false;
+    loop {
+        tokio::select! {
+            // Biased: the server is polled first, so it registers NOT_SERVING before the
+            // model (possibly already loaded) is reported SERVING.
+            biased;
+            result = &mut serving => return result.map_err(LlmError::from),
+            loaded = &mut ready, if !flipped => {
+                flipped = true;
+                match loaded {
+                    Ok(_) => health.set_serving::<LlmServer<LlmService>>().await,
+                    // The service keeps answering: ListModels reports FAILED and why.
+                    Err(err) => tracing::error!(error = %err, "the model will not be served"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The whole stack on loopback: the llm service and the gateway in this process, wired through
+//! the same gRPC client a split deployment uses. Tests talk to it over real HTTP.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use passerelle_gateway::{AppState, GatewayConfig};
+use passerelle_llm::LlmServiceConfig;
+use passerelle_store::{EmbeddedStore, Keyring, StaticKeys};
+use tokio::{sync::watch, task::JoinHandle};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// A `.gguf` file or a safetensors directory.
+    pub model_path: PathBuf,
+    /// The id clients name the model by.
+    pub model_id: String,
+    /// Plaintext keys the gateway accepts; none means an open gateway.
+    pub api_keys: Vec<String>,
+    /// Gateway settings; `llm_endpoint` is filled in.
+    pub gateway: GatewayConfig,
+    /// Requests that may wait for the engine.
+    pub queue_capacity: usize,
+}
+
+impl StackOptions {
+    /// Serves `model_path` as `model_id`, with one API key, [`Stack::API_KEY`].
+    pub fn new(model_path: impl Into<PathBuf>, model_id: impl Into<String>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            model_id: model_id.into(),
+            api_keys: vec![Stack::API_KEY.to_owned()],
+            gateway: GatewayConfig::default(),
+            queue_capacity: 16,
+        }
+    }
+}
+
+/// A running gateway and llm service. Dropping it signals both to shut down.
+pub struct Stack {
+    base_url: String,
+    llm_endpoint: String,
+    registry: prometheus::Registry,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("base_url", &self.base_url)
+            .field("llm_endpoint", &self.llm_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// The key [`StackOptions::new`] configures.
+    pub const API_KEY: &'static str = "psk-testkit-0123456789abcdef0123456789abcdef";
+
+    /// Starts both servers on `127.0.0.1:0` and waits until `/health/ready` answers 200.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let (stop, stopped) = watch::channel(false);
+        let shutdown = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let llm_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let llm_endpoint = format!("http://{}", llm_listener.local_addr()?);
+        let llm_config = LlmServiceConfig {
+            model_path: options.model_path.clone(),
+            model_id: options.model_id.clone(),
+            source: options.model_path.display().to_string(),
+            threads: Some(1),
+            queue_capacity: options.queue_capacity,
+        };
+        let llm = tokio::spawn({
+            let registry = registry.clone();
+            let shutdown = shutdown();
+            async move {
+                if let Err(err) =
+                    passerelle_llm::serve(llm_config, llm_listener, registry, shutdown).await
+                {
+                    eprintln!("testkit: llm service failed: {err}");
+                }
+            }
+        });
+
+        let data_dir = tempfile::Builder::new()
+            .prefix("passerelle-stack-")
+            .tempdir()?;
+        let keyring = Keyring::new(
+            StaticKeys::from_plaintext(&options.api_keys),
+            Some(Arc::new(EmbeddedStore::open(data_dir.path())?)),
+        );
+        let config = GatewayConfig {
+            llm_endpoint: llm_endpoint.clone(),
+            ..options.gateway
+        };
+        let state = AppState::new(config, Arc::new(keyring), &registry)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let gateway = tokio::spawn({
+            let shutdown = shutdown();
+            async move {
+                if let Err(err) = passerelle_gateway::serve(listener, state, shutdown).await {
+                    eprintln!("testkit: gateway failed: {err}");
+                }
+            }
+        });
+
+        let stack = Self {
+            base_url,
+            llm_endpoint,
+            registry,
+            stop,
+            tasks: vec![llm, gateway],
+            _data_dir: data_dir,
+        };
+        stack.wait_ready(Duration::from_secs(60)).await?;
+        Ok(stack)
+    }
+
+    /// `http://127.0.0.1:PORT` of the gateway.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The full URL of `path` on the gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The llm service's gRPC endpoint.
+    pub fn llm_endpoint(&self) -> &str {
+        &self.llm_endpoint
+    }
+
+    /// The registry both servers report to (what `/metrics` renders).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// The value of a counter or gauge whose labels include every pair in `labels`, summed over
+    /// the matching series; 0 when none matches.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| {
+                let kind = family.get_field_type();
+                family.get_metric().iter().map(move |metric| (kind, metric))
+            })
+            .filter(|(_, metric)| {
+                labels.iter().all(|(key, value)| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|pair| pair.name() == *key && pair.value() == *value)
+                })
+            })
+            .map(|(kind, metric)| match kind {
+                prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+                prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
+                _ => 0.0,
+            })
+            .sum()
+    }
+
+    /// Polls `/health/ready` until it answers 200, without sleeping longer than needed.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = client
+                .get(self.url("/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("the stack was not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `condition` every few milliseconds until it holds or `timeout` passes.
+    pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if condition() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        condition()
+    }
+
+    /// Signals both servers and waits for them to drain.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
