@@ -2,12 +2,13 @@
 //! `llm`, and `keys` to manage API keys.
 //!
 //! `args` declares the command line, `config` the TOML file, `settings` merges them into each
-//! component's configuration, `commands` runs them, `shutdown` turns SIGINT/SIGTERM into a
+//! component's configuration, `cpu` bounds candle's kernel threads, `commands` runs them, `shutdown` turns SIGINT/SIGTERM into a
 //! graceful drain.
 
 mod args;
 mod commands;
 mod config;
+mod cpu;
 mod settings;
 mod shutdown;
 
@@ -17,6 +18,12 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    // A config file that fails to load is reported by the command itself, below.
+    if let Ok(file) = config::FileConfig::load(cli.config.as_deref())
+        && let Some(threads) = cpu::configured_threads(&cli.command, &file)
+    {
+        cpu::bound_kernel_threads(threads);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -46,14 +46,14 @@ pub struct GrpcServer {
     health: HealthReporter,
     health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
-    pending_not_serving: Vec<&'static str>,
+    services: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrpcServer")
             .field("config", &self.config)
-            .field("services", &self.pending_not_serving)
+            .field("services", &self.services)
             .finish_non_exhaustive()
     }
 }
@@ -70,7 +70,7 @@ impl GrpcServer {
             routes: Routes::default(),
             health,
             health_service,
-            pending_not_serving: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -79,8 +79,9 @@ impl GrpcServer {
         self.health.clone()
     }
 
-    /// Adds a domain service. It is reported NOT_SERVING until the service flips it.
-    pub fn add_service<S>(mut self, service: S) -> Self
+    /// Adds a domain service and reports it NOT_SERVING, before anything can flip it to
+    /// SERVING: a model that loads faster than the server starts is never overwritten.
+    pub async fn add_service<S>(mut self, service: S) -> Self
     where
         S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
             + NamedService
@@ -91,7 +92,10 @@ impl GrpcServer {
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
-        self.pending_not_serving.push(S::NAME);
+        self.health
+            .set_service_status(S::NAME, tonic_health::ServingStatus::NotServing)
+            .await;
+        self.services.push(S::NAME);
         self.routes = self.routes.add_service(service);
         self
     }
@@ -103,11 +107,6 @@ impl GrpcServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        for name in &self.pending_not_serving {
-            self.health
-                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(passerelle_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -53,25 +53,16 @@ pub async fn serve(
     let service = LlmServer::new(LlmService::new(engine.clone(), config.source))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let serving = server.add_service(service).serve(listener, shutdown);
-    tokio::pin!(serving);
-    let ready = engine.ready();
-    tokio::pin!(ready);
-    let mut flipped = false;
-    loop {
-        tokio::select! {
-            // Biased: the server is polled first, so it registers NOT_SERVING before the
-            // model (possibly already loaded) is reported SERVING.
-            biased;
-            result = &mut serving => return result.map_err(LlmError::from),
-            loaded = &mut ready, if !flipped => {
-                flipped = true;
-                match loaded {
-                    Ok(_) => health.set_serving::<LlmServer<LlmService>>().await,
-                    // The service keeps answering: ListModels reports FAILED and why.
-                    Err(err) => tracing::error!(error = %err, "the model will not be served"),
-                }
-            }
+    // NOT_SERVING is registered here, before the load below can report SERVING.
+    let serving = server.add_service(service).await.serve(listener, shutdown);
+    let flip_health = tokio::spawn(async move {
+        match engine.ready().await {
+            Ok(_) => health.set_serving::<LlmServer<LlmService>>().await,
+            // The service keeps answering: ListModels reports FAILED and why.
+            Err(err) => tracing::error!(error = %err, "the model will not be served"),
         }
-    }
+    });
+    let result = serving.await;
+    flip_health.abort();
+    result.map_err(LlmError::from)
 }
