@@ -5,9 +5,11 @@
 //!   progress bar); when the hub cannot be reached and the files are not cached, the error says
 //!   exactly what to download and where to put it.
 //! - [`device`]: the compute device (CPU, or CUDA with the `cuda` feature) parsed from config.
+//! - [`weights`]: memory-mapped safetensors, the one `unsafe` of model loading.
 
 pub mod device;
 pub mod source;
+pub mod weights;
 
 pub use device::{DeviceChoice, DeviceError};
 pub use source::{HubOptions, ModelSource, ResolvedModel, SourceError};

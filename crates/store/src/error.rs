@@ -4,7 +4,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process (usually a running gateway) holds the database file's lock.
-    #[error("the database {0} is already open in another process")]
+    #[error(
+        "the store {0} is in use by another process, usually a running passerelle server: stop it \
+         to manage keys with `passerelle keys`, or pass extra keys in PASSERELLE_API_KEYS"
+    )]
     Locked(PathBuf),
     /// The data directory could not be created or read.
     #[error("cannot use data directory {path}: {source}")]

@@ -2,16 +2,13 @@
 //! (converted to F32 for the CPU), `tokenizer.json`, `tokenizer_config.json` and the optional
 //! `generation_config.json`.
 
-// Memory-mapping the weights is the one unsafe operation of this crate; see the SAFETY note.
-#![allow(unsafe_code)]
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
 };
 
 use candle_core::{DType, Device};
-use candle_nn::{Activation, VarBuilder};
+use candle_nn::Activation;
 use candle_transformers::models::qwen2::{Config, ModelForCausalLM};
 use serde::Deserialize;
 
@@ -227,10 +224,7 @@ pub(super) fn load(
     }
 
     let weights: Vec<PathBuf> = weights.clone();
-    // SAFETY: the weight files are mapped read-only and must not be modified or truncated while
-    // the model is loaded; that is the contract of serving a model directory (the same one
-    // candle's and transformers' loaders rely on). Tensors are copied to F32 at load on the CPU.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, device)? };
+    let vb = passerelle_model_runtime::weights::mmap_safetensors(&weights, DType::F32, device)?;
     let model = ModelForCausalLM::new(&config, vb)?;
     let assets = ModelAssets {
         format: ModelFormat::Safetensors,
