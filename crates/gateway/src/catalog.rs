@@ -1,8 +1,9 @@
-//! The models the llm service serves, fetched through ListModels and reused for a short while.
+//! The models the services serve, fetched through ListModels and reused for a short while.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::embeddings::EmbeddingsBackend;
 use crate::llm::{BackendError, LlmBackend, ModelEntry};
 
 /// A briefly cached view of the service's model list. Cheap to clone.
@@ -13,6 +14,7 @@ pub(crate) struct ModelCatalog {
 
 struct Inner {
     llm: LlmBackend,
+    embeddings: Option<EmbeddingsBackend>,
     ttl: Duration,
     /// The last successful list. A std lock: held only to copy an `Arc` in or out, never
     /// across an await.
@@ -22,10 +24,15 @@ struct Inner {
 }
 
 impl ModelCatalog {
-    pub(crate) fn new(llm: LlmBackend, ttl: Duration) -> Self {
+    pub(crate) fn new(
+        llm: LlmBackend,
+        embeddings: Option<EmbeddingsBackend>,
+        ttl: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 llm,
+                embeddings,
                 ttl,
                 cached: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(()),
@@ -42,7 +49,18 @@ impl ModelCatalog {
         if let Some(models) = self.fresh() {
             return Ok(models);
         }
-        let models: Arc<[ModelEntry]> = self.inner.llm.list_models().await?.into();
+        let mut models = self.inner.llm.list_models().await?;
+        if let Some(embeddings) = &self.inner.embeddings {
+            // The chat models are the gateway's core: an embeddings service that is down hides
+            // its models rather than failing the whole list.
+            match embeddings.list_models().await {
+                Ok(more) => models.extend(more),
+                Err(err) => {
+                    tracing::warn!(error = %err, "embeddings service did not list its models")
+                }
+            }
+        }
+        let models: Arc<[ModelEntry]> = models.into();
         *self.write() = Some((Instant::now(), Arc::clone(&models)));
         Ok(models)
     }

@@ -14,6 +14,9 @@ pub struct GatewayConfig {
     /// Where the llm gRPC service listens, as an `http://host:port` URI.
     /// Default `http://127.0.0.1:50051`.
     pub llm_endpoint: String,
+    /// Where the embeddings gRPC service listens, when one runs. With none, `/v1/embeddings`
+    /// knows no model (404). Default none.
+    pub embeddings_endpoint: Option<String>,
     /// Largest accepted request body, in bytes; larger bodies get 413. Default 4 MiB.
     pub body_limit_bytes: usize,
     /// Longest a generation may run, streaming or not, from the request to its last token.
@@ -53,6 +56,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             llm_endpoint: "http://127.0.0.1:50051".to_owned(),
+            embeddings_endpoint: None,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(2),

@@ -13,9 +13,11 @@
 
 mod admission;
 pub mod auth;
+pub mod backend;
 mod body;
 mod catalog;
 pub mod config;
+pub mod embeddings;
 pub mod error;
 pub mod extract;
 mod generation;
@@ -57,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(routes::models::get))
         .route("/v1/chat/completions", post(routes::chat::create))
         .route("/v1/completions", post(routes::completions::create))
+        .route("/v1/embeddings", post(routes::embeddings::create))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admission::admit,

@@ -9,18 +9,40 @@ use prometheus::Registry;
 use crate::GatewayConfig;
 use crate::admission::Admission;
 use crate::catalog::ModelCatalog;
+use crate::embeddings::EmbeddingsBackend;
 use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
 
 /// Why the gateway could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// `llm_endpoint` is not a usable `http://` or `https://` URI.
-    #[error("invalid llm endpoint {endpoint:?}: {reason}")]
+    /// A service endpoint is not a usable `http://` or `https://` URI.
+    #[error("invalid service endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
     /// The gateway's metrics could not be registered (already registered on this registry).
     #[error("cannot register gateway metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+impl GatewayError {
+    fn invalid_endpoint(endpoint: &str, reason: impl ToString) -> Self {
+        GatewayError::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Without a scheme a URI still parses, and only fails at the first request: refuse it at start.
+fn check_endpoint(endpoint: &str) -> Result<(), GatewayError> {
+    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(GatewayError::invalid_endpoint(
+            endpoint,
+            "expected http://host:port",
+        ))
+    }
 }
 
 /// The gateway's shared state.
@@ -43,6 +65,7 @@ pub enum GatewayError {
 pub struct AppState {
     config: Arc<GatewayConfig>,
     llm: LlmBackend,
+    embeddings: Option<EmbeddingsBackend>,
     catalog: ModelCatalog,
     keys: Arc<dyn KeyVerifier>,
     metrics: GatewayMetrics,
@@ -67,19 +90,23 @@ impl AppState {
         keys: Arc<dyn KeyVerifier>,
         registry: &Registry,
     ) -> Result<Self, GatewayError> {
-        let invalid = |reason: String| GatewayError::InvalidEndpoint {
-            endpoint: config.llm_endpoint.clone(),
-            reason,
+        check_endpoint(&config.llm_endpoint)?;
+        let llm = LlmBackend::connect_lazy(&config)
+            .map_err(|e| GatewayError::invalid_endpoint(&config.llm_endpoint, e))?;
+        let embeddings = match config.embeddings_endpoint.as_deref() {
+            Some(endpoint) => {
+                check_endpoint(endpoint)?;
+                Some(
+                    EmbeddingsBackend::connect_lazy(endpoint, &config)
+                        .map_err(|e| GatewayError::invalid_endpoint(endpoint, e))?,
+                )
+            }
+            None => None,
         };
-        // Without a scheme the URI still parses, and only fails at the first request.
-        let endpoint = &config.llm_endpoint;
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(invalid("expected http://host:port".to_owned()));
-        }
-        let llm = LlmBackend::connect_lazy(&config).map_err(|e| invalid(e.to_string()))?;
         let metrics = GatewayMetrics::register(registry)?;
         Ok(Self {
-            catalog: ModelCatalog::new(llm.clone(), config.models_cache_ttl),
+            catalog: ModelCatalog::new(llm.clone(), embeddings.clone(), config.models_cache_ttl),
+            embeddings,
             admission: Admission::new(config.max_concurrent_requests),
             config: Arc::new(config),
             llm,
@@ -101,6 +128,10 @@ impl AppState {
 
     pub(crate) fn llm(&self) -> &LlmBackend {
         &self.llm
+    }
+
+    pub(crate) fn embeddings(&self) -> Option<&EmbeddingsBackend> {
+        self.embeddings.as_ref()
     }
 
     pub(crate) fn catalog(&self) -> &ModelCatalog {

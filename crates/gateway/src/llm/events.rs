@@ -4,40 +4,7 @@ use passerelle_proto::common;
 use passerelle_proto::llm::{self, generate_response};
 
 use super::BackendError;
-
-/// One model the service serves, as the OpenAI model list shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelEntry {
-    /// The id clients name in requests.
-    pub id: String,
-    /// When the model was loaded, seconds since the Unix epoch.
-    pub created: i64,
-    /// Organisation shown as `owned_by`.
-    pub owned_by: String,
-}
-
-impl ModelEntry {
-    /// The models a client can use: those ready or on their way. Failed and unloaded models
-    /// are left out of the list.
-    pub(crate) fn listable(info: common::ModelInfo) -> Option<Self> {
-        use common::ModelState;
-        match info.state() {
-            ModelState::Failed | ModelState::Unloaded => None,
-            ModelState::Unspecified
-            | ModelState::Downloading
-            | ModelState::Loading
-            | ModelState::Ready => Some(ModelEntry {
-                owned_by: if info.owned_by.is_empty() {
-                    "passerelle".to_owned()
-                } else {
-                    info.owned_by
-                },
-                id: info.id,
-                created: info.created_unix,
-            }),
-        }
-    }
-}
+pub use crate::backend::ModelEntry;
 
 /// Token counts of a whole request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

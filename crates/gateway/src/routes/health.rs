@@ -18,12 +18,29 @@ pub(crate) struct Health {
 #[derive(Debug, Serialize)]
 struct Dependencies {
     llm: DependencyStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embeddings: Option<DependencyStatus>,
 }
 
 #[derive(Debug, Serialize)]
 struct DependencyStatus {
     ready: bool,
     status: String,
+}
+
+impl From<Readiness> for DependencyStatus {
+    fn from(readiness: Readiness) -> Self {
+        match readiness {
+            Readiness::Serving => DependencyStatus {
+                ready: true,
+                status: "serving".to_owned(),
+            },
+            Readiness::NotServing(why) | Readiness::Unreachable(why) => DependencyStatus {
+                ready: false,
+                status: why,
+            },
+        }
+    }
 }
 
 /// `GET /health/live`: the process is up and serving HTTP.
@@ -34,19 +51,18 @@ pub(crate) async fn live() -> Json<Health> {
     })
 }
 
-/// `GET /health/ready`: 200 only when the llm service reports SERVING; otherwise 503 naming
-/// the dependency that is not ready and why.
+/// `GET /health/ready`: 200 only when every configured model service reports SERVING;
+/// otherwise 503 naming the dependency that is not ready and why.
 pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let (ready, status) = match state.llm().readiness().await {
-        Readiness::Serving => (true, "serving".to_owned()),
-        Readiness::NotServing(why) => (false, why),
-        Readiness::Unreachable(why) => (false, why),
+    let llm = DependencyStatus::from(state.llm().readiness().await);
+    let embeddings = match state.embeddings() {
+        Some(embeddings) => Some(DependencyStatus::from(embeddings.readiness().await)),
+        None => None,
     };
+    let ready = llm.ready && embeddings.as_ref().is_none_or(|e| e.ready);
     let body = Health {
         status: if ready { "ready" } else { "not_ready" },
-        dependencies: Some(Dependencies {
-            llm: DependencyStatus { ready, status },
-        }),
+        dependencies: Some(Dependencies { llm, embeddings }),
     };
     let code = if ready {
         StatusCode::OK
