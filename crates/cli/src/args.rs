@@ -36,6 +36,8 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run only the llm gRPC service.
     Llm(LlmArgs),
+    /// Run only the embeddings gRPC service.
+    Embeddings(EmbeddingsArgs),
     /// Create, list and revoke API keys in the embedded store.
     Keys(KeysArgs),
 }
@@ -67,6 +69,16 @@ pub struct ModelArgs {
     /// CPU threads for model work [default: all cores].
     #[arg(long, short = 't', env = "PASSERELLE_THREADS")]
     pub threads: Option<usize>,
+    /// Generation requests that may wait for the model; more get 429 [default: 64].
+    #[arg(long, env = "PASSERELLE_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// How models named by a hub repo id are fetched.
+#[derive(Debug, Args)]
+pub struct HubArgs {
     /// Never contact the Hugging Face hub; use only cached files [default: false, or HF_HUB_OFFLINE].
     #[arg(long, env = "PASSERELLE_OFFLINE", num_args = 0..=1, default_missing_value = "true")]
     pub offline: Option<bool>,
@@ -76,9 +88,23 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit) [default: main].
     #[arg(long, env = "PASSERELLE_REVISION")]
     pub revision: Option<String>,
-    /// Generation requests that may wait for the model; more get 429 [default: 64].
-    #[arg(long, env = "PASSERELLE_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
+}
+
+/// Which sentence-embedding model to serve.
+#[derive(Debug, Args)]
+pub struct EmbeddingArgs {
+    /// Sentence-transformers model: a local directory or a Hugging Face repo id, e.g.
+    /// sentence-transformers/all-MiniLM-L6-v2 [default: none for `serve`; that model for
+    /// `embeddings`].
+    #[arg(long, env = "PASSERELLE_EMBEDDING_MODEL")]
+    pub embedding_model: Option<String>,
+    /// Id clients use to name the embedding model [default: the repo id or folder name].
+    #[arg(long, env = "PASSERELLE_EMBEDDING_MODEL_ID")]
+    pub embedding_model_id: Option<String>,
+    /// The embedding model is a Matryoshka model, so `dimensions` may shorten its vectors
+    /// [default: false].
+    #[arg(long, env = "PASSERELLE_EMBEDDING_MATRYOSHKA", num_args = 0..=1, default_missing_value = "true")]
+    pub embedding_matryoshka: Option<bool>,
 }
 
 /// How the HTTP gateway runs.
@@ -111,6 +137,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+    #[command(flatten)]
     pub gateway: GatewayOptions,
 }
 
@@ -122,6 +150,9 @@ pub struct GatewayArgs {
     /// The llm service's gRPC endpoint [default: http://127.0.0.1:50051].
     #[arg(long, env = "PASSERELLE_LLM_ENDPOINT")]
     pub llm_endpoint: Option<String>,
+    /// The embeddings service's gRPC endpoint, when one runs [default: none].
+    #[arg(long, env = "PASSERELLE_EMBEDDINGS_ENDPOINT")]
+    pub embeddings_endpoint: Option<String>,
     #[command(flatten)]
     pub gateway: GatewayOptions,
 }
@@ -133,6 +164,20 @@ pub struct LlmArgs {
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbeddingsArgs {
+    /// Address the embeddings gRPC service listens on [default: 127.0.0.1:50052].
+    #[arg(long, short = 'l', env = "PASSERELLE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+    /// CPU threads for model work [default: all cores].
+    #[arg(long, short = 't', env = "PASSERELLE_THREADS")]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub hub: HubArgs,
 }
 
 #[derive(Debug, Args)]
@@ -193,7 +238,7 @@ mod tests {
         let Command::Serve(serve) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(serve.model.offline, Some(true));
+        assert_eq!(serve.model.hub.offline, Some(true));
         assert_eq!(serve.gateway.require_auth, Some(false));
     }
 

@@ -16,6 +16,10 @@ pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-in
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Where `passerelle llm` listens for gRPC unless told otherwise.
 pub const DEFAULT_LLM_LISTEN: &str = "127.0.0.1:50051";
+/// Where `passerelle embeddings` listens for gRPC unless told otherwise.
+pub const DEFAULT_EMBEDDINGS_LISTEN: &str = "127.0.0.1:50052";
+/// The embedding model `passerelle embeddings` serves unless told otherwise.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// Keys of the TOML configuration file. Unknown keys are an error, so typos do not go unnoticed.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -31,6 +35,10 @@ pub struct FileConfig {
     pub queue_capacity: Option<usize>,
     pub listen: Option<String>,
     pub llm_endpoint: Option<String>,
+    pub embedding_model: Option<String>,
+    pub embedding_model_id: Option<String>,
+    pub embedding_matryoshka: Option<bool>,
+    pub embeddings_endpoint: Option<String>,
     pub api_keys: Option<ApiKeysValue>,
     pub data_dir: Option<PathBuf>,
     pub require_auth: Option<bool>,

@@ -12,6 +12,7 @@ pub fn configured_threads(command: &Command, file: &FileConfig) -> Option<usize>
     let flag = match command {
         Command::Serve(args) => args.model.threads,
         Command::Llm(args) => args.model.threads,
+        Command::Embeddings(args) => args.threads,
         Command::Gateway(_) | Command::Keys(_) => return None,
     };
     flag.or(file.threads).filter(|threads| *threads > 0)

@@ -8,7 +8,7 @@ use passerelle_model_runtime::HubOptions;
 use passerelle_telemetry::{LogFormat, TelemetryConfig};
 
 use crate::{
-    args::{GatewayOptions, LogArgs, ModelArgs},
+    args::{EmbeddingArgs, GatewayOptions, HubArgs, LogArgs, ModelArgs},
     config::{self, FileConfig},
 };
 
@@ -20,6 +20,16 @@ pub struct ModelSettings {
     pub threads: Option<usize>,
     pub hub: HubOptions,
     pub queue_capacity: usize,
+}
+
+/// The embedding model to load and how to fetch it.
+#[derive(Debug, Clone)]
+pub struct EmbeddingSettings {
+    pub model: String,
+    pub model_id: Option<String>,
+    pub matryoshka: bool,
+    pub threads: Option<usize>,
+    pub hub: HubOptions,
 }
 
 /// The gateway's configuration plus the key sources it reads.
@@ -54,12 +64,6 @@ pub fn telemetry(
 }
 
 pub fn model(args: &ModelArgs, file: &FileConfig) -> anyhow::Result<ModelSettings> {
-    let hf_offline = std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|value| matches!(value.as_str(), "1" | "true" | "TRUE" | "yes"));
-    let threads = args.threads.or(file.threads);
-    if threads == Some(0) {
-        anyhow::bail!("threads must be at least 1");
-    }
     let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(64);
     if queue_capacity == 0 {
         anyhow::bail!("queue_capacity must be at least 1");
@@ -69,23 +73,68 @@ pub fn model(args: &ModelArgs, file: &FileConfig) -> anyhow::Result<ModelSetting
             config::DEFAULT_MODEL.to_owned()
         }),
         model_id: args.model_id.clone().or_else(|| file.model_id.clone()),
-        threads,
-        hub: HubOptions {
-            cache_dir: args.hf_cache.clone().or_else(|| file.hf_cache.clone()),
-            offline: args.offline.or(file.offline).unwrap_or(hf_offline),
-            revision: pick(args.revision.clone(), file.revision.clone(), || {
-                "main".to_owned()
-            }),
-            ..HubOptions::default()
-        },
+        threads: threads(args.threads, file)?,
+        hub: hub(&args.hub, file),
         queue_capacity,
     })
+}
+
+/// The embedding model to serve, if any: `default` applies when none is configured.
+pub fn embedding(
+    args: &EmbeddingArgs,
+    file: &FileConfig,
+    threads: Option<usize>,
+    hub: HubOptions,
+    default: Option<&str>,
+) -> Option<EmbeddingSettings> {
+    let model = args
+        .embedding_model
+        .clone()
+        .or_else(|| file.embedding_model.clone())
+        .or_else(|| default.map(str::to_owned))?;
+    Some(EmbeddingSettings {
+        model,
+        model_id: args
+            .embedding_model_id
+            .clone()
+            .or_else(|| file.embedding_model_id.clone()),
+        matryoshka: args
+            .embedding_matryoshka
+            .or(file.embedding_matryoshka)
+            .unwrap_or(false),
+        threads,
+        hub,
+    })
+}
+
+/// `threads` from the flag or the file; zero is refused.
+pub fn threads(flag: Option<usize>, file: &FileConfig) -> anyhow::Result<Option<usize>> {
+    let threads = flag.or(file.threads);
+    if threads == Some(0) {
+        anyhow::bail!("threads must be at least 1");
+    }
+    Ok(threads)
+}
+
+/// How hub repo ids are fetched.
+pub fn hub(args: &HubArgs, file: &FileConfig) -> HubOptions {
+    let hf_offline = std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|value| matches!(value.as_str(), "1" | "true" | "TRUE" | "yes"));
+    HubOptions {
+        cache_dir: args.hf_cache.clone().or_else(|| file.hf_cache.clone()),
+        offline: args.offline.or(file.offline).unwrap_or(hf_offline),
+        revision: pick(args.revision.clone(), file.revision.clone(), || {
+            "main".to_owned()
+        }),
+        ..HubOptions::default()
+    }
 }
 
 pub fn gateway(
     args: &GatewayOptions,
     file: &FileConfig,
     llm_endpoint: String,
+    embeddings_endpoint: Option<String>,
 ) -> anyhow::Result<GatewaySettings> {
     let defaults = passerelle_gateway::GatewayConfig::default();
     let api_keys = match &args.api_keys {
@@ -111,6 +160,7 @@ pub fn gateway(
     Ok(GatewaySettings {
         config: passerelle_gateway::GatewayConfig {
             llm_endpoint,
+            embeddings_endpoint,
             body_limit_bytes,
             request_timeout,
             require_auth: args
@@ -191,7 +241,7 @@ mod tests {
                 .to_string(),
             "127.0.0.1:8080"
         );
-        let gateway = gateway(&serve.gateway, &file, "http://127.0.0.1:1".into()).unwrap();
+        let gateway = gateway(&serve.gateway, &file, "http://127.0.0.1:1".into(), None).unwrap();
         assert!(gateway.api_keys.is_empty());
         assert!(!gateway.config.require_auth);
     }
@@ -199,12 +249,13 @@ mod tests {
     #[test]
     fn api_keys_come_from_the_flag_or_the_file() {
         let file: FileConfig = toml::from_str("api_keys = [\"file-key\"]").unwrap();
-        let from_file = gateway(&serve_args(&[]).gateway, &file, String::new()).unwrap();
+        let from_file = gateway(&serve_args(&[]).gateway, &file, String::new(), None).unwrap();
         assert_eq!(from_file.api_keys, vec!["file-key"]);
         let from_flag = gateway(
             &serve_args(&["--api-keys", "a,b"]).gateway,
             &file,
             String::new(),
+            None,
         )
         .unwrap();
         assert_eq!(from_flag.api_keys, vec!["a", "b"]);

@@ -14,8 +14,15 @@ use hf_hub::{Cache, Repo, RepoType, api::tokio::ApiBuilder};
 
 /// Files a safetensors model directory must have besides its weights.
 const SAFETENSORS_REQUIRED: [&str; 3] = ["config.json", "tokenizer.json", "tokenizer_config.json"];
-/// Files used when present.
-const SAFETENSORS_OPTIONAL: [&str; 1] = ["generation_config.json"];
+/// Files used when present: generation defaults, and the sentence-transformers description of
+/// an embedding model (its modules, pooling and sequence length).
+const SAFETENSORS_OPTIONAL: [&str; 5] = [
+    "generation_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+];
 const SINGLE_WEIGHTS: &str = "model.safetensors";
 const SHARD_INDEX: &str = "model.safetensors.index.json";
 

@@ -6,11 +6,13 @@
 //!   `tokenizer_config.json` with the real Qwen2.5-Instruct chat template, `model.safetensors`)
 //!   and a llama.cpp GGUF file (F32, F16, Q8_0, Q4_K) carrying the same weights and tokenizer.
 //!   [`TinyQwen2`] writes a tiny one into a temporary directory in both formats.
+//! - [`minilm`]: where the real all-MiniLM-L6-v2 weights are, for embedding tests.
 //! - [`stack`] (feature `stack`): the llm service and the gateway started on loopback, wired
 //!   through gRPC as in production, for whole-stack tests over real HTTP.
 //! - The `passerelle-testkit` binary writes the same models for people to try:
 //!   `passerelle-testkit write-qwen2 --preset qwen2.5-0.5b --format gguf --dtype q8_0 --out m.gguf`.
 
+pub mod minilm;
 pub mod models;
 #[cfg(feature = "stack")]
 pub mod stack;

@@ -21,6 +21,10 @@ pub struct StackOptions {
     pub gateway: GatewayConfig,
     /// Requests that may wait for the engine.
     pub queue_capacity: usize,
+    /// A sentence-transformers directory to serve through the embeddings service, if any.
+    pub embedding_model: Option<PathBuf>,
+    /// The id clients name the embedding model by.
+    pub embedding_model_id: String,
 }
 
 impl StackOptions {
@@ -32,6 +36,8 @@ impl StackOptions {
             api_keys: vec![Stack::API_KEY.to_owned()],
             gateway: GatewayConfig::default(),
             queue_capacity: 16,
+            embedding_model: None,
+            embedding_model_id: "all-MiniLM-L6-v2".to_owned(),
         }
     }
 }
@@ -91,6 +97,34 @@ impl Stack {
             }
         });
 
+        let mut tasks = vec![llm];
+        let embeddings_endpoint = match &options.embedding_model {
+            Some(model_path) => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let endpoint = format!("http://{}", listener.local_addr()?);
+                let config = passerelle_embeddings::EmbeddingsServiceConfig {
+                    model_path: model_path.clone(),
+                    model_id: options.embedding_model_id.clone(),
+                    source: model_path.display().to_string(),
+                    threads: Some(1),
+                    queue_capacity: options.queue_capacity,
+                    max_batch: 32,
+                    matryoshka: false,
+                };
+                let registry = registry.clone();
+                let shutdown = shutdown();
+                tasks.push(tokio::spawn(async move {
+                    if let Err(err) =
+                        passerelle_embeddings::serve(config, listener, registry, shutdown).await
+                    {
+                        eprintln!("testkit: embeddings service failed: {err}");
+                    }
+                }));
+                Some(endpoint)
+            }
+            None => None,
+        };
+
         let data_dir = tempfile::Builder::new()
             .prefix("passerelle-stack-")
             .tempdir()?;
@@ -100,6 +134,7 @@ impl Stack {
         );
         let config = GatewayConfig {
             llm_endpoint: llm_endpoint.clone(),
+            embeddings_endpoint,
             ..options.gateway
         };
         let state = AppState::new(config, Arc::new(keyring), &registry)?;
@@ -114,12 +149,13 @@ impl Stack {
             }
         });
 
+        tasks.push(gateway);
         let stack = Self {
             base_url,
             llm_endpoint,
             registry,
             stop,
-            tasks: vec![llm, gateway],
+            tasks,
             _data_dir: data_dir,
         };
         stack.wait_ready(Duration::from_secs(60)).await?;

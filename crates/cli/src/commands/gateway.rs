@@ -17,7 +17,10 @@ pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
         .llm_endpoint
         .or_else(|| file.llm_endpoint.clone())
         .unwrap_or_else(|| DEFAULT_LLM_ENDPOINT.to_owned());
-    let gateway = settings::gateway(&args.gateway, file, llm_endpoint)?;
+    let embeddings_endpoint = args
+        .embeddings_endpoint
+        .or_else(|| file.embeddings_endpoint.clone());
+    let gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
     let shutdown = Shutdown::on_signals();
     let registry = prometheus::Registry::new();
     let state = super::gateway_state(gateway, &registry)?;

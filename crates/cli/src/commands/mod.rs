@@ -1,5 +1,6 @@
 //! What each subcommand does.
 
+mod embeddings;
 mod gateway;
 mod keys;
 mod llm;
@@ -13,7 +14,7 @@ use passerelle_store::{EmbeddedStore, Keyring, StaticKeys};
 use crate::{
     args::{Cli, Command},
     config::FileConfig,
-    settings::{self, GatewaySettings, ModelSettings},
+    settings::{self, EmbeddingSettings, GatewaySettings, ModelSettings},
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(_) => "passerelle",
         Command::Gateway(_) => "passerelle-gateway",
         Command::Llm(_) => "passerelle-llm",
+        Command::Embeddings(_) => "passerelle-embeddings",
         Command::Keys(_) => "passerelle-keys",
     };
     let _telemetry =
@@ -30,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args, &file).await,
         Command::Gateway(args) => gateway::run(args, &file).await,
         Command::Llm(args) => llm::run(args, &file).await,
+        Command::Embeddings(args) => embeddings::run(args, &file).await,
         Command::Keys(args) => keys::run(args, &file).await,
     }
 }
@@ -47,6 +50,29 @@ async fn llm_config(model: &ModelSettings) -> anyhow::Result<passerelle_llm::Llm
         queue_capacity: model.queue_capacity,
     })
 }
+
+/// Resolves the embedding model (downloading it when needed) into its service's configuration.
+async fn embeddings_config(
+    embedding: &EmbeddingSettings,
+) -> anyhow::Result<passerelle_embeddings::EmbeddingsServiceConfig> {
+    let source: passerelle_model_runtime::ModelSource = embedding.model.parse()?;
+    let resolved = source.resolve(&embedding.hub).await?;
+    tracing::info!(model = %embedding.model, path = %resolved.path.display(), "embedding model files ready");
+    Ok(passerelle_embeddings::EmbeddingsServiceConfig {
+        model_path: resolved.path,
+        model_id: embedding.model_id.clone().unwrap_or(resolved.default_id),
+        source: embedding.model.clone(),
+        threads: embedding.threads,
+        queue_capacity: EMBEDDINGS_QUEUE_CAPACITY,
+        max_batch: EMBEDDINGS_MAX_BATCH,
+        matryoshka: embedding.matryoshka,
+    })
+}
+
+/// Embedding requests that may wait for the model before more get 429.
+const EMBEDDINGS_QUEUE_CAPACITY: usize = 64;
+/// Most texts in one forward pass: bounds padding waste and activation memory.
+const EMBEDDINGS_MAX_BATCH: usize = 32;
 
 /// The gateway's state: keys from the variable or file, plus the embedded store.
 fn gateway_state(

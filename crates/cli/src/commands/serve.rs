@@ -1,6 +1,7 @@
-//! `passerelle serve`: the gateway and the llm service in one process. The service listens on a
-//! loopback port and the gateway reaches it through the same gRPC client a split deployment
-//! uses, so both deployments run the same code path.
+//! `passerelle serve`: the gateway, the llm service and (when an embedding model is configured)
+//! the embeddings service in one process. The services listen on loopback ports and the gateway
+//! reaches them through the same gRPC clients a split deployment uses, so both deployments run
+//! the same code path.
 
 use anyhow::Context as _;
 
@@ -29,7 +30,38 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         shutdown.wait(),
     ));
 
-    let gateway = settings::gateway(&args.gateway, file, llm_endpoint)?;
+    let embedding = settings::embedding(
+        &args.embedding,
+        file,
+        model.threads,
+        model.hub.clone(),
+        None,
+    );
+    let (embeddings_endpoint, embeddings) = match embedding {
+        Some(embedding) => {
+            let config = super::embeddings_config(&embedding).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot bind a loopback port for the embeddings service")?;
+            let endpoint = format!("http://{}", listener.local_addr()?);
+            let task = tokio::spawn(passerelle_embeddings::serve(
+                config,
+                listener,
+                registry.clone(),
+                shutdown.wait(),
+            ));
+            (Some(endpoint), Some(task))
+        }
+        None => (None, None),
+    };
+    let embeddings = async move {
+        match embeddings {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+
+    let gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
     let state = super::gateway_state(gateway, &registry)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -38,10 +70,13 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     tracing::info!(%bound, "passerelle is up: OpenAI API at http://{bound}/v1");
     let gateway = passerelle_gateway::serve(listener, state, shutdown.wait());
 
-    // Either side failing ends the process; on a signal both drain.
+    // Any part failing ends the process; on a signal all of them drain.
     tokio::select! {
         result = gateway => result.context("gateway failed")?,
         result = llm => result.context("llm service panicked")?.context("llm service failed")?,
+        result = embeddings => result
+            .context("embeddings service panicked")?
+            .context("embeddings service failed")?,
     }
     Ok(())
 }

@@ -4,5 +4,6 @@
 mod cancellation;
 mod chat;
 mod completions;
+mod embeddings;
 mod errors;
 mod support;

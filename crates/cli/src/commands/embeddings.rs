@@ -1,0 +1,37 @@
+//! `passerelle embeddings`: the embeddings gRPC service alone.
+
+use anyhow::Context as _;
+
+use crate::{
+    args::EmbeddingsArgs,
+    config::{self, FileConfig},
+    settings,
+    shutdown::Shutdown,
+};
+
+pub async fn run(args: EmbeddingsArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let listen = settings::listen(args.listen, file, config::DEFAULT_EMBEDDINGS_LISTEN)?;
+    let threads = settings::threads(args.threads, file)?;
+    let embedding = settings::embedding(
+        &args.embedding,
+        file,
+        threads,
+        settings::hub(&args.hub, file),
+        Some(config::DEFAULT_EMBEDDING_MODEL),
+    )
+    .context("an embedding model is always configured here")?;
+    let shutdown = Shutdown::on_signals();
+    let service = super::embeddings_config(&embedding).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, "embeddings service listening (gRPC)");
+    passerelle_embeddings::serve(
+        service,
+        listener,
+        prometheus::Registry::new(),
+        shutdown.wait(),
+    )
+    .await
+    .context("embeddings service failed")
+}

@@ -1,0 +1,34 @@
+//! Sentence embeddings on candle (CPU) for BERT-family sentence-transformers models, as a
+//! library and as a gRPC service.
+//!
+//! - [`model`]: a sentence-transformers directory ([`model::layout`]: `modules.json`, the
+//!   pooling config, `sentence_bert_config.json`), its tokenizer set up as sentence-transformers
+//!   uses it, the BERT encoder over memory-mapped safetensors, and the pooling modes.
+//! - [`batch`], [`request`], [`vector`]: pure policies — grouping texts into forward passes,
+//!   request limits and the `normalize` / `dimensions` options, L2 arithmetic.
+//! - [`engine`]: the actor that owns the model on its own thread; [`EmbeddingHandle`] is the
+//!   plain Rust API (`EmbeddingEngine::load`, `EmbeddingHandle::embed`).
+//! - [`service`] and [`serve`]: the `passerelle.embeddings.v1.Embeddings` gRPC service, with
+//!   health flipped to SERVING once the model is warm. The semantic cache RPCs are not served
+//!   yet and say so.
+//!
+//! Errors are [`EmbeddingsError`] (and [`LoadError`] for loading), turned into `tonic::Status`
+//! in one `From` impl.
+
+pub mod batch;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod request;
+mod serve;
+pub mod service;
+pub mod vector;
+
+pub use engine::{
+    EmbeddingEngine, EmbeddingHandle, EngineConfig, EngineState, EngineStats, ServedModel,
+};
+pub use error::{EmbedFailure, EmbeddingsError, LoadError};
+pub use model::{ModelSpec, SentenceModel, SentenceVector};
+pub use request::{EmbedOptions, Embedded, MAX_INPUTS};
+pub use serve::{EmbeddingsServiceConfig, serve};
+pub use service::{EmbeddingsService, TRUNCATED_METADATA};

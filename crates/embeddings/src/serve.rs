@@ -1,0 +1,78 @@
+//! Serving the engine over gRPC: bind at once, report NOT_SERVING while the model loads, flip
+//! to SERVING after the warm-up pass.
+
+use std::{future::Future, path::PathBuf};
+
+use passerelle_grpc_server::{GrpcServer, ServerConfig};
+use passerelle_proto::embeddings::embeddings_server::EmbeddingsServer;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::{
+    engine::{EmbeddingEngine, EngineConfig},
+    error::EmbeddingsError,
+    service::EmbeddingsService,
+};
+
+/// What `serve` runs.
+#[derive(Debug, Clone)]
+pub struct EmbeddingsServiceConfig {
+    /// A sentence-transformers model directory, already resolved to local disk.
+    pub model_path: PathBuf,
+    /// The id clients name the model by.
+    pub model_id: String,
+    /// What the operator named (a path or a hub repo), reported by `ListModels`.
+    pub source: String,
+    /// Compute threads; candle's default when `None`.
+    pub threads: Option<usize>,
+    /// Requests that may wait for the engine before new ones get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// Most texts in one forward pass.
+    pub max_batch: usize,
+    /// The model is a Matryoshka model: `dimensions` may shorten its vectors.
+    pub matryoshka: bool,
+}
+
+/// Serves the `Embeddings` service on `listener` until `shutdown` resolves. The model loads in
+/// the background; until it is warm, health says NOT_SERVING and `Embed` answers UNAVAILABLE
+/// ("model is loading").
+pub async fn serve(
+    config: EmbeddingsServiceConfig,
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EmbeddingsError> {
+    let engine = EmbeddingEngine::spawn(
+        EngineConfig {
+            model_path: config.model_path,
+            model_id: config.model_id,
+            threads: config.threads,
+            queue_capacity: config.queue_capacity,
+            max_batch: config.max_batch,
+            matryoshka: config.matryoshka,
+        },
+        &registry,
+    )?;
+    let server = GrpcServer::new(ServerConfig::default());
+    let health = server.health();
+    let max_message_bytes = server.max_message_bytes();
+    let service = EmbeddingsServer::new(EmbeddingsService::new(engine.clone(), config.source))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    // NOT_SERVING is registered here, before the load below can report SERVING.
+    let serving = server.add_service(service).await.serve(listener, shutdown);
+    let flip_health = tokio::spawn(async move {
+        match engine.ready().await {
+            Ok(_) => {
+                health
+                    .set_serving::<EmbeddingsServer<EmbeddingsService>>()
+                    .await
+            }
+            // The service keeps answering: ListModels reports FAILED and why.
+            Err(err) => tracing::error!(error = %err, "the embedding model will not be served"),
+        }
+    });
+    let result = serving.await;
+    flip_health.abort();
+    result.map_err(EmbeddingsError::from)
+}
