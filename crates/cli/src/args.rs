@@ -105,6 +105,10 @@ pub struct EmbeddingArgs {
     /// [default: false].
     #[arg(long, env = "PASSERELLE_EMBEDDING_MATRYOSHKA", num_args = 0..=1, default_missing_value = "true")]
     pub embedding_matryoshka: Option<bool>,
+    /// Most answers the semantic cache holds, all tenants together; the least recently used
+    /// goes first [default: 100000].
+    #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_MAX_ENTRIES")]
+    pub semantic_cache_max_entries: Option<usize>,
 }
 
 /// How the HTTP gateway runs.
@@ -127,6 +131,19 @@ pub struct GatewayOptions {
     /// Longest one generation may run, in seconds; then 504 [default: 600].
     #[arg(long, env = "PASSERELLE_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Answer repeated questions from the semantic cache (needs an embedding model or
+    /// embeddings endpoint) [default: false].
+    #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE", num_args = 0..=1, default_missing_value = "true")]
+    pub semantic_cache: Option<bool>,
+    /// Cosine similarity a cached question needs to answer a new one, in (0, 1] [default: 0.95].
+    #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_THRESHOLD")]
+    pub semantic_cache_threshold: Option<f32>,
+    /// How long a cached answer lives, in seconds [default: 3600].
+    #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_TTL_SECS")]
+    pub semantic_cache_ttl_secs: Option<u64>,
+    /// Let every API key receive answers cached for another key [default: false].
+    #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_SHARED", num_args = 0..=1, default_missing_value = "true")]
+    pub semantic_cache_shared: Option<bool>,
 }
 
 #[derive(Debug, Args)]

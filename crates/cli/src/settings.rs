@@ -28,6 +28,7 @@ pub struct EmbeddingSettings {
     pub model: String,
     pub model_id: Option<String>,
     pub matryoshka: bool,
+    pub cache_max_entries: usize,
     pub threads: Option<usize>,
     pub hub: HubOptions,
 }
@@ -102,6 +103,10 @@ pub fn embedding(
             .embedding_matryoshka
             .or(file.embedding_matryoshka)
             .unwrap_or(false),
+        cache_max_entries: args
+            .semantic_cache_max_entries
+            .or(file.semantic_cache_max_entries)
+            .unwrap_or(passerelle_embeddings::CacheConfig::default().max_entries),
         threads,
         hub,
     })
@@ -157,8 +162,10 @@ pub fn gateway(
         .or(file.request_timeout_secs)
         .map(Duration::from_secs)
         .unwrap_or(defaults.request_timeout);
+    let semantic_cache = semantic_cache(args, file)?;
     Ok(GatewaySettings {
         config: passerelle_gateway::GatewayConfig {
+            semantic_cache,
             llm_endpoint,
             embeddings_endpoint,
             body_limit_bytes,
@@ -176,6 +183,35 @@ pub fn gateway(
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(config::default_data_dir),
     })
+}
+
+fn semantic_cache(
+    args: &GatewayOptions,
+    file: &FileConfig,
+) -> anyhow::Result<Option<passerelle_gateway::SemanticCacheConfig>> {
+    if !args.semantic_cache.or(file.semantic_cache).unwrap_or(false) {
+        return Ok(None);
+    }
+    let defaults = passerelle_gateway::SemanticCacheConfig::default();
+    let min_similarity = args
+        .semantic_cache_threshold
+        .or(file.semantic_cache_threshold)
+        .unwrap_or(defaults.min_similarity);
+    if !(min_similarity > 0.0 && min_similarity <= 1.0) {
+        anyhow::bail!("semantic_cache_threshold must be in (0, 1], got {min_similarity}");
+    }
+    Ok(Some(passerelle_gateway::SemanticCacheConfig {
+        min_similarity,
+        ttl: args
+            .semantic_cache_ttl_secs
+            .or(file.semantic_cache_ttl_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.ttl),
+        shared_across_keys: args
+            .semantic_cache_shared
+            .or(file.semantic_cache_shared)
+            .unwrap_or(defaults.shared_across_keys),
+    }))
 }
 
 /// The listen address: flag or variable, else the file, else `default`.

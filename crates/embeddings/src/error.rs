@@ -89,6 +89,12 @@ pub enum EmbeddingsError {
     /// A gap this service declares rather than fakes.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// A vector that does not fit its cache namespace: a bug, since one engine embeds them all.
+    #[error("semantic cache: {0}")]
+    Cache(#[from] crate::cache::index::DimensionMismatch),
+    /// A cache step panicked (the cache starts afresh on the next call).
+    #[error("semantic cache: {0}")]
+    CacheTask(String),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
@@ -128,6 +134,8 @@ impl From<EmbeddingsError> for Status {
             EmbeddingsError::Load(_)
             | EmbeddingsError::EngineThread(_)
             | EmbeddingsError::Embed(_)
+            | EmbeddingsError::Cache(_)
+            | EmbeddingsError::CacheTask(_)
             | EmbeddingsError::Metrics(_)
             | EmbeddingsError::Serve(_) => Status::internal(message),
         }

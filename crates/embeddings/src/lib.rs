@@ -9,13 +9,16 @@
 //! - [`engine`]: the actor that owns the model on its own thread; [`EmbeddingHandle`] is the
 //!   plain Rust API (`EmbeddingEngine::load`, `EmbeddingHandle::embed`).
 //! - [`service`] and [`serve`]: the `passerelle.embeddings.v1.Embeddings` gRPC service, with
-//!   health flipped to SERVING once the model is warm. The semantic cache RPCs are not served
-//!   yet and say so.
+//!   health flipped to SERVING once the model is warm.
+//! - [`cache`]: the semantic cache behind `CacheLookup` / `CacheStore`: exact match on the
+//!   normalised prompt, then nearest neighbour by embedding (exact scan or HNSW), per
+//!   namespace, bounded by entry count (LRU) and TTL.
 //!
 //! Errors are [`EmbeddingsError`] (and [`LoadError`] for loading), turned into `tonic::Status`
 //! in one `From` impl.
 
 pub mod batch;
+pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod model;
@@ -24,6 +27,7 @@ mod serve;
 pub mod service;
 pub mod vector;
 
+pub use cache::CacheConfig;
 pub use engine::{
     EmbeddingEngine, EmbeddingHandle, EngineConfig, EngineState, EngineStats, ServedModel,
 };

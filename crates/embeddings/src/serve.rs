@@ -1,7 +1,7 @@
 //! Serving the engine over gRPC: bind at once, report NOT_SERVING while the model loads, flip
 //! to SERVING after the warm-up pass.
 
-use std::{future::Future, path::PathBuf};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use passerelle_grpc_server::{GrpcServer, ServerConfig};
 use passerelle_proto::embeddings::embeddings_server::EmbeddingsServer;
@@ -9,6 +9,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 
 use crate::{
+    cache::{CacheConfig, CacheHandle},
     engine::{EmbeddingEngine, EngineConfig},
     error::EmbeddingsError,
     service::EmbeddingsService,
@@ -31,7 +32,30 @@ pub struct EmbeddingsServiceConfig {
     pub max_batch: usize,
     /// The model is a Matryoshka model: `dimensions` may shorten its vectors.
     pub matryoshka: bool,
+    /// Bounds and defaults of the semantic cache (`CacheLookup` / `CacheStore`).
+    pub cache: CacheConfig,
 }
+
+impl Default for EmbeddingsServiceConfig {
+    /// all-MiniLM-L6-v2 in `./all-MiniLM-L6-v2`, with the CLI's queue and batch sizes: a base
+    /// for `..Default::default()`, with `model_path` set by the caller.
+    fn default() -> Self {
+        Self {
+            model_path: PathBuf::from("all-MiniLM-L6-v2"),
+            model_id: "all-MiniLM-L6-v2".to_owned(),
+            source: "sentence-transformers/all-MiniLM-L6-v2".to_owned(),
+            threads: None,
+            queue_capacity: 64,
+            max_batch: 32,
+            matryoshka: false,
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+/// How often expired cache entries are swept when no request does it first; only memory and
+/// the entries gauge wait on it, since an expired entry never answers.
+const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves the `Embeddings` service on `listener` until `shutdown` resolves. The model loads in
 /// the background; until it is warm, health says NOT_SERVING and `Embed` answers UNAVAILABLE
@@ -53,12 +77,17 @@ pub async fn serve(
         },
         &registry,
     )?;
+    let cache = CacheHandle::new(config.cache, engine.clone(), &registry)?;
     let server = GrpcServer::new(ServerConfig::default());
     let health = server.health();
     let max_message_bytes = server.max_message_bytes();
-    let service = EmbeddingsServer::new(EmbeddingsService::new(engine.clone(), config.source))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let service = EmbeddingsServer::new(EmbeddingsService::new(
+        engine.clone(),
+        config.source,
+        cache.clone(),
+    ))
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
     // NOT_SERVING is registered here, before the load below can report SERVING.
     let serving = server.add_service(service).await.serve(listener, shutdown);
     let flip_health = tokio::spawn(async move {
@@ -72,7 +101,17 @@ pub async fn serve(
             Err(err) => tracing::error!(error = %err, "the embedding model will not be served"),
         }
     });
+    let sweep = tokio::spawn(async move {
+        let mut every = tokio::time::interval(CACHE_SWEEP_INTERVAL);
+        loop {
+            every.tick().await;
+            if let Err(err) = cache.sweep().await {
+                tracing::warn!(error = %err, "semantic cache sweep failed");
+            }
+        }
+    });
     let result = serving.await;
     flip_health.abort();
+    sweep.abort();
     result.map_err(EmbeddingsError::from)
 }

@@ -1,7 +1,8 @@
 //! The `passerelle.embeddings.v1.Embeddings` gRPC service over an [`EmbeddingHandle`].
 //!
-//! `Embed` and `ListModels` are served here. `CacheLookup` and `CacheStore` belong to the
-//! semantic cache, which this service does not have yet: they answer UNIMPLEMENTED, saying so.
+//! `Embed` and `ListModels` go to the engine; `CacheLookup` and `CacheStore` to the semantic
+//! cache ([`crate::cache`]). Generated types stop here: each handler turns its request into the
+//! crate's own types and the answer back.
 
 use passerelle_proto::{
     common,
@@ -14,8 +15,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::{
+    cache::{
+        CacheHandle,
+        request::{LookupQuery, StoreCommand},
+    },
     engine::{EmbeddingHandle, EngineState},
-    error::EmbeddingsError,
     request::EmbedOptions,
 };
 
@@ -23,21 +27,21 @@ use crate::{
 /// truncated before embedding. Absent when none was.
 pub const TRUNCATED_METADATA: &str = "passerelle-truncated-inputs";
 
-const NO_CACHE: &str = "semantic cache is not enabled on this service";
-
-/// Embedding and model listing for one model.
+/// Embedding, model listing and the semantic cache for one model.
 #[derive(Debug, Clone)]
 pub struct EmbeddingsService {
     engine: EmbeddingHandle,
     source: String,
+    cache: CacheHandle,
 }
 
 impl EmbeddingsService {
     /// `source` is what the operator named the model by, shown in `ListModels`.
-    pub fn new(engine: EmbeddingHandle, source: impl Into<String>) -> Self {
+    pub fn new(engine: EmbeddingHandle, source: impl Into<String>, cache: CacheHandle) -> Self {
         Self {
             engine,
             source: source.into(),
+            cache,
         }
     }
 
@@ -111,16 +115,47 @@ impl Embeddings for EmbeddingsService {
 
     async fn cache_lookup(
         &self,
-        _request: Request<CacheLookupRequest>,
+        request: Request<CacheLookupRequest>,
     ) -> Result<Response<CacheLookupResponse>, Status> {
-        Err(EmbeddingsError::Unimplemented(NO_CACHE).into())
+        let request = request.into_inner();
+        let query = LookupQuery::new(
+            request.namespace,
+            request.model,
+            request.prompt,
+            request.min_similarity,
+            self.cache.config(),
+        )?;
+        let span = tracing::info_span!("embeddings.cache_lookup");
+        let hit = self.cache.lookup(query).instrument(span).await?;
+        Ok(Response::new(match hit {
+            Some(hit) => CacheLookupResponse {
+                hit: true,
+                response_json: hit.response_json.to_string(),
+                similarity: hit.similarity,
+                entry_id: hit.id.to_string(),
+            },
+            None => CacheLookupResponse::default(),
+        }))
     }
 
     async fn cache_store(
         &self,
-        _request: Request<CacheStoreRequest>,
+        request: Request<CacheStoreRequest>,
     ) -> Result<Response<CacheStoreResponse>, Status> {
-        Err(EmbeddingsError::Unimplemented(NO_CACHE).into())
+        let request = request.into_inner();
+        let command = StoreCommand::new(
+            request.namespace,
+            request.model,
+            request.prompt,
+            request.response_json,
+            request.ttl_seconds,
+            self.cache.config(),
+        )?;
+        let span = tracing::info_span!("embeddings.cache_store");
+        let id = self.cache.store(command).instrument(span).await?;
+        Ok(Response::new(CacheStoreResponse {
+            entry_id: id.to_string(),
+        }))
     }
 
     async fn list_models(

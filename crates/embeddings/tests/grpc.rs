@@ -1,5 +1,5 @@
-//! The service over real gRPC on loopback: health, Embed, ListModels, errors, the cache RPCs
-//! that are not served yet, and the metrics.
+//! The service over real gRPC on loopback: health, Embed, ListModels, the semantic cache RPCs,
+//! errors, and the metrics.
 
 mod common;
 
@@ -47,6 +47,7 @@ impl Server {
             queue_capacity: 8,
             max_batch: 32,
             matryoshka: false,
+            cache: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, registry.clone(), async {
             let _ = stop.await;
@@ -220,19 +221,110 @@ async fn errors_keep_their_grpc_codes() {
         .cache_lookup(CacheLookupRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
-        status.message(),
-        "semantic cache is not enabled on this service"
+        status.metadata().get("passerelle-param").unwrap(),
+        "namespace"
     );
+    let status = client
+        .cache_lookup(CacheLookupRequest {
+            namespace: "t".to_owned(),
+            prompt: "hi".to_owned(),
+            min_similarity: 1.5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
-        client
-            .cache_store(CacheStoreRequest::default())
+        status.metadata().get("passerelle-param").unwrap(),
+        "min_similarity"
+    );
+    let status = client
+        .cache_store(CacheStoreRequest {
+            namespace: "t".to_owned(),
+            prompt: "hi".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.metadata().get("passerelle-param").unwrap(),
+        "response_json"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_answer_is_found_by_a_paraphrase_over_grpc() {
+    let server = Server::start(minilm_dir()).await;
+    server.wait_until_serving().await;
+    let mut client = server.client().await;
+    let answer = r#"{"id":"chatcmpl-1","choices":[]}"#;
+    let stored = client
+        .cache_store(CacheStoreRequest {
+            namespace: "tenant-a/abc123".to_owned(),
+            model: "llama".to_owned(),
+            prompt: "How do I reset my password?".to_owned(),
+            response_json: answer.to_owned(),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stored.entry_id.is_empty());
+
+    let lookup = |prompt: &str, namespace: &str| CacheLookupRequest {
+        namespace: namespace.to_owned(),
+        model: "llama".to_owned(),
+        prompt: prompt.to_owned(),
+        min_similarity: 0.0,
+    };
+    let hit = client
+        .cache_lookup(lookup("How can I reset my password?", "tenant-a/abc123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hit.hit);
+    assert_eq!(hit.response_json, answer);
+    assert_eq!(hit.entry_id, stored.entry_id);
+    assert!(
+        hit.similarity > 0.95 && hit.similarity < 1.0,
+        "{}",
+        hit.similarity
+    );
+
+    let exact = client
+        .cache_lookup(lookup("How do I reset my password?", "tenant-a/abc123"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(exact.hit);
+    assert_eq!(exact.similarity, 1.0);
+
+    for (prompt, namespace) in [
+        ("What is the capital of France?", "tenant-a/abc123"),
+        ("How do I reset my password?", "tenant-b/abc123"),
+    ] {
+        let miss = client
+            .cache_lookup(lookup(prompt, namespace))
             .await
-            .unwrap_err()
-            .code(),
-        Code::Unimplemented
-    );
+            .unwrap()
+            .into_inner();
+        assert!(!miss.hit);
+        assert!(miss.response_json.is_empty() && miss.entry_id.is_empty());
+    }
+
+    let metrics = passerelle_telemetry::metrics::encode_text(&server.registry);
+    for line in [
+        r#"passerelle_semantic_cache_lookups_total{result="hit_exact"} 1"#,
+        r#"passerelle_semantic_cache_lookups_total{result="hit_semantic"} 1"#,
+        r#"passerelle_semantic_cache_lookups_total{result="miss"} 2"#,
+        "passerelle_semantic_cache_entries 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     server.stop().await;
 }
 

@@ -9,7 +9,7 @@ pub const DEFAULT_BODY_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
 /// How the gateway runs. Every field has a documented default (see [`Default`]); construct with
 /// `GatewayConfig { llm_endpoint: ..., ..GatewayConfig::default() }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// Where the llm gRPC service listens, as an `http://host:port` URI.
     /// Default `http://127.0.0.1:50051`.
@@ -17,6 +17,9 @@ pub struct GatewayConfig {
     /// Where the embeddings gRPC service listens, when one runs. With none, `/v1/embeddings`
     /// knows no model (404). Default none.
     pub embeddings_endpoint: Option<String>,
+    /// Answer repeated questions from the semantic cache in the embeddings service. Needs
+    /// `embeddings_endpoint`. Default off.
+    pub semantic_cache: Option<crate::SemanticCacheConfig>,
     /// Largest accepted request body, in bytes; larger bodies get 413. Default 4 MiB.
     pub body_limit_bytes: usize,
     /// Longest a generation may run, streaming or not, from the request to its last token.
@@ -57,6 +60,7 @@ impl Default for GatewayConfig {
         Self {
             llm_endpoint: "http://127.0.0.1:50051".to_owned(),
             embeddings_endpoint: None,
+            semantic_cache: None,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(2),

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use passerelle_proto::common::ListModelsRequest;
 use passerelle_proto::embeddings::embeddings_client::EmbeddingsClient;
-use passerelle_proto::embeddings::{EmbedRequest, EmbedResponse, embeddings_server};
+use passerelle_proto::embeddings::{
+    CacheLookupRequest, CacheLookupResponse, CacheStoreRequest, EmbedRequest, EmbedResponse,
+    embeddings_server,
+};
 
 use crate::GatewayConfig;
 use crate::backend::{self, BackendError, ModelEntry, Readiness, TracedChannel};
@@ -67,6 +70,35 @@ impl EmbeddingsBackend {
                 .await
                 .map_err(|_| BackendError::DeadlineExceeded)??;
         Ok(response.into_inner())
+    }
+
+    /// Looks a prompt up in the service's semantic cache.
+    pub async fn cache_lookup(
+        &self,
+        request: CacheLookupRequest,
+    ) -> Result<CacheLookupResponse, BackendError> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.control_timeout);
+        let response = tokio::time::timeout(
+            self.control_timeout,
+            self.client.clone().cache_lookup(request),
+        )
+        .await
+        .map_err(|_| BackendError::DeadlineExceeded)??;
+        Ok(response.into_inner())
+    }
+
+    /// Stores an answer in the service's semantic cache.
+    pub async fn cache_store(&self, request: CacheStoreRequest) -> Result<(), BackendError> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.control_timeout);
+        tokio::time::timeout(
+            self.control_timeout,
+            self.client.clone().cache_store(request),
+        )
+        .await
+        .map_err(|_| BackendError::DeadlineExceeded)??;
+        Ok(())
     }
 
     /// Whether the embeddings service reports SERVING.

@@ -10,6 +10,7 @@ use crate::llm::{
     Usage,
 };
 use crate::metrics::{GatewayMetrics, UNKNOWN_MODEL};
+use crate::semantic_cache::{CacheKey, SemanticCache, StoredAnswer, StoredChoice};
 use crate::state::AppState;
 
 /// What happens after the start.
@@ -34,6 +35,16 @@ pub(crate) struct Generation {
     usage: Option<Usage>,
     started_at: Instant,
     last_token_at: Option<Instant>,
+    recorder: Option<Recorder>,
+}
+
+/// Gathers a live answer for the semantic cache; stores it once every choice has finished. An
+/// answer cut short (an error, a client gone) is never stored.
+struct Recorder {
+    cache: SemanticCache,
+    key: CacheKey,
+    texts: Vec<String>,
+    reasons: Vec<Option<FinishReason>>,
 }
 
 impl Generation {
@@ -77,7 +88,20 @@ impl Generation {
             usage: None,
             started_at,
             last_token_at: None,
+            recorder: None,
         })
+    }
+
+    /// Stores the answer in `cache` under `key` once the generation completes.
+    pub(crate) fn record(mut self, cache: SemanticCache, key: CacheKey) -> Self {
+        let choices = self.choices as usize;
+        self.recorder = Some(Recorder {
+            cache,
+            key,
+            texts: vec![String::new(); choices],
+            reasons: vec![None; choices],
+        });
+        self
     }
 
     /// The model serving this generation, as the service named it.
@@ -101,7 +125,10 @@ impl Generation {
         let event = match self.stream.next().await {
             Some(Ok(event)) => event,
             Some(Err(err)) => return Some(Err(err)),
-            None if self.finished.iter().all(|f| *f) => return None,
+            None if self.finished.iter().all(|f| *f) => {
+                self.store_recording();
+                return None;
+            }
             None => {
                 return Some(Err(BackendError::protocol(
                     "the stream ended before every choice finished",
@@ -114,10 +141,16 @@ impl Generation {
             }
             GenerationEvent::Delta(delta) => self.check_index(delta.index).map(|()| {
                 self.observe_tokens(delta.tokens);
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.texts[delta.index as usize].push_str(&delta.text);
+                }
                 Progress::Delta(delta)
             }),
             GenerationEvent::Finished(finished) => self.check_index(finished.index).map(|()| {
                 self.finished[finished.index as usize] = true;
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.reasons[finished.index as usize] = Some(finished.reason);
+                }
                 if finished.usage.is_some() {
                     self.usage = finished.usage;
                 }
@@ -135,27 +168,31 @@ impl Generation {
         })
     }
 
-    /// Runs the generation to its end and gathers every choice.
-    pub(crate) async fn collect(mut self) -> Result<Collected, BackendError> {
-        let mut choices: Vec<CollectedChoice> = (0..self.choices)
-            .map(|_| CollectedChoice::default())
-            .collect();
-        while let Some(progress) = self.next().await {
-            match progress? {
-                Progress::Delta(delta) => {
-                    let choice = &mut choices[delta.index as usize];
-                    choice.text.push_str(&delta.text);
-                    choice.logprobs.extend(delta.logprobs);
-                }
-                Progress::Finished(finished) => {
-                    choices[finished.index as usize].finish_reason = Some(finished.reason);
-                }
-            }
+    fn store_recording(&mut self) {
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        let usage = self.usage();
+        let choices = recorder
+            .texts
+            .into_iter()
+            .zip(recorder.reasons)
+            .map(|(text, reason)| {
+                reason.map(|finish_reason| StoredChoice {
+                    text,
+                    finish_reason,
+                })
+            })
+            .collect::<Option<Vec<_>>>();
+        if let Some(choices) = choices {
+            let answer = StoredAnswer {
+                model: self.model.clone(),
+                choices,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+            };
+            recorder.cache.store(recorder.key, &answer);
         }
-        Ok(Collected {
-            usage: self.usage(),
-            choices,
-        })
     }
 
     fn check_index(&self, index: u32) -> Result<(), BackendError> {

@@ -12,6 +12,7 @@
 //! bound) and `routes` (the handlers).
 
 mod admission;
+mod answer;
 pub mod auth;
 pub mod backend;
 mod body;
@@ -25,6 +26,7 @@ pub mod llm;
 pub mod metrics;
 pub mod openai;
 mod routes;
+pub mod semantic_cache;
 mod sse;
 pub mod state;
 
@@ -44,6 +46,7 @@ pub use auth::Principal;
 pub use config::GatewayConfig;
 pub use error::ApiError;
 pub use metrics::GatewayMetrics;
+pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
 
 use extract::{BodyLimit, REQUEST_ID_HEADER};

@@ -39,6 +39,8 @@ struct Inner {
     inter_token_latency: HistogramVec,
     prompt_tokens: IntCounterVec,
     completion_tokens: IntCounterVec,
+    cache_results: IntCounterVec,
+    cache_saved_tokens: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -85,6 +87,20 @@ impl GatewayMetrics {
                 Opts::new("passerelle_completion_tokens_total", "Tokens generated."),
                 &["model"],
             )?,
+            cache_results: IntCounterVec::new(
+                Opts::new(
+                    "passerelle_semantic_cache_requests_total",
+                    "Cacheable generation requests by what the semantic cache did with them.",
+                ),
+                &["result"],
+            )?,
+            cache_saved_tokens: IntCounterVec::new(
+                Opts::new(
+                    "passerelle_semantic_cache_saved_tokens_total",
+                    "Prompt and completion tokens a cached answer spared the model.",
+                ),
+                &["model"],
+            )?,
         };
         registry.register(Box::new(inner.requests.clone()))?;
         registry.register(Box::new(inner.request_duration.clone()))?;
@@ -93,9 +109,23 @@ impl GatewayMetrics {
         registry.register(Box::new(inner.inter_token_latency.clone()))?;
         registry.register(Box::new(inner.prompt_tokens.clone()))?;
         registry.register(Box::new(inner.completion_tokens.clone()))?;
+        registry.register(Box::new(inner.cache_results.clone()))?;
+        registry.register(Box::new(inner.cache_saved_tokens.clone()))?;
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// `result`: `hit`, `miss` or `error`.
+    pub(crate) fn cache_result(&self, result: &'static str) {
+        self.inner.cache_results.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn cache_saved_tokens(&self, model: &str, tokens: u32) {
+        self.inner
+            .cache_saved_tokens
+            .with_label_values(&[model])
+            .inc_by(u64::from(tokens));
     }
 
     pub(crate) fn prompt_tokens(&self, model: &str, tokens: u32) {

@@ -1,7 +1,7 @@
 //! Server-sent events for streaming completions, in OpenAI's framing: `data: <chunk>` events,
 //! then `data: [DONE]`.
 //!
-//! The body stream owns the [`Generation`], which owns the gRPC response stream. When the client
+//! The body stream owns the [`Answer`], whose live generation owns the gRPC response stream. When the client
 //! disconnects, hyper drops the body, the generation is dropped with it and the service sees the
 //! call cancelled. Nothing is spawned and nothing is buffered in between, so nothing can keep a
 //! generation alive for a client that has gone.
@@ -13,8 +13,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::answer::Answer;
 use crate::error::ApiError;
-use crate::generation::{Generation, Progress};
+use crate::generation::Progress;
 use crate::llm::{Delta, Finished, Usage};
 
 /// Turns generation progress into the chunks of one API's stream.
@@ -31,7 +32,7 @@ pub(crate) trait ChunkEncoder: Send + 'static {
 
 /// The SSE response for a started generation.
 pub(crate) fn stream<E: ChunkEncoder>(
-    mut generation: Generation,
+    mut generation: Answer,
     mut encoder: E,
     include_usage: bool,
 ) -> Response {

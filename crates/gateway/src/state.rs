@@ -12,6 +12,7 @@ use crate::catalog::ModelCatalog;
 use crate::embeddings::EmbeddingsBackend;
 use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
+use crate::semantic_cache::SemanticCache;
 
 /// Why the gateway could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,11 @@ pub enum GatewayError {
     /// A service endpoint is not a usable `http://` or `https://` URI.
     #[error("invalid service endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// The semantic cache lives in the embeddings service, and none is configured.
+    #[error(
+        "the semantic cache needs an embeddings service (set embeddings_endpoint or an embedding model)"
+    )]
+    CacheWithoutEmbeddings,
     /// The gateway's metrics could not be registered (already registered on this registry).
     #[error("cannot register gateway metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -66,6 +72,7 @@ pub struct AppState {
     config: Arc<GatewayConfig>,
     llm: LlmBackend,
     embeddings: Option<EmbeddingsBackend>,
+    semantic_cache: Option<SemanticCache>,
     catalog: ModelCatalog,
     keys: Arc<dyn KeyVerifier>,
     metrics: GatewayMetrics,
@@ -104,7 +111,17 @@ impl AppState {
             None => None,
         };
         let metrics = GatewayMetrics::register(registry)?;
+        let semantic_cache = match (&config.semantic_cache, &embeddings) {
+            (None, _) => None,
+            (Some(cache), Some(embeddings)) => Some(SemanticCache::new(
+                embeddings.clone(),
+                cache.clone(),
+                metrics.clone(),
+            )),
+            (Some(_), None) => return Err(GatewayError::CacheWithoutEmbeddings),
+        };
         Ok(Self {
+            semantic_cache,
             catalog: ModelCatalog::new(llm.clone(), embeddings.clone(), config.models_cache_ttl),
             embeddings,
             admission: Admission::new(config.max_concurrent_requests),
@@ -132,6 +149,10 @@ impl AppState {
 
     pub(crate) fn embeddings(&self) -> Option<&EmbeddingsBackend> {
         self.embeddings.as_ref()
+    }
+
+    pub(crate) fn semantic_cache(&self) -> Option<&SemanticCache> {
+        self.semantic_cache.as_ref()
     }
 
     pub(crate) fn catalog(&self) -> &ModelCatalog {

@@ -110,6 +110,7 @@ impl Stack {
                     queue_capacity: options.queue_capacity,
                     max_batch: 32,
                     matryoshka: false,
+                    cache: Default::default(),
                 };
                 let registry = registry.clone();
                 let shutdown = shutdown();

@@ -66,6 +66,10 @@ async fn embeddings_config(
         queue_capacity: EMBEDDINGS_QUEUE_CAPACITY,
         max_batch: EMBEDDINGS_MAX_BATCH,
         matryoshka: embedding.matryoshka,
+        cache: passerelle_embeddings::CacheConfig {
+            max_entries: embedding.cache_max_entries,
+            ..Default::default()
+        },
     })
 }
 

@@ -7,10 +7,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use super::labelled;
+use crate::answer::Answer;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{AppJson, RequestId};
-use crate::generation::Generation;
 use crate::openai::ResponseMeta;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::chat_response::{ChatChunks, ChatCompletion};
@@ -19,14 +19,14 @@ use crate::state::AppState;
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    _: Principal,
+    principal: Principal,
     RequestId(request_id): RequestId,
     body: Result<AppJson<ChatCompletionRequest>, ApiError>,
 ) -> Response {
     let started_at = Instant::now();
     let requested = body.as_ref().ok().map(|AppJson(b)| b.model.clone());
     let result = match body {
-        Ok(AppJson(body)) => respond(&state, body, &request_id, started_at).await,
+        Ok(AppJson(body)) => respond(&state, &principal, body, &request_id, started_at).await,
         Err(err) => Err(err),
     };
     labelled(&state, requested.as_deref(), result)
@@ -34,23 +34,25 @@ pub(crate) async fn create(
 
 async fn respond(
     state: &AppState,
+    principal: &Principal,
     body: ChatCompletionRequest,
     request_id: &str,
     started_at: Instant,
 ) -> Result<(Response, String), ApiError> {
     let plan = body.into_plan(request_id)?;
-    let generation = Generation::start(state, plan.request, started_at).await?;
-    let label = generation.model_label().to_owned();
-    let meta = ResponseMeta::new("chatcmpl", generation.model());
+    let answer = Answer::start(state, principal, plan.request, started_at).await?;
+    let label = answer.model_label().to_owned();
+    let cache_headers = answer.cache_headers();
+    let meta = ResponseMeta::new("chatcmpl", answer.model());
     let response = match plan.stream {
         Some(stream) => {
             let chunks = ChatChunks::new(meta, stream.include_usage, plan.logprobs);
-            sse::stream(generation, chunks, stream.include_usage)
+            sse::stream(answer, chunks, stream.include_usage)
         }
         None => {
-            let collected = generation.collect().await?;
+            let collected = answer.collect().await?;
             Json(ChatCompletion::new(meta, collected, plan.logprobs)).into_response()
         }
     };
-    Ok((response, label))
+    Ok(((cache_headers, response).into_response(), label))
 }

@@ -6,4 +6,5 @@ mod chat;
 mod completions;
 mod embeddings;
 mod errors;
+mod semantic_cache;
 mod support;

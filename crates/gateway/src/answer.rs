@@ -1,0 +1,202 @@
+//! The answer to a generation request: generated live by the llm service, or replayed from the
+//! semantic cache. Both yield the same progress events, so JSON responses and SSE streams are
+//! built one way whatever the source.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderValue};
+use passerelle_proto::llm::GenerateRequest;
+
+use crate::auth::Principal;
+use crate::generation::{Collected, CollectedChoice, Generation, Progress, model_label};
+use crate::llm::{BackendError, Delta, Finished, Usage};
+use crate::semantic_cache::{Hit, StoredAnswer};
+use crate::state::AppState;
+
+/// Response header saying whether the semantic cache answered: `hit` or `miss`.
+pub(crate) const CACHE_HEADER: &str = "x-passerelle-cache";
+/// Response header with a hit's cosine similarity to the cached prompt.
+pub(crate) const SIMILARITY_HEADER: &str = "x-passerelle-cache-similarity";
+
+/// A started answer.
+pub(crate) struct Answer {
+    source: Source,
+    cache: CacheStatus,
+}
+
+enum Source {
+    Live(Generation),
+    Cached(Replay),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CacheStatus {
+    /// No cache, or a request it must not answer.
+    NotUsed,
+    Miss,
+    Hit {
+        similarity: f32,
+    },
+}
+
+impl Answer {
+    /// From the semantic cache when it holds a close-enough answer, else a live generation whose
+    /// answer is stored in the cache once it completes.
+    pub(crate) async fn start(
+        state: &AppState,
+        principal: &Principal,
+        request: GenerateRequest,
+        started_at: Instant,
+    ) -> Result<Self, BackendError> {
+        let cached = state.semantic_cache().and_then(|cache| {
+            cache
+                .key(principal, &request)
+                .map(|key| (cache.clone(), key))
+        });
+        if let Some((cache, key)) = &cached
+            && let Some(hit) = cache.lookup(key).await
+        {
+            let label = model_label(state, &hit.answer.model);
+            state
+                .metrics()
+                .cache_saved_tokens(&label, hit.answer.usage().total_tokens);
+            return Ok(Self {
+                cache: CacheStatus::Hit {
+                    similarity: hit.similarity,
+                },
+                source: Source::Cached(Replay::new(hit, label)),
+            });
+        }
+        let generation = Generation::start(state, request, started_at).await?;
+        Ok(match cached {
+            Some((cache, key)) => Self {
+                source: Source::Live(generation.record(cache, key)),
+                cache: CacheStatus::Miss,
+            },
+            None => Self {
+                source: Source::Live(generation),
+                cache: CacheStatus::NotUsed,
+            },
+        })
+    }
+
+    /// The model that produced the answer.
+    pub(crate) fn model(&self) -> &str {
+        match &self.source {
+            Source::Live(generation) => generation.model(),
+            Source::Cached(replay) => &replay.answer.model,
+        }
+    }
+
+    /// The model's metric label.
+    pub(crate) fn model_label(&self) -> &str {
+        match &self.source {
+            Source::Live(generation) => generation.model_label(),
+            Source::Cached(replay) => &replay.label,
+        }
+    }
+
+    /// How many choices the answer has.
+    pub(crate) fn choices(&self) -> u32 {
+        match &self.source {
+            Source::Live(generation) => generation.choices(),
+            Source::Cached(replay) => replay.choices,
+        }
+    }
+
+    /// The next delta or finish; `None` once every choice has finished.
+    pub(crate) async fn next(&mut self) -> Option<Result<Progress, BackendError>> {
+        match &mut self.source {
+            Source::Live(generation) => generation.next().await,
+            Source::Cached(replay) => replay.events.pop_front().map(Ok),
+        }
+    }
+
+    /// Token usage of the answer (for a cached one, what generating it cost).
+    pub(crate) fn usage(&self) -> Usage {
+        match &self.source {
+            Source::Live(generation) => generation.usage(),
+            Source::Cached(replay) => replay.answer.usage(),
+        }
+    }
+
+    /// Runs the answer to its end and gathers every choice.
+    pub(crate) async fn collect(mut self) -> Result<Collected, BackendError> {
+        let mut choices: Vec<CollectedChoice> = (0..self.choices())
+            .map(|_| CollectedChoice::default())
+            .collect();
+        while let Some(progress) = self.next().await {
+            match progress? {
+                Progress::Delta(delta) => {
+                    let choice = &mut choices[delta.index as usize];
+                    choice.text.push_str(&delta.text);
+                    choice.logprobs.extend(delta.logprobs);
+                }
+                Progress::Finished(finished) => {
+                    choices[finished.index as usize].finish_reason = Some(finished.reason);
+                }
+            }
+        }
+        Ok(Collected {
+            usage: self.usage(),
+            choices,
+        })
+    }
+
+    /// The cache headers for the response: none when the cache was not consulted.
+    pub(crate) fn cache_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        match self.cache {
+            CacheStatus::NotUsed => {}
+            CacheStatus::Miss => {
+                headers.insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+            }
+            CacheStatus::Hit { similarity } => {
+                headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+                if let Ok(value) = HeaderValue::from_str(&format!("{similarity:.4}")) {
+                    headers.insert(SIMILARITY_HEADER, value);
+                }
+            }
+        }
+        headers
+    }
+}
+
+/// A cached answer replayed as the events a live generation would send: each choice's text in
+/// one delta, then its finish, the usage on the last.
+struct Replay {
+    answer: StoredAnswer,
+    label: String,
+    choices: u32,
+    events: VecDeque<Progress>,
+}
+
+impl Replay {
+    fn new(hit: Hit, label: String) -> Self {
+        let answer = hit.answer;
+        let choices = u32::try_from(answer.choices.len()).unwrap_or(u32::MAX);
+        let last = answer.choices.len().saturating_sub(1);
+        let mut events = VecDeque::new();
+        for (index, choice) in answer.choices.iter().enumerate() {
+            let index_u32 = u32::try_from(index).unwrap_or(u32::MAX);
+            events.push_back(Progress::Delta(Delta {
+                index: index_u32,
+                text: choice.text.clone(),
+                tokens: 0,
+                logprobs: Vec::new(),
+            }));
+            events.push_back(Progress::Finished(Finished {
+                index: index_u32,
+                reason: choice.finish_reason,
+                usage: (index == last).then(|| answer.usage()),
+            }));
+        }
+        Self {
+            answer,
+            label,
+            choices,
+            events,
+        }
+    }
+}
