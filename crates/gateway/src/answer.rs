@@ -26,7 +26,8 @@ pub(crate) struct Answer {
 }
 
 enum Source {
-    Live(Generation),
+    // Boxed: a live generation carries its gRPC stream and is several times a replay's size.
+    Live(Box<Generation>),
     Cached(Replay),
 }
 
@@ -71,11 +72,11 @@ impl Answer {
         let generation = Generation::start(state, request, started_at).await?;
         Ok(match cached {
             Some((cache, key)) => Self {
-                source: Source::Live(generation.record(cache, key)),
+                source: Source::Live(Box::new(generation.record(cache, key))),
                 cache: CacheStatus::Miss,
             },
             None => Self {
-                source: Source::Live(generation),
+                source: Source::Live(Box::new(generation)),
                 cache: CacheStatus::NotUsed,
             },
         })
