@@ -7,9 +7,18 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
-/// Metadata key carrying how long the caller should wait before retrying, in whole seconds.
-/// The gateway turns it into an HTTP `Retry-After` header.
-pub const RETRY_AFTER_METADATA: &str = "retry-after";
+pub use passerelle_proto::metadata::{
+    PARAM as PARAM_METADATA, RETRY_AFTER as RETRY_AFTER_METADATA,
+};
+
+/// An `INVALID_ARGUMENT` status naming the request field at fault.
+pub fn invalid_argument(param: &str, message: impl Into<String>) -> Status {
+    let mut status = Status::invalid_argument(message);
+    if let Ok(value) = param.parse() {
+        status.metadata_mut().insert(PARAM_METADATA, value);
+    }
+    status
+}
 
 /// A status that tells the caller to retry after `after`.
 pub fn retryable(code: Code, message: impl Into<String>, after: Duration) -> Status {
@@ -34,6 +43,13 @@ pub fn retry_after(status: &Status) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_argument_names_its_param() {
+        let status = invalid_argument("input[2]", "must not be empty");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.metadata().get(PARAM_METADATA).unwrap(), "input[2]");
+    }
 
     #[test]
     fn retry_hint_round_trips_and_is_at_least_one_second() {

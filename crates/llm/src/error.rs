@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use passerelle_grpc_server::status::retryable;
+use passerelle_grpc_server::status::{invalid_argument, retryable};
 use tonic::{Code, Status};
 
 /// How long a client should wait before retrying a request refused for load.
@@ -10,7 +10,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Metadata key naming the request parameter an `INVALID_ARGUMENT` is about, for the gateway's
 /// OpenAI `param` field.
-pub const PARAM_METADATA: &str = "passerelle-param";
+pub use passerelle_grpc_server::status::PARAM_METADATA;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -98,13 +98,7 @@ impl From<LlmError> for Status {
     fn from(err: LlmError) -> Self {
         let message = err.to_string();
         match err {
-            LlmError::InvalidArgument { param, .. } => {
-                let mut status = Status::invalid_argument(message);
-                if let Ok(value) = param.parse() {
-                    status.metadata_mut().insert(PARAM_METADATA, value);
-                }
-                status
-            }
+            LlmError::InvalidArgument { param, .. } => invalid_argument(param, message),
             LlmError::ModelNotFound(_) => Status::not_found(message),
             LlmError::QueueFull { .. } => retryable(Code::ResourceExhausted, message, RETRY_AFTER),
             LlmError::Loading => retryable(Code::Unavailable, message, RETRY_AFTER),

@@ -5,8 +5,10 @@
 //!   progress bar); when the hub cannot be reached and the files are not cached, the error says
 //!   exactly what to download and where to put it.
 //! - [`device`]: the compute device (CPU, or CUDA with the `cuda` feature) parsed from config.
+//! - [`compute`]: the thread pool a model's forward passes run in.
 //! - [`weights`]: memory-mapped safetensors, the one `unsafe` of model loading.
 
+pub mod compute;
 pub mod device;
 pub mod source;
 pub mod weights;

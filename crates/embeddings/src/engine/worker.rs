@@ -11,7 +11,7 @@ use std::{
 };
 
 use candle_core::Device;
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use rayon::ThreadPool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Span;
 
@@ -183,25 +183,8 @@ impl Worker {
 
     fn compute_pool(&self) -> Result<ThreadPool, LoadError> {
         let threads = self.threads;
-        let pool = ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("embeddings-compute-{i}"))
-            .build()
-            .map_err(|source| LoadError::ThreadPool { threads, source })?;
-        // Matrix products, softmax and layer norms run on the current rayon pool, which
-        // `install` makes ours. Candle's element-wise kernels use its own process-wide pool,
-        // sized once from CANDLE_NUM_THREADS (else RAYON_NUM_THREADS, else the physical cores);
-        // a library cannot resize it, so say so when the sizes differ.
-        let candle_threads = candle_core::utils::barrier_pool().n_workers() + 1;
-        if candle_threads != threads {
-            tracing::warn!(
-                threads,
-                candle_threads,
-                "candle's element-wise kernels use {candle_threads} threads; set \
-                 CANDLE_NUM_THREADS={threads} in the environment to bound them as well"
-            );
-        }
-        Ok(pool)
+        passerelle_model_runtime::compute::compute_pool("embeddings-compute", threads)
+            .map_err(|source| LoadError::ThreadPool { threads, source })
     }
 }
 

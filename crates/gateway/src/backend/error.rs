@@ -9,9 +9,8 @@ const DEFAULT_OVERLOADED_RETRY: Duration = Duration::from_secs(1);
 /// Retry hint when the service is down or loading a model and did not give its own.
 const DEFAULT_UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 
-/// Metadata key in which a service names the request field an InvalidArgument is about; the llm
-/// service sets it (`passerelle_llm::error::PARAM_METADATA`).
-pub const PARAM_METADATA: &str = "passerelle-param";
+/// Where a service names the request field an InvalidArgument is about.
+pub use passerelle_proto::metadata::PARAM as PARAM_METADATA;
 
 /// Parameters a service may name at the start of an InvalidArgument message (`top_k: must
 /// be ...`), so the client's error can point at the field. Only request fields are listed: a
@@ -145,7 +144,7 @@ fn unavailable_message(status: &tonic::Status) -> String {
 fn retry_after(status: &tonic::Status) -> Option<Duration> {
     let seconds: u64 = status
         .metadata()
-        .get("retry-after")?
+        .get(passerelle_proto::metadata::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()

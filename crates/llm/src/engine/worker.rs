@@ -9,7 +9,7 @@ use std::{
 };
 
 use candle_core::Device;
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use rayon::ThreadPool;
 use tokio::sync::{mpsc, watch};
 use tracing::Span;
 
@@ -102,25 +102,8 @@ impl Worker {
 
     fn compute_pool(&self) -> Result<ThreadPool, LoadError> {
         let threads = self.threads;
-        let pool = ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("llm-compute-{i}"))
-            .build()
-            .map_err(|source| LoadError::ThreadPool { threads, source })?;
-        // Matrix products and softmax/rope/norm kernels run on the current rayon pool, which
-        // `install` makes ours. Candle's element-wise and quantized kernels use its own
-        // process-wide pool, sized once from CANDLE_NUM_THREADS (else RAYON_NUM_THREADS, else
-        // the physical cores); a library cannot resize it, so say so when the sizes differ.
-        let candle_threads = candle_core::utils::barrier_pool().n_workers() + 1;
-        if candle_threads != threads {
-            tracing::warn!(
-                threads,
-                candle_threads,
-                "candle's element-wise and quantized kernels use {candle_threads} threads; \
-                 set CANDLE_NUM_THREADS={threads} in the environment to bound them as well"
-            );
-        }
-        Ok(pool)
+        passerelle_model_runtime::compute::compute_pool("llm-compute", threads)
+            .map_err(|source| LoadError::ThreadPool { threads, source })
     }
 }
 
