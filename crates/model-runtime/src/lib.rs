@@ -6,10 +6,12 @@
 //!   exactly what to download and where to put it.
 //! - [`device`]: the compute device (CPU, or CUDA with the `cuda` feature) parsed from config.
 //! - [`compute`]: the thread pool a model's forward passes run in.
+//! - [`lifecycle`]: a model's loading state, published by its thread, and waiting on it.
 //! - [`weights`]: memory-mapped safetensors, the one `unsafe` of model loading.
 
 pub mod compute;
 pub mod device;
+pub mod lifecycle;
 pub mod source;
 pub mod weights;
 

@@ -11,6 +11,7 @@ mod metrics;
 mod sequence;
 mod worker;
 
+use passerelle_model_runtime::lifecycle::{ModelState, WaitError, wait_ready};
 use std::{
     path::PathBuf,
     pin::Pin,
@@ -53,12 +54,7 @@ pub struct EngineConfig {
 }
 
 /// Where the model is in its lifecycle.
-#[derive(Debug, Clone)]
-pub enum EngineState {
-    Loading,
-    Ready(Arc<ServedModel>),
-    Failed(Arc<str>),
-}
+pub type EngineState = ModelState<ServedModel>;
 
 /// Starts engines.
 #[derive(Debug)]
@@ -150,18 +146,12 @@ impl EngineHandle {
 
     /// Waits for the load to finish.
     pub async fn ready(&self) -> Result<Arc<ServedModel>, LlmError> {
-        let mut state = self.inner.state.clone();
-        loop {
-            let current = state.borrow_and_update().clone();
-            match current {
-                EngineState::Ready(model) => return Ok(model),
-                EngineState::Failed(message) => {
-                    return Err(LlmError::LoadFailed(message.to_string()));
-                }
-                EngineState::Loading => {}
-            }
-            state.changed().await.map_err(|_| LlmError::EngineStopped)?;
-        }
+        wait_ready(&self.inner.state)
+            .await
+            .map_err(|err| match err {
+                WaitError::Failed(why) => LlmError::LoadFailed(why.to_string()),
+                WaitError::Stopped => LlmError::EngineStopped,
+            })
     }
 
     /// Counters of everything the engine has done.
