@@ -7,6 +7,8 @@
 //!   and a llama.cpp GGUF file (F32, F16, Q8_0, Q4_K) carrying the same weights and tokenizer.
 //!   [`TinyQwen2`] writes a tiny one into a temporary directory in both formats.
 //! - [`minilm`]: where the real all-MiniLM-L6-v2 weights are, for embedding tests.
+//! - [`redis`]: a throwaway `redis-server` on a free loopback port, which tests can kill and
+//!   restart.
 //! - [`stack`] (feature `stack`): the llm service and the gateway started on loopback, wired
 //!   through gRPC as in production, for whole-stack tests over real HTTP.
 //! - The `passerelle-testkit` binary writes the same models for people to try:
@@ -14,6 +16,7 @@
 
 pub mod minilm;
 pub mod models;
+pub mod redis;
 #[cfg(feature = "stack")]
 pub mod stack;
 
