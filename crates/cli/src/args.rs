@@ -144,6 +144,20 @@ pub struct GatewayOptions {
     /// Let every API key receive answers cached for another key [default: false].
     #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_SHARED", num_args = 0..=1, default_missing_value = "true")]
     pub semantic_cache_shared: Option<bool>,
+    /// Watch prompt embeddings for drift, reported at /admin/drift (needs an embedding model
+    /// or embeddings endpoint) [default: false].
+    #[arg(long, env = "PASSERELLE_DRIFT", num_args = 0..=1, default_missing_value = "true")]
+    pub drift: Option<bool>,
+    /// Share of prompts embedded for drift, in [0, 1] [default: 0.2].
+    #[arg(long, env = "PASSERELLE_DRIFT_SAMPLE_RATE")]
+    pub drift_sample_rate: Option<f64>,
+    /// Prompt embeddings in the drift baseline and in the recent window [default: 500].
+    #[arg(long, env = "PASSERELLE_DRIFT_WINDOW")]
+    pub drift_window: Option<usize>,
+    /// Drift score (share of embedding dimensions that moved) above which drift is reported,
+    /// in (0, 1] [default: 0.25].
+    #[arg(long, env = "PASSERELLE_DRIFT_THRESHOLD")]
+    pub drift_threshold: Option<f64>,
 }
 
 #[derive(Debug, Args)]

@@ -163,9 +163,11 @@ pub fn gateway(
         .map(Duration::from_secs)
         .unwrap_or(defaults.request_timeout);
     let semantic_cache = semantic_cache(args, file)?;
+    let drift = drift(args, file)?;
     Ok(GatewaySettings {
         config: passerelle_gateway::GatewayConfig {
             semantic_cache,
+            drift,
             llm_endpoint,
             embeddings_endpoint,
             body_limit_bytes,
@@ -211,6 +213,45 @@ fn semantic_cache(
             .semantic_cache_shared
             .or(file.semantic_cache_shared)
             .unwrap_or(defaults.shared_across_keys),
+    }))
+}
+
+fn drift(
+    args: &GatewayOptions,
+    file: &FileConfig,
+) -> anyhow::Result<Option<passerelle_gateway::DriftConfig>> {
+    if !args.drift.or(file.drift).unwrap_or(false) {
+        return Ok(None);
+    }
+    let defaults = passerelle_gateway::DriftConfig::default();
+    let sample_rate = args
+        .drift_sample_rate
+        .or(file.drift_sample_rate)
+        .unwrap_or(defaults.sample_rate);
+    if !(0.0..=1.0).contains(&sample_rate) {
+        anyhow::bail!("drift_sample_rate must be in [0, 1], got {sample_rate}");
+    }
+    let window = args
+        .drift_window
+        .or(file.drift_window)
+        .unwrap_or(defaults.window);
+    if window < 10 {
+        anyhow::bail!("drift_window must be at least 10, got {window}");
+    }
+    let threshold = args
+        .drift_threshold
+        .or(file.drift_threshold)
+        .unwrap_or(defaults.threshold);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        anyhow::bail!("drift_threshold must be in (0, 1], got {threshold}");
+    }
+    Ok(Some(passerelle_gateway::DriftConfig {
+        sample_rate,
+        window,
+        // A fifth of a window is enough for a stable test and reports drift sooner.
+        min_recent: (window / 5).max(2),
+        threshold,
+        ..defaults
     }))
 }
 

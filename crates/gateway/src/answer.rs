@@ -50,6 +50,9 @@ impl Answer {
         request: GenerateRequest,
         started_at: Instant,
     ) -> Result<Self, BackendError> {
+        if let Some(drift) = state.drift() {
+            drift.observe(&request);
+        }
         let cached = state.semantic_cache().and_then(|cache| {
             cache
                 .key(principal, &request)

@@ -20,6 +20,9 @@ pub struct GatewayConfig {
     /// Answer repeated questions from the semantic cache in the embeddings service. Needs
     /// `embeddings_endpoint`. Default off.
     pub semantic_cache: Option<crate::SemanticCacheConfig>,
+    /// Watch prompt embeddings for drift (`/admin/drift`). Needs `embeddings_endpoint`.
+    /// Default off.
+    pub drift: Option<crate::DriftConfig>,
     /// Largest accepted request body, in bytes; larger bodies get 413. Default 4 MiB.
     pub body_limit_bytes: usize,
     /// Longest a generation may run, streaming or not, from the request to its last token.
@@ -61,6 +64,7 @@ impl Default for GatewayConfig {
             llm_endpoint: "http://127.0.0.1:50051".to_owned(),
             embeddings_endpoint: None,
             semantic_cache: None,
+            drift: None,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(2),

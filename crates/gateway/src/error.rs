@@ -38,6 +38,12 @@ pub enum ApiError {
     /// The path exists, but not with this method.
     #[error("Method {method} is not allowed for {path}.")]
     MethodNotAllowed { method: String, path: String },
+    /// The route belongs to a feature this gateway runs without.
+    #[error("{feature} is not enabled on this gateway; {how}.")]
+    FeatureDisabled {
+        feature: &'static str,
+        how: &'static str,
+    },
     /// The gateway is at its concurrency limit.
     #[error("The gateway is at capacity; try again shortly.")]
     GatewayBusy,
@@ -124,6 +130,9 @@ impl ApiError {
                 INVALID_REQUEST,
                 Some("method_not_allowed"),
             ),
+            E::FeatureDisabled { .. } => {
+                Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("feature_disabled"))
+            }
             E::GatewayBusy => Rendering {
                 retry_after: Some(Duration::from_secs(1)),
                 ..Rendering::new(S::SERVICE_UNAVAILABLE, SERVER_ERROR, Some("server_busy"))

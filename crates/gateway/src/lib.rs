@@ -18,6 +18,7 @@ pub mod backend;
 mod body;
 mod catalog;
 pub mod config;
+pub mod drift;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -44,6 +45,7 @@ use tracing::Level;
 
 pub use auth::Principal;
 pub use config::GatewayConfig;
+pub use drift::{DriftConfig, DriftReport};
 pub use error::ApiError;
 pub use metrics::GatewayMetrics;
 pub use semantic_cache::SemanticCacheConfig;
@@ -63,6 +65,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(routes::chat::create))
         .route("/v1/completions", post(routes::completions::create))
         .route("/v1/embeddings", post(routes::embeddings::create))
+        .route("/admin/drift", get(routes::admin::drift))
+        .route("/admin/drift/baseline", post(routes::admin::rebase_drift))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admission::admit,

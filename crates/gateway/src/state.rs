@@ -9,6 +9,7 @@ use prometheus::Registry;
 use crate::GatewayConfig;
 use crate::admission::Admission;
 use crate::catalog::ModelCatalog;
+use crate::drift::DriftMonitor;
 use crate::embeddings::EmbeddingsBackend;
 use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
@@ -25,6 +26,11 @@ pub enum GatewayError {
         "the semantic cache needs an embeddings service (set embeddings_endpoint or an embedding model)"
     )]
     CacheWithoutEmbeddings,
+    /// Drift is measured on prompt embeddings, and no embeddings service is configured.
+    #[error(
+        "drift monitoring needs an embeddings service (set embeddings_endpoint or an embedding model)"
+    )]
+    DriftWithoutEmbeddings,
     /// The gateway's metrics could not be registered (already registered on this registry).
     #[error("cannot register gateway metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -73,6 +79,7 @@ pub struct AppState {
     llm: LlmBackend,
     embeddings: Option<EmbeddingsBackend>,
     semantic_cache: Option<SemanticCache>,
+    drift: Option<DriftMonitor>,
     catalog: ModelCatalog,
     keys: Arc<dyn KeyVerifier>,
     metrics: GatewayMetrics,
@@ -120,8 +127,18 @@ impl AppState {
             )),
             (Some(_), None) => return Err(GatewayError::CacheWithoutEmbeddings),
         };
+        let drift = match (&config.drift, &embeddings) {
+            (None, _) => None,
+            (Some(drift), Some(embeddings)) => Some(DriftMonitor::new(
+                drift.clone(),
+                embeddings.clone(),
+                registry,
+            )?),
+            (Some(_), None) => return Err(GatewayError::DriftWithoutEmbeddings),
+        };
         Ok(Self {
             semantic_cache,
+            drift,
             catalog: ModelCatalog::new(llm.clone(), embeddings.clone(), config.models_cache_ttl),
             embeddings,
             admission: Admission::new(config.max_concurrent_requests),
@@ -153,6 +170,10 @@ impl AppState {
 
     pub(crate) fn semantic_cache(&self) -> Option<&SemanticCache> {
         self.semantic_cache.as_ref()
+    }
+
+    pub(crate) fn drift(&self) -> Option<&DriftMonitor> {
+        self.drift.as_ref()
     }
 
     pub(crate) fn catalog(&self) -> &ModelCatalog {

@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per resource.
 
+pub(crate) mod admin;
 pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod embeddings;

@@ -1,0 +1,32 @@
+//! `/admin/*`: operator endpoints.
+
+use axum::Json;
+use axum::extract::State;
+
+use crate::auth::Principal;
+use crate::drift::DriftReport;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const DRIFT_DISABLED: ApiError = ApiError::FeatureDisabled {
+    feature: "Drift monitoring",
+    how: "start it with an embedding model and --drift",
+};
+
+/// `GET /admin/drift`: the drift of recent prompts against the baseline, computed now.
+pub(crate) async fn drift(
+    State(state): State<AppState>,
+    _principal: Principal,
+) -> Result<Json<DriftReport>, ApiError> {
+    let drift = state.drift().ok_or(DRIFT_DISABLED)?;
+    Ok(Json(drift.report()))
+}
+
+/// `POST /admin/drift/baseline`: accept the recent window as the new baseline.
+pub(crate) async fn rebase_drift(
+    State(state): State<AppState>,
+    _principal: Principal,
+) -> Result<Json<DriftReport>, ApiError> {
+    let drift = state.drift().ok_or(DRIFT_DISABLED)?;
+    Ok(Json(drift.rebase()))
+}
