@@ -26,6 +26,7 @@ mod generation;
 pub mod llm;
 pub mod metrics;
 pub mod openai;
+pub mod pricing;
 mod routes;
 pub mod semantic_cache;
 mod sse;
