@@ -2,10 +2,18 @@
 
 use crate::StoreError;
 use crate::keys::{KeyHash, KeyRecord, KeyVerifier};
+use crate::policy::{KeyLimits, Scope};
+
+/// The owner of every static key.
+pub const STATIC_OWNER: &str = "static";
 
 /// A fixed set of keys given in plaintext by the operator. The plaintext is hashed at load and
 /// dropped; records are named by position (`static-1`, ...) rather than by any part of the key,
 /// since operator-chosen keys may be short enough for a fragment to matter.
+///
+/// These are the operator's bootstrap keys: each is owned by [`STATIC_OWNER`] and holds every
+/// scope, [`Scope::Admin`] included, with no model allowlist, expiry or limits, so that the
+/// first stored keys can be created through the admin API with one of them.
 #[derive(Default, Clone)]
 pub struct StaticKeys {
     keys: Vec<(KeyHash, KeyRecord)>,
@@ -45,9 +53,14 @@ impl StaticKeys {
                 let record = KeyRecord {
                     id: format!("static-{}", i + 1),
                     name: "static".to_owned(),
+                    owner: STATIC_OWNER.to_owned(),
                     prefix: format!("static-{}", i + 1),
                     created_at: 0,
                     revoked_at: None,
+                    scopes: Scope::ALL.into_iter().collect(),
+                    models: None,
+                    expires_at: None,
+                    limits: KeyLimits::default(),
                 };
                 (hash, record)
             })
@@ -105,6 +118,9 @@ mod tests {
         let keys = StaticKeys::from_plaintext(["alpha", "beta"]);
         assert_eq!(keys.find("alpha").unwrap().id, "static-1");
         assert_eq!(keys.find("beta").unwrap().id, "static-2");
+        let record = keys.find("alpha").unwrap();
+        assert_eq!(record.owner, STATIC_OWNER);
+        assert!(record.allows_scope(Scope::Admin) && record.allows_scope(Scope::Chat));
         assert!(keys.find("gamma").is_none());
         assert!(keys.find("").is_none());
         assert!(keys.find("alpha ").is_none());

@@ -1,0 +1,115 @@
+//! Usage accounting in the embedded store.
+
+use redb::ReadableTable;
+
+use super::{EmbeddedStore, Inner, KEY_SPEND, USAGE_DAILY, USAGE_RECORDS, from_json, to_json};
+use crate::StoreError;
+use crate::time::day_number;
+use crate::usage::{Counters, UsageBucket, UsageQuery, UsageRecord, UsageStore};
+
+impl Inner {
+    fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut records = txn.open_table(USAGE_RECORDS)?;
+            if records.get(record.response_id.as_str())?.is_some() {
+                return Ok(()); // already counted; dropping the transaction aborts it
+            }
+            let json = to_json(&record.response_id, record)?;
+            records.insert(record.response_id.as_str(), json.as_str())?;
+
+            let day = record.day();
+            let bucket = (day, record.principal.as_str(), record.model.as_str());
+            let mut daily = txn.open_table(USAGE_DAILY)?;
+            let mut counters: Counters = match daily.get(bucket)? {
+                Some(json) => from_json("usage bucket", json.value())?,
+                None => Counters::default(),
+            };
+            counters.add(record);
+            let json = to_json("usage bucket", &counters)?;
+            daily.insert(bucket, json.as_str())?;
+
+            if let Some(key_id) = &record.key_id {
+                let mut spend = txn.open_table(KEY_SPEND)?;
+                let slot = (key_id.as_str(), day);
+                let before = spend.get(slot)?.map(|v| v.value()).unwrap_or(0);
+                spend.insert(slot, before.saturating_add(record.cost_micro_usd))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        let Some((first, last)) = query.days() else {
+            return Ok(Vec::new());
+        };
+        let txn = self.db.begin_read()?;
+        let daily = txn.open_table(USAGE_DAILY)?;
+        let mut buckets = Vec::new();
+        // Keys sort by day, then principal, then model: the order the caller wants.
+        for entry in daily.range((first, "", "")..)? {
+            let (key, json) = entry?;
+            let (day, principal, model) = key.value();
+            if day > last {
+                break;
+            }
+            if query.principal.as_deref().is_some_and(|p| p != principal) {
+                continue;
+            }
+            let counters: Counters = from_json("usage bucket", json.value())?;
+            buckets.push(counters.into_bucket(day, principal.to_owned(), model.to_owned()));
+        }
+        Ok(buckets)
+    }
+
+    fn spent_micro_usd(&self, key_id: &str, since: u64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let spend = txn.open_table(KEY_SPEND)?;
+        let mut total = 0u64;
+        for entry in spend.range((key_id, day_number(since))..=(key_id, u64::MAX))? {
+            total = total.saturating_add(entry?.1.value());
+        }
+        Ok(total)
+    }
+
+    fn usage_by_response(&self, response_id: &str) -> Result<Option<UsageRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(USAGE_RECORDS)?;
+        match records.get(response_id)? {
+            Some(json) => from_json(response_id, json.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl UsageStore for EmbeddedStore {
+    async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
+        record.validate()?;
+        let record = record.clone();
+        self.blocking(move |inner| inner.record_usage(&record))
+            .await
+    }
+
+    async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |inner| inner.usage_summary(&query))
+            .await
+    }
+
+    async fn spent_micro_usd(&self, key_id: &str, since: u64) -> Result<u64, StoreError> {
+        let key_id = key_id.to_owned();
+        self.blocking(move |inner| inner.spent_micro_usd(&key_id, since))
+            .await
+    }
+
+    async fn usage_by_response(
+        &self,
+        response_id: &str,
+    ) -> Result<Option<UsageRecord>, StoreError> {
+        let response_id = response_id.to_owned();
+        self.blocking(move |inner| inner.usage_by_response(&response_id))
+            .await
+    }
+}
