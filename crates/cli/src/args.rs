@@ -1,9 +1,10 @@
 //! Command-line arguments. Every option also reads a `PASSERELLE_*` variable and a key of the
 //! TOML file (see `config`); the doc comment of each field is its `--help` text.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use passerelle_store::{Budget, BudgetPeriod, KeyLimits, NewKey, Scope};
 use passerelle_telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -38,7 +39,7 @@ pub enum Command {
     Llm(LlmArgs),
     /// Run only the embeddings gRPC service.
     Embeddings(EmbeddingsArgs),
-    /// Create, list and revoke API keys in the embedded store.
+    /// Create, list and revoke API keys in the embedded store or in Redis.
     Keys(KeysArgs),
 }
 
@@ -216,6 +217,10 @@ pub struct KeysArgs {
     /// Directory of the embedded store [default: ~/.local/share/passerelle].
     #[arg(long, env = "PASSERELLE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Manage the keys in this Redis server (the one the gateways share) instead of the
+    /// embedded store, e.g. redis://127.0.0.1:6379/ [default: none].
+    #[arg(long, env = "PASSERELLE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     #[command(subcommand)]
     pub action: KeysAction,
 }
@@ -223,11 +228,7 @@ pub struct KeysArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
     /// Create a key and print its secret (shown only this once).
-    Create {
-        /// A label to tell the key apart, e.g. the team or app using it.
-        #[arg(long, short = 'n')]
-        name: String,
-    },
+    Create(CreateKeyArgs),
     /// List keys (never their secrets).
     List,
     /// Revoke a key by id or by its displayed prefix.
@@ -235,6 +236,137 @@ pub enum KeysAction {
         /// Key id or prefix as shown by `keys list`.
         key: String,
     },
+}
+
+/// What a new key is and may do.
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    /// A label to tell the key apart, e.g. the team or app using it.
+    #[arg(long, short = 'n')]
+    pub name: String,
+    /// The user or service the key acts for; usage and audit records name it
+    /// [default: the key's name].
+    #[arg(long, short = 'o')]
+    pub owner: Option<String>,
+    /// Comma-separated scopes: chat, completions, embeddings, audio, moderation, documents,
+    /// admin [default: every scope but admin].
+    #[arg(long, value_delimiter = ',')]
+    pub scopes: Vec<Scope>,
+    /// Comma-separated models the key may use [default: every model].
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Expire this long from now: a whole number with s, m, h, d or w, e.g. 30d
+    /// [default: never].
+    #[arg(long, value_parser = parse_duration, conflicts_with = "expires_at")]
+    pub expires_in: Option<Duration>,
+    /// Expire at this time, RFC 3339, e.g. 2026-01-31T00:00:00Z [default: never].
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub expires_at: Option<u64>,
+    /// Requests per minute [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: Option<u32>,
+    /// Spending cap in US dollars, e.g. 5.00; needs --budget-period [default: none].
+    #[arg(long, value_parser = parse_usd, requires = "budget_period")]
+    pub budget_usd: Option<u64>,
+    /// The period the budget covers: daily, monthly or total [default: none].
+    #[arg(long, requires = "budget_usd")]
+    pub budget_period: Option<BudgetPeriod>,
+}
+
+impl CreateKeyArgs {
+    /// The key to create, with expiry measured from `now` (seconds since the epoch).
+    pub fn into_new_key(self, now: u64) -> NewKey {
+        let owner = self.owner.unwrap_or_else(|| self.name.clone());
+        let mut new = NewKey::new(self.name, owner);
+        if !self.scopes.is_empty() {
+            new.scopes = self.scopes.into_iter().collect();
+        }
+        if !self.models.is_empty() {
+            new.models = Some(self.models.into_iter().collect());
+        }
+        new.expires_at = self
+            .expires_at
+            .or_else(|| self.expires_in.map(|ttl| now.saturating_add(ttl.as_secs())));
+        new.limits = KeyLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+            budget: self
+                .budget_usd
+                .zip(self.budget_period)
+                .map(|(limit_micro_usd, period)| Budget {
+                    limit_micro_usd,
+                    period,
+                }),
+        };
+        new
+    }
+}
+
+/// `90s`, `15m`, `12h`, `30d`, `2w`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h, d or w (e.g. 30d)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => return Err(format!("unknown unit {other:?}; use s, m, h, d or w")),
+    };
+    if number == 0 {
+        return Err("the duration must be positive".to_owned());
+    }
+    number
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// An RFC 3339 time as seconds since the epoch.
+fn parse_rfc3339(text: &str) -> Result<u64, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time like 2026-01-31T00:00:00Z: {e}"))?;
+    u64::try_from(time.timestamp()).map_err(|_| format!("{text:?} is before 1970"))
+}
+
+/// US dollars with at most six decimals (`5`, `5.00`, `0.000001`) as micro-USD, exactly.
+fn parse_usd(text: &str) -> Result<u64, String> {
+    let text = text.trim().trim_start_matches('$');
+    let bad = || format!("{text:?} is not an amount in dollars like 5.00");
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if fraction.len() > 6 {
+        return Err(format!("{text:?} has more than six decimals"));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let fraction: u64 = format!("{fraction:0<6}").parse().map_err(|_| bad())?;
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|micro| micro.checked_add(fraction))
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -278,6 +410,120 @@ mod tests {
         assert!(Cli::try_parse_from(["passerelle", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["passerelle", "serve", "--threads", "-1"]).is_err());
         assert!(Cli::try_parse_from(["passerelle", "keys", "revoke"]).is_err());
+    }
+
+    fn create_args(argv: &[&str]) -> Result<CreateKeyArgs, clap::Error> {
+        let mut full = vec!["passerelle", "keys", "create"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full)?.command {
+            Command::Keys(KeysArgs {
+                action: KeysAction::Create(create),
+                ..
+            }) => Ok(create),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_create_takes_scopes_models_expiry_and_limits() {
+        let args = create_args(&[
+            "--name",
+            "app",
+            "--owner",
+            "alice",
+            "--scopes",
+            "chat,embeddings",
+            "--models",
+            "tiny,big",
+            "--expires-in",
+            "30d",
+            "--rpm",
+            "60",
+            "--tpm",
+            "1000",
+            "--max-concurrent",
+            "2",
+            "--budget-usd",
+            "5.25",
+            "--budget-period",
+            "monthly",
+        ])
+        .unwrap();
+        let new = args.into_new_key(1_000);
+        assert_eq!(new.owner, "alice");
+        assert_eq!(
+            new.scopes,
+            [Scope::Chat, Scope::Embeddings].into_iter().collect()
+        );
+        assert_eq!(new.models.unwrap().len(), 2);
+        assert_eq!(new.expires_at, Some(1_000 + 30 * 86_400));
+        assert_eq!(new.limits.rpm, Some(60));
+        assert_eq!(new.limits.max_concurrent, Some(2));
+        assert_eq!(
+            new.limits.budget,
+            Some(Budget {
+                limit_micro_usd: 5_250_000,
+                period: BudgetPeriod::Monthly
+            })
+        );
+    }
+
+    #[test]
+    fn keys_create_defaults_to_every_user_scope_and_the_name_as_owner() {
+        let new = create_args(&["--name", "ci"]).unwrap().into_new_key(0);
+        assert_eq!(new.owner, "ci");
+        assert_eq!(new.scopes, Scope::all_user());
+        assert_eq!(new.models, None);
+        assert_eq!(new.expires_at, None);
+        assert!(new.limits.is_unlimited());
+        let at = create_args(&["--name", "ci", "--expires-at", "2026-01-31T00:00:00Z"]).unwrap();
+        assert_eq!(at.into_new_key(0).expires_at, Some(1_769_817_600));
+    }
+
+    #[test]
+    fn keys_create_rejects_nonsense() {
+        for argv in [
+            &["--name", "ci", "--scopes", "chat,root"][..],
+            &["--name", "ci", "--rpm", "0"],
+            &["--name", "ci", "--expires-in", "30"],
+            &[
+                "--name",
+                "ci",
+                "--expires-in",
+                "30d",
+                "--expires-at",
+                "2026-01-01T00:00:00Z",
+            ],
+            &["--name", "ci", "--budget-usd", "5"],
+            &[
+                "--name",
+                "ci",
+                "--budget-usd",
+                "5",
+                "--budget-period",
+                "weekly",
+            ],
+        ] {
+            assert!(create_args(argv).is_err(), "{argv:?} was accepted");
+        }
+        let err = create_args(&["--name", "ci", "--scopes", "root"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("valid scopes are chat"), "{err}");
+    }
+
+    #[test]
+    fn durations_and_dollars_parse_exactly() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert!(parse_duration("0d").is_err() && parse_duration("5y").is_err());
+        assert!(parse_duration("d").is_err());
+        assert_eq!(parse_usd("5"), Ok(5_000_000));
+        assert_eq!(parse_usd("$0.10"), Ok(100_000));
+        assert_eq!(parse_usd(".000001"), Ok(1));
+        for bad in ["", ".", "1.0000001", "-1", "1e3", "abc"] {
+            assert!(parse_usd(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

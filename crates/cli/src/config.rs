@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub drift_threshold: Option<f64>,
     pub api_keys: Option<ApiKeysValue>,
     pub data_dir: Option<PathBuf>,
+    pub redis_url: Option<String>,
     pub require_auth: Option<bool>,
     pub max_body_bytes: Option<usize>,
     pub request_timeout_secs: Option<u64>,

@@ -55,6 +55,124 @@ fn keys_are_created_listed_and_revoked() {
     assert!(listed.contains("revoked"), "{listed}");
 }
 
+#[tokio::test]
+async fn keys_carry_owner_scopes_models_expiry_and_limits() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let created = run_ok(passerelle().args([
+        "keys",
+        "--data-dir",
+        dir,
+        "create",
+        "--name",
+        "app",
+        "--owner",
+        "alice",
+        "--scopes",
+        "chat,embeddings",
+        "--models",
+        "tiny",
+        "--expires-in",
+        "30d",
+        "--rpm",
+        "60",
+        "--budget-usd",
+        "5.00",
+        "--budget-period",
+        "monthly",
+    ]));
+    assert!(created.contains("\"alice\""), "{created}");
+    run_ok(passerelle().args([
+        "keys",
+        "--data-dir",
+        dir,
+        "create",
+        "--name",
+        "old",
+        "--expires-at",
+        "2001-01-01T00:00:00Z",
+    ]));
+
+    let listed = run_ok(passerelle().args(["keys", "--data-dir", dir, "list"]));
+    let app = listed.lines().find(|l| l.contains("app")).unwrap();
+    for part in [
+        "owner alice",
+        "scopes chat,embeddings",
+        "models tiny",
+        "active, expires 20",
+        "rpm 60",
+        "budget $5.000000 monthly",
+    ] {
+        assert!(app.contains(part), "{part:?} missing from {app}");
+    }
+    let old = listed.lines().find(|l| l.contains("old")).unwrap();
+    assert!(
+        old.contains("owner old") && old.contains("expired 2001-01-01"),
+        "{old}"
+    );
+    assert!(
+        old.contains("scopes chat,completions,embeddings,audio,moderation,documents "),
+        "{old}"
+    );
+
+    // Both creations were audited, by the command line.
+    let store = passerelle_store::EmbeddedStore::open(data.path()).unwrap();
+    let events = passerelle_store::AuditLog::audit_events(&store, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.actor == "cli" && e.action == passerelle_store::AuditAction::KeyCreated)
+    );
+    drop(store);
+
+    let output = passerelle()
+        .args([
+            "keys",
+            "--data-dir",
+            dir,
+            "create",
+            "--name",
+            "x",
+            "--scopes",
+            "chat,root",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("valid scopes are chat"), "{stderr}");
+}
+
+#[test]
+fn keys_can_live_in_redis() {
+    let redis = passerelle_testkit::redis::RedisServer::start().unwrap();
+    let created = run_ok(passerelle().args([
+        "keys",
+        "--redis-url",
+        &redis.url(),
+        "create",
+        "--name",
+        "shared",
+    ]));
+    let secret = created.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("psk-"), "{created}");
+    let listed = run_ok(
+        passerelle()
+            .env("PASSERELLE_REDIS_URL", redis.url())
+            .args(["keys", "list"]),
+    );
+    assert!(
+        listed.contains("shared") && listed.contains("active"),
+        "{listed}"
+    );
+    run_ok(passerelle().args(["keys", "--redis-url", &redis.url(), "revoke", &secret[..12]]));
+    let listed = run_ok(passerelle().args(["keys", "--redis-url", &redis.url(), "list"]));
+    assert!(listed.contains("revoked"), "{listed}");
+}
+
 /// A running `passerelle serve`, stopped with SIGTERM on drop.
 struct Server {
     child: Child,

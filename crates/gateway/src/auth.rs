@@ -14,8 +14,8 @@ const MAX_PRESENTED_KEY_LEN: usize = 512;
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    /// A caller with a valid, unrevoked key.
-    Key(KeyRecord),
+    /// A caller with a valid, unrevoked key (boxed: the record is large beside `Anonymous`).
+    Key(Box<KeyRecord>),
     /// Any caller, because no key is configured and auth is not required.
     Anonymous,
 }
@@ -48,7 +48,7 @@ impl FromRequestParts<AppState> for Principal {
             .ok_or(ApiError::InvalidApiKey)?;
         // The request span declares `key_id`; the id identifies the key, never its secret.
         tracing::Span::current().record("key_id", record.id.as_str());
-        Ok(Principal::Key(record))
+        Ok(Principal::Key(Box::new(record)))
     }
 }
 

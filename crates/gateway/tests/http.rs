@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use passerelle_gateway::{AppState, GatewayConfig};
-use passerelle_store::{ApiKeySecret, EmbeddedStore, KeyStore, Keyring, StaticKeys};
+use passerelle_store::{ApiKeySecret, EmbeddedStore, KeyStore, Keyring, NewKey, StaticKeys};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -44,7 +44,7 @@ impl Gateway {
         let data_dir = tempfile::tempdir().unwrap();
         let (keyring, store, stored_secret) = if with_keys {
             let store = EmbeddedStore::open(data_dir.path()).unwrap();
-            let (_, secret) = store.create("tests").await.unwrap();
+            let (_, secret) = store.create(NewKey::new("tests", "tests")).await.unwrap();
             let keyring = Keyring::new(
                 StaticKeys::from_plaintext([STATIC_KEY]),
                 Some(Arc::new(store.clone()) as Arc<dyn KeyStore>),

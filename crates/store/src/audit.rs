@@ -165,3 +165,30 @@ pub trait AuditLog: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_stable_and_short() {
+        // SHA-256("alice") = 2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90
+        assert_eq!(pseudonym("alice"), "erased:2bd806c97f0e");
+        assert_ne!(pseudonym("alice"), pseudonym("bob"));
+    }
+
+    #[test]
+    fn actions_serialize_snake_case() {
+        let json = serde_json::to_string(&AuditAction::RequestBlocked).unwrap();
+        assert_eq!(json, "\"request_blocked\"");
+    }
+
+    #[test]
+    fn anonymizing_touches_only_the_principal() {
+        let mut event = NewAuditEvent::now("alice", AuditAction::KeyCreated).target("alicia");
+        assert!(event.anonymize("alice"));
+        assert_eq!(event.actor, pseudonym("alice"));
+        assert_eq!(event.target.as_deref(), Some("alicia"));
+        assert!(!event.anonymize("alice"));
+    }
+}

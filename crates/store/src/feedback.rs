@@ -97,3 +97,17 @@ pub trait FeedbackStore: Send + Sync + 'static {
     /// Ratings whose (latest) time is at or after `since`.
     async fn feedback_counts(&self, since: u64) -> Result<FeedbackCounts, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratings_are_plus_and_minus_one() {
+        assert_eq!(serde_json::to_string(&Rating::Up).unwrap(), "1");
+        assert_eq!(serde_json::to_string(&Rating::Down).unwrap(), "-1");
+        assert_eq!(serde_json::from_str::<Rating>("-1").unwrap(), Rating::Down);
+        assert!(serde_json::from_str::<Rating>("0").is_err());
+        assert!(serde_json::from_str::<Rating>("\"up\"").is_err());
+    }
+}

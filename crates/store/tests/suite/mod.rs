@@ -307,6 +307,23 @@ pub async fn usage_is_summed_by_day_principal_and_model(store: &dyn Store) {
     );
     assert_eq!(store.usage_by_response("r404").await.unwrap(), None);
 
+    // Names holding the separators of either backend's encoding are kept apart exactly.
+    store
+        .record_usage(&usage("r8", "we|ird\"one", "m|x", DAY1))
+        .await
+        .unwrap();
+    let weird = UsageQuery {
+        principal: Some("we|ird\"one".to_owned()),
+        since: DAY1,
+        until: DAY1,
+    };
+    let buckets = store.usage_summary(&weird).await.unwrap();
+    assert_eq!(buckets.len(), 1);
+    assert_eq!(
+        (buckets[0].principal.as_str(), buckets[0].model.as_str()),
+        ("we|ird\"one", "m|x")
+    );
+
     let mut bad = usage("", "alice", "tiny", DAY1);
     let err = store.record_usage(&bad).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
