@@ -25,6 +25,7 @@ mod generation;
 pub mod llm;
 pub mod metrics;
 pub mod openai;
+pub mod ratelimit;
 mod routes;
 pub mod semantic_cache;
 mod sse;
