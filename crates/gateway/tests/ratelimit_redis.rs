@@ -45,7 +45,10 @@ fn redis_config(redis: &RedisServer, policy: FailurePolicy) -> RedisLimiterConfi
 }
 
 /// A limiter standing for one gateway replica, with its own metrics registry.
-fn gateway(config: RedisLimiterConfig, adaptive: Option<AdaptiveConfig>) -> (RateLimiter, Registry) {
+fn gateway(
+    config: RedisLimiterConfig,
+    adaptive: Option<AdaptiveConfig>,
+) -> (RateLimiter, Registry) {
     let registry = Registry::new();
     let config = RateLimiterConfig {
         redis: Some(config),
@@ -206,7 +209,10 @@ async fn slots_of_a_crashed_gateway_expire_and_live_ones_are_renewed() {
             if let Ok(permit) = survivor.admit("alice", &limits).await {
                 break permit;
             }
-            assert!(started.elapsed() < Duration::from_secs(5), "the dead lease never expired");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the dead lease never expired"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(started.elapsed() < Duration::from_millis(1500));
@@ -253,12 +259,17 @@ async fn fail_open_admits_at_once_while_redis_is_down_then_recovers() {
         assert_eq!(a.failure_policy(), FailurePolicy::Open);
         assert_eq!(metric(&registry, "passerelle_ratelimit_backend_up"), 0.0);
         assert!(metric(&registry, "passerelle_ratelimit_backend_errors_total") >= 1.0);
-        assert_eq!(metric(&registry, "passerelle_ratelimit_fail_open_total"), 20.0);
+        assert_eq!(
+            metric(&registry, "passerelle_ratelimit_fail_open_total"),
+            20.0
+        );
 
         redis.restart().unwrap();
-        eventually(Duration::from_secs(10), "the limiter sees Redis again", || {
-            a.probe()
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the limiter sees Redis again",
+            || a.probe(),
+        )
         .await;
         assert!(a.backend_healthy());
         assert_eq!(metric(&registry, "passerelle_ratelimit_backend_up"), 1.0);
@@ -343,7 +354,10 @@ async fn violations_noted_by_one_gateway_lower_the_limits_on_every_gateway() {
         };
         let limits_now = async |gateway: &RateLimiter| {
             let headers = gateway.admit("alice", &limits).await.unwrap().headers;
-            (headers.requests.unwrap().limit, headers.tokens.unwrap().limit)
+            (
+                headers.requests.unwrap().limit,
+                headers.tokens.unwrap().limit,
+            )
         };
         assert_eq!(limits_now(&b).await, (60, 1000));
         a.note_violation("alice").await;

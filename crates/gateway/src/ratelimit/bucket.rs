@@ -111,9 +111,7 @@ pub(crate) fn window(level: f64, limit: u32) -> WindowState {
 pub(crate) fn tier(violations: u64, config: &AdaptiveConfig) -> u32 {
     let threshold = u64::from(config.threshold.max(1));
     let tier = violations / threshold;
-    u32::try_from(tier)
-        .unwrap_or(u32::MAX)
-        .min(config.max_tier)
+    u32::try_from(tier).unwrap_or(u32::MAX).min(config.max_tier)
 }
 
 /// A limit halved once per tier, never below 1.
@@ -163,7 +161,10 @@ mod tests {
     #[test]
     fn the_reset_is_the_time_to_drain_to_empty() {
         let bucket = Bucket::default().add(10, 0, 1.0);
-        assert_eq!(window(bucket.level_at(10, 0), 10).reset, Duration::from_secs(6));
+        assert_eq!(
+            window(bucket.level_at(10, 0), 10).reset,
+            Duration::from_secs(6)
+        );
         assert_eq!(bucket.drained_in(10, 3 * SECOND), Duration::from_secs(3));
         assert_eq!(bucket.level_at(10, 7 * SECOND), 0.0);
     }
@@ -176,7 +177,10 @@ mod tests {
         assert!(!over.admit);
         // 100 tokens over, at ten per second.
         assert_eq!(over.retry_after, Duration::from_secs(10));
-        assert_eq!(check_tokens(600.0, limit).retry_after, Duration::from_micros(1));
+        assert_eq!(
+            check_tokens(600.0, limit).retry_after,
+            Duration::from_micros(1)
+        );
         assert_eq!(over.window.remaining, 0);
         assert_eq!(over.window.reset, Duration::from_secs(70));
     }

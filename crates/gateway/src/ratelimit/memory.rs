@@ -103,8 +103,10 @@ impl MemoryBackend {
         let rpm = limits.rpm.map(|limit| bucket::scaled(limit, tier));
         let tpm = limits.tpm.map(|limit| bucket::scaled(limit, tier));
 
-        let requests = rpm.map(|limit| bucket::check_request(state.requests.level_at(limit, now), limit));
-        let tokens = tpm.map(|limit| bucket::check_tokens(state.tokens.level_at(limit, now), limit));
+        let requests =
+            rpm.map(|limit| bucket::check_request(state.requests.level_at(limit, now), limit));
+        let tokens =
+            tpm.map(|limit| bucket::check_tokens(state.tokens.level_at(limit, now), limit));
         let concurrency_full = limits
             .max_concurrent
             .is_some_and(|max| state.in_flight >= max);

@@ -333,7 +333,10 @@ impl RateLimiter {
     /// Builds the limiter and registers its metrics on `registry`. With Redis it does not
     /// connect here (a Redis that is down at startup is handled by the failure policy like one
     /// that goes down later), but it must be called inside a Tokio runtime.
-    pub fn new(config: RateLimiterConfig, registry: &Registry) -> Result<Self, RateLimitSetupError> {
+    pub fn new(
+        config: RateLimiterConfig,
+        registry: &Registry,
+    ) -> Result<Self, RateLimitSetupError> {
         let metrics = LimiterMetrics::register(registry)?;
         let (backend, health) = match config.redis {
             None => (
@@ -479,7 +482,6 @@ impl Inner {
             Err(error) => self.health.failed(&self.metrics, error),
         }
     }
-
 }
 
 /// Combines each limit's verdict: refused if any refuses, for as long as the slowest needs.
@@ -490,8 +492,12 @@ fn decide(
 ) -> Option<(RefusalReason, Duration)> {
     let mut refusal: Option<(RefusalReason, Duration)> = None;
     let candidates = [
-        requests.filter(|v| !v.admit).map(|v| (RefusalReason::Requests, v.retry_after)),
-        tokens.filter(|v| !v.admit).map(|v| (RefusalReason::Tokens, v.retry_after)),
+        requests
+            .filter(|v| !v.admit)
+            .map(|v| (RefusalReason::Requests, v.retry_after)),
+        tokens
+            .filter(|v| !v.admit)
+            .map(|v| (RefusalReason::Tokens, v.retry_after)),
         concurrency_full.then_some((RefusalReason::Concurrency, CONCURRENCY_RETRY)),
     ];
     for candidate in candidates.into_iter().flatten() {

@@ -210,7 +210,17 @@ struct AdmitReply {
 
 impl AdmitReply {
     fn parse(reply: &[i64]) -> Result<Self, BackendError> {
-        let &[admitted, reason, retry_us, rpm, r_left, r_reset, tpm, t_left, t_reset] = reply
+        let &[
+            admitted,
+            reason,
+            retry_us,
+            rpm,
+            r_left,
+            r_reset,
+            tpm,
+            t_left,
+            t_reset,
+        ] = reply
         else {
             return Err(unexpected_reply(reply));
         };
@@ -307,7 +317,11 @@ impl Drop for RedisLease {
             return;
         };
         let mut connection = self.connection.clone();
-        let (key, id, timeout) = (std::mem::take(&mut self.key), std::mem::take(&mut self.id), self.timeout);
+        let (key, id, timeout) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.id),
+            self.timeout,
+        );
         runtime.spawn(async move {
             let release = redis::cmd("ZREM").arg(&key).arg(&id).to_owned();
             let _ = bounded(timeout, release.query_async::<i64>(&mut connection)).await;
@@ -317,7 +331,11 @@ impl Drop for RedisLease {
 
 fn adaptive_args(adaptive: Option<&AdaptiveConfig>) -> (u32, u64, u32) {
     adaptive.map_or((0, 0, 0), |config| {
-        (config.threshold.max(1), micros(config.window), config.max_tier)
+        (
+            config.threshold.max(1),
+            micros(config.window),
+            config.max_tier,
+        )
     })
 }
 

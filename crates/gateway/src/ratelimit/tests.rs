@@ -85,7 +85,10 @@ async fn tokens_recorded_after_responses_refuse_until_they_drain() {
     assert_eq!(refused.reason, RefusalReason::Tokens);
     assert_eq!(refused.retry_after, Duration::from_secs(10));
     let tokens = refused.headers.tokens.unwrap();
-    assert_eq!((tokens.remaining, tokens.reset), (0, Duration::from_secs(70)));
+    assert_eq!(
+        (tokens.remaining, tokens.reset),
+        (0, Duration::from_secs(70))
+    );
 
     advance(Duration::from_millis(10_001)).await;
     let admitted = limiter.admit("alice", &limits).await.unwrap();
@@ -178,7 +181,10 @@ async fn headers_report_limit_remaining_and_reset() {
 
     advance(Duration::from_millis(500)).await;
     let admitted = limiter.admit("alice", &limits).await.unwrap();
-    assert_eq!(admitted.headers.requests.unwrap().reset, Duration::from_millis(2500));
+    assert_eq!(
+        admitted.headers.requests.unwrap().reset,
+        Duration::from_millis(2500)
+    );
     let mut headers = HeaderMap::new();
     admitted.headers.apply(&mut headers);
     assert_eq!(headers["x-ratelimit-reset-requests"], "2.5s");
@@ -207,7 +213,10 @@ async fn repeated_violations_lower_the_limits_until_they_age_out() {
     };
     let limit_now = async |subject: &str| {
         let headers = limiter.admit(subject, &limits).await.unwrap().headers;
-        (headers.requests.unwrap().limit, headers.tokens.unwrap().limit)
+        (
+            headers.requests.unwrap().limit,
+            headers.tokens.unwrap().limit,
+        )
     };
     assert_eq!(limit_now("alice").await, (60, 1000));
     limiter.note_violation("alice").await;
@@ -224,7 +233,11 @@ async fn repeated_violations_lower_the_limits_until_they_age_out() {
         limiter.note_violation("alice").await;
     }
     assert_eq!(limit_now("alice").await, (15, 250), "capped at max_tier");
-    assert_eq!(limit_now("bob").await, (60, 1000), "others keep their limits");
+    assert_eq!(
+        limit_now("bob").await,
+        (60, 1000),
+        "others keep their limits"
+    );
 
     // The first three age out 600 s after they were noted; the rest still count.
     advance(Duration::from_secs(541)).await;
@@ -271,10 +284,7 @@ async fn idle_principals_are_forgotten() {
     for i in 0..100 {
         limiter.admit(&format!("user-{i}"), &limits).await.unwrap();
     }
-    let held = limiter
-        .admit("streaming", &concurrent(1))
-        .await
-        .unwrap();
+    let held = limiter.admit("streaming", &concurrent(1)).await.unwrap();
     assert_eq!(subjects(&limiter), 101);
     // One request at 60 rpm drains in 1 s.
     advance(Duration::from_secs(2)).await;
