@@ -9,7 +9,8 @@
 //! conversion to the llm contract), [`llm`] (the domain client of the llm service), `generation`
 //! (one generation, timed and collected), `sse` (streaming with cancellation on disconnect),
 //! `catalog` (the cached model list), [`metrics`] (Prometheus), `admission` (the concurrency
-//! bound) and `routes` (the handlers).
+//! bound), [`ratelimit`] (per-principal rpm, tpm and concurrency limits, in process or in Redis),
+//! [`jwt`] (bearer-token verification) and `routes` (the handlers).
 
 mod admission;
 mod answer;
@@ -23,10 +24,12 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 mod generation;
+pub mod jwt;
 pub mod llm;
 pub mod metrics;
 pub mod openai;
 pub mod pricing;
+pub mod ratelimit;
 mod routes;
 pub mod semantic_cache;
 mod sse;
