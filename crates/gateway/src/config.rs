@@ -43,6 +43,18 @@ pub struct GatewayConfig {
     /// Most `/v1` requests (streams included) in flight at once; beyond it requests get 503 with
     /// `Retry-After` rather than queueing in the gateway. Default 512.
     pub max_concurrent_requests: usize,
+    /// Rate limits of every caller whose key sets none of its own. Default unlimited.
+    pub rate_limits: crate::ratelimit::Limits,
+    /// Where rate-limit state lives (in process, or Redis shared by replicas) and what happens
+    /// when Redis is down. Default in process.
+    pub rate_limiter: crate::ratelimit::RateLimiterConfig,
+    /// Accept JWTs as bearer tokens, verified with these keys. Default none.
+    pub jwt: Option<crate::jwt::JwtConfig>,
+    /// Take the client address for the audit log from `X-Forwarded-For` (behind nginx).
+    /// Default false: the peer address.
+    pub trust_forwarded_for: bool,
+    /// Per-model prices for usage cost. Default none (everything costs 0).
+    pub prices: crate::pricing::PriceList,
     /// After shutdown is signalled, how long in-flight requests and streams may run before
     /// their connections are closed. Default 30 s.
     pub shutdown_grace: Duration,
@@ -73,6 +85,11 @@ impl Default for GatewayConfig {
             models_cache_ttl: Duration::from_secs(5),
             max_concurrent_requests: 512,
             shutdown_grace: Duration::from_secs(30),
+            rate_limits: crate::ratelimit::Limits::UNLIMITED,
+            rate_limiter: crate::ratelimit::RateLimiterConfig::default(),
+            jwt: None,
+            trust_forwarded_for: false,
+            prices: crate::pricing::PriceList::default(),
         }
     }
 }

@@ -26,9 +26,30 @@ pub enum ApiError {
     /// No API key was presented where one is required.
     #[error("Missing API key. Send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`.")]
     MissingApiKey,
-    /// The presented key is unknown or revoked.
+    /// The presented key is unknown, revoked or expired.
     #[error("Incorrect API key provided.")]
     InvalidApiKey,
+    /// The presented JWT failed verification.
+    #[error("Invalid bearer token: {reason}")]
+    InvalidToken { reason: String },
+    /// The caller's key or token lacks the scope this route needs.
+    #[error("This key lacks the `{scope}` scope this endpoint requires.")]
+    ScopeForbidden { scope: passerelle_store::Scope },
+    /// The caller's key is limited to other models.
+    #[error("This key may not use the model `{model}`.")]
+    ModelForbidden { model: String },
+    /// A rate limit refused the request (or the limiter is down and fails closed).
+    #[error("{0}")]
+    RateLimited(crate::ratelimit::Refused),
+    /// The key's budget for the current period is spent.
+    #[error("{}", budget_message(.budget, *.resets_at))]
+    BudgetExceeded {
+        budget: passerelle_store::Budget,
+        resets_at: Option<u64>,
+    },
+    /// The state store cannot be reached.
+    #[error("The gateway's state store is unavailable; try again shortly.")]
+    StoreUnavailable,
     /// The requested model is not served.
     #[error("The model `{model}` does not exist or is not served here.")]
     ModelNotFound { model: String },
@@ -78,6 +99,20 @@ impl Rendering {
 
 const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
+const PERMISSION: &str = "permission_error";
+const RATE_LIMIT: &str = "rate_limit_error";
+
+fn budget_message(budget: &passerelle_store::Budget, resets_at: Option<u64>) -> String {
+    let limit = budget.limit_micro_usd as f64 / 1e6;
+    match resets_at {
+        Some(at) => format!(
+            "The {} budget of ${limit:.2} for this key is spent; it resets in {} s.",
+            budget.period.as_str(),
+            at.saturating_sub(passerelle_store::unix_now())
+        ),
+        None => format!("The total budget of ${limit:.2} for this key is spent."),
+    }
+}
 
 impl ApiError {
     /// A 400 for a bad parameter.
@@ -118,6 +153,40 @@ impl ApiError {
             E::MissingApiKey | E::InvalidApiKey => {
                 Rendering::new(S::UNAUTHORIZED, INVALID_REQUEST, Some("invalid_api_key"))
             }
+            E::InvalidToken { .. } => {
+                Rendering::new(S::UNAUTHORIZED, INVALID_REQUEST, Some("invalid_token"))
+            }
+            E::ScopeForbidden { .. } => {
+                Rendering::new(S::FORBIDDEN, PERMISSION, Some("insufficient_scope"))
+            }
+            E::ModelForbidden { .. } => Rendering {
+                param: Some("model".to_owned()),
+                ..Rendering::new(S::FORBIDDEN, PERMISSION, Some("model_not_allowed"))
+            },
+            E::RateLimited(refused) => {
+                let retry_after = Some(std::time::Duration::from_secs(refused.retry_after_secs()));
+                if refused.reason == crate::ratelimit::RefusalReason::BackendUnavailable {
+                    Rendering {
+                        retry_after,
+                        ..Rendering::new(S::SERVICE_UNAVAILABLE, SERVER_ERROR, Some("rate_limiter_unavailable"))
+                    }
+                } else {
+                    Rendering {
+                        retry_after,
+                        ..Rendering::new(S::TOO_MANY_REQUESTS, RATE_LIMIT, Some("rate_limit_exceeded"))
+                    }
+                }
+            }
+            E::BudgetExceeded { resets_at, .. } => Rendering {
+                retry_after: resets_at.map(|at| {
+                    Duration::from_secs(at.saturating_sub(passerelle_store::unix_now()).max(1))
+                }),
+                ..Rendering::new(S::TOO_MANY_REQUESTS, RATE_LIMIT, Some("budget_exceeded"))
+            },
+            E::StoreUnavailable => Rendering {
+                retry_after: Some(Duration::from_secs(1)),
+                ..Rendering::new(S::SERVICE_UNAVAILABLE, SERVER_ERROR, Some("store_unavailable"))
+            },
             E::ModelNotFound { .. } => Rendering {
                 param: Some("model".to_owned()),
                 ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("model_not_found"))
@@ -221,8 +290,18 @@ impl ApiError {
 
 impl From<passerelle_store::StoreError> for ApiError {
     fn from(err: passerelle_store::StoreError) -> Self {
-        ApiError::Internal {
-            detail: format!("key store: {err}"),
+        use passerelle_store::StoreError as S;
+        match err {
+            err if err.is_unavailable() => {
+                tracing::warn!(error = %err, "state store unavailable");
+                ApiError::StoreUnavailable
+            }
+            S::InvalidName(_) | S::InvalidScope(_) | S::InvalidInput(_) => {
+                ApiError::invalid_request(err.to_string())
+            }
+            err => ApiError::Internal {
+                detail: format!("state store: {err}"),
+            },
         }
     }
 }
@@ -257,6 +336,9 @@ impl IntoResponse for ApiError {
         }
         if rendering.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited(refused) = &self {
+            refused.headers.apply(headers);
         }
         response
     }

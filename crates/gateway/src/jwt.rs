@@ -24,8 +24,9 @@ const MIN_SECRET_LEN: usize = 32;
 /// Longer tokens are refused unread: a real JWT is a few kilobytes at most.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
-/// Which tokens to accept. At least one of the keys must be set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which tokens to accept. At least one of the keys must be set. Its `Debug` output hides the
+/// HS256 secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct JwtConfig {
     /// A shared secret for HS256 tokens, at least 32 bytes. Default none.
     pub hs256_secret: Option<String>,
@@ -44,6 +45,20 @@ pub struct JwtConfig {
     pub scopes_claim: String,
     /// Clock skew tolerated on `exp` and `nbf`. Default 30 s.
     pub leeway: Duration,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_pem", &self.public_key_pem.is_some())
+            .field("jwks_path", &self.jwks_path)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("scopes_claim", &self.scopes_claim)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
 }
 
 impl Default for JwtConfig {

@@ -25,6 +25,7 @@ pub mod error;
 pub mod extract;
 mod generation;
 pub mod jwt;
+mod ledger;
 pub mod llm;
 pub mod metrics;
 pub mod openai;
@@ -56,6 +57,7 @@ pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
 
 use extract::{BodyLimit, REQUEST_ID_HEADER};
+use passerelle_store::KeyVerifier as _;
 
 /// The gateway's router, with every route and middleware, ready to serve.
 ///

@@ -3,12 +3,16 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use passerelle_store::KeyVerifier;
+use passerelle_store::{Keyring, NewAuditEvent, StaticKeys, Store};
 use prometheus::Registry;
 
 use crate::GatewayConfig;
 use crate::admission::Admission;
+use crate::auth::KeyCache;
 use crate::catalog::ModelCatalog;
+use crate::jwt::JwtVerifier;
+use crate::ledger::Ledger;
+use crate::ratelimit::{RateLimitSetupError, RateLimiter};
 use crate::drift::DriftMonitor;
 use crate::embeddings::EmbeddingsBackend;
 use crate::llm::LlmBackend;
@@ -34,6 +38,12 @@ pub enum GatewayError {
     /// The gateway's metrics could not be registered (already registered on this registry).
     #[error("cannot register gateway metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The JWT keys are unusable.
+    #[error("invalid JWT configuration: {0}")]
+    Jwt(#[from] crate::jwt::JwtConfigError),
+    /// The rate limiter could not be built.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitSetupError),
 }
 
 impl GatewayError {
@@ -63,12 +73,12 @@ fn check_endpoint(endpoint: &str) -> Result<(), GatewayError> {
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use passerelle_gateway::{AppState, GatewayConfig};
-/// use passerelle_store::{Keyring, StaticKeys};
+/// use passerelle_store::{EmbeddedStore, StaticKeys};
 ///
 /// let config = GatewayConfig::new("http://127.0.0.1:50051");
-/// let keys = Keyring::new(StaticKeys::from_plaintext(["my-key"]), None);
+/// let store = Arc::new(EmbeddedStore::open("/var/lib/passerelle")?);
 /// let registry = prometheus::Registry::new();
-/// let state = AppState::new(config, Arc::new(keys), &registry)?;
+/// let state = AppState::new(config, store, StaticKeys::from_plaintext(["my-key"]), &registry)?;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 /// passerelle_gateway::serve(listener, state, std::future::pending()).await?;
 /// # Ok(()) }
@@ -81,7 +91,12 @@ pub struct AppState {
     semantic_cache: Option<SemanticCache>,
     drift: Option<DriftMonitor>,
     catalog: ModelCatalog,
-    keys: Arc<dyn KeyVerifier>,
+    keys: Arc<Keyring>,
+    key_cache: Arc<KeyCache>,
+    store: Arc<dyn Store>,
+    ledger: Ledger,
+    limiter: RateLimiter,
+    jwt: Option<Arc<JwtVerifier>>,
     metrics: GatewayMetrics,
     registry: Registry,
     admission: Admission,
@@ -99,11 +114,23 @@ impl AppState {
     /// Assembles the state: a lazily connected llm client (nothing is dialled until the first
     /// request), the gateway's metrics registered on `registry` (which `/metrics` renders, so
     /// register the services' metrics on it too when they run in this process), and the keys.
+    ///
+    /// `store` keeps keys, usage and the audit log; `static_keys` are operator-supplied keys
+    /// accepted beside the stored ones. Must be called inside a Tokio runtime (the audit and
+    /// usage writer is spawned here).
     pub fn new(
         config: GatewayConfig,
-        keys: Arc<dyn KeyVerifier>,
+        store: Arc<dyn Store>,
+        static_keys: StaticKeys,
         registry: &Registry,
     ) -> Result<Self, GatewayError> {
+        let jwt = match &config.jwt {
+            Some(jwt) => Some(Arc::new(JwtVerifier::new(jwt.clone())?)),
+            None => None,
+        };
+        let limiter = RateLimiter::new(config.rate_limiter.clone(), registry)?;
+        let ledger = Ledger::spawn(store.clone(), registry)?;
+        let keys = Arc::new(Keyring::new(static_keys, Some(store.clone())));
         check_endpoint(&config.llm_endpoint)?;
         let llm = LlmBackend::connect_lazy(&config)
             .map_err(|e| GatewayError::invalid_endpoint(&config.llm_endpoint, e))?;
@@ -145,6 +172,11 @@ impl AppState {
             config: Arc::new(config),
             llm,
             keys,
+            key_cache: Arc::default(),
+            store,
+            ledger,
+            limiter,
+            jwt,
             metrics,
             registry: registry.clone(),
         })
@@ -155,9 +187,35 @@ impl AppState {
         &self.config
     }
 
-    /// The key verifier behind [`crate::auth::Principal`].
-    pub fn keys(&self) -> &Arc<dyn KeyVerifier> {
+    /// Static and stored keys, as the access layer verifies them.
+    pub fn keys(&self) -> &Keyring {
         &self.keys
+    }
+
+    /// The state store: keys, usage, feedback, audit.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn key_cache(&self) -> &KeyCache {
+        &self.key_cache
+    }
+
+    pub(crate) fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    pub(crate) fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_deref()
+    }
+
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Appends to the audit log, in the background; never fails the request.
+    pub(crate) fn audit(&self, event: NewAuditEvent) {
+        self.ledger.audit(event);
     }
 
     pub(crate) fn llm(&self) -> &LlmBackend {

@@ -167,6 +167,17 @@ impl BudgetPeriod {
         }
     }
 
+    /// Unix time at which the next period begins, when a spent budget is available again;
+    /// `None` for [`BudgetPeriod::Total`], which never resets.
+    pub fn next_start(self, now: u64) -> Option<u64> {
+        match self {
+            BudgetPeriod::Daily => Some(self.period_start(now) + DAY_SECS),
+            // 31 days past the start is always inside the next month.
+            BudgetPeriod::Monthly => Some(month_start(self.period_start(now) + 31 * DAY_SECS)),
+            BudgetPeriod::Total => None,
+        }
+    }
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,318 @@
+//! Access control in front of every `/v1` and `/admin` route, in this order: who is calling
+//! (an API key, a JWT, or nobody on an open gateway: 401 otherwise), whether the route is in
+//! the caller's scopes (403), whether its key's budget is spent (429), and whether its rate
+//! limits admit one more request (429, or 503 when the shared limiter is down and the policy
+//! is to fail closed). Admitted requests carry the [`Principal`] to their handler, and their
+//! responses the `x-ratelimit-*` headers; the concurrency slot is held until the body ends.
+
+mod key_cache;
+mod principal;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use passerelle_store::{AuditAction, KeyVerifier as _, NewAuditEvent, Scope, unix_now};
+
+pub(crate) use key_cache::KeyCache;
+pub use principal::{ANONYMOUS, Credential, Principal};
+
+use crate::body::attach_to_body;
+use crate::error::ApiError;
+use crate::jwt;
+use crate::state::AppState;
+use key_cache::Cached;
+
+/// Presented keys longer than this are rejected without hashing; generated keys are 52 bytes
+/// and JWTs a few hundred.
+const MAX_PRESENTED_LEN: usize = 8192;
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RouteAccess {
+    /// The scope the caller needs; `None` for routes any authenticated caller may use.
+    scope: Option<Scope>,
+    /// Whether the request counts against rate limits and budgets.
+    metered: bool,
+}
+
+/// The one table from routes to what they require.
+fn route_access(route: &str) -> RouteAccess {
+    let metered = |scope| RouteAccess {
+        scope: Some(scope),
+        metered: true,
+    };
+    let open = |scope| RouteAccess {
+        scope,
+        metered: false,
+    };
+    match route {
+        "/v1/chat/completions" => metered(Scope::Chat),
+        "/v1/completions" => metered(Scope::Completions),
+        "/v1/embeddings" => metered(Scope::Embeddings),
+        r if r.starts_with("/v1/documents") => metered(Scope::Documents),
+        r if r.starts_with("/admin/") || r.starts_with("/v1/users/") => open(Some(Scope::Admin)),
+        // Models, own usage, feedback: any caller.
+        _ => open(None),
+    }
+}
+
+/// The access layer (see the module docs).
+pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(String::new, |path| path.as_str().to_owned());
+    let client = client_addr(&state, &req);
+    let principal = match authenticate(&state, req.headers()).await {
+        Ok(principal) => principal,
+        Err(err) => return err.into_response(),
+    };
+    let span = tracing::Span::current();
+    if let Some(key_id) = principal.key_id() {
+        span.record("key_id", key_id);
+    }
+    let access = route_access(&route);
+    if let Some(scope) = access.scope
+        && let Err(err) = principal.require(scope)
+    {
+        state.audit(blocked(&principal, &route, client.as_deref(), format!("missing scope {scope}")));
+        return err.into_response();
+    }
+    let mut admitted = None;
+    if access.metered {
+        if let Err(err) = check_budget(&state, &principal).await {
+            if matches!(err, ApiError::BudgetExceeded { .. }) {
+                state.audit(blocked(&principal, &route, client.as_deref(), "budget spent".to_owned()));
+            }
+            return err.into_response();
+        }
+        match state
+            .limiter()
+            .admit(&principal.rate_subject(), principal.limits())
+            .await
+        {
+            Ok(ok) => admitted = Some(ok),
+            Err(refused) => return ApiError::RateLimited(refused).into_response(),
+        }
+    }
+    req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(ClientAddr(client));
+    let mut response = next.run(req).await;
+    match admitted {
+        Some(admitted) => {
+            admitted.headers.apply(response.headers_mut());
+            attach_to_body(response, admitted.permit)
+        }
+        None => response,
+    }
+}
+
+fn blocked(principal: &Principal, route: &str, client: Option<&str>, why: String) -> NewAuditEvent {
+    let event = NewAuditEvent::now(principal.id(), AuditAction::RequestBlocked)
+        .target(route)
+        .detail(why);
+    match client {
+        Some(addr) => event.client_addr(addr),
+        None => event,
+    }
+}
+
+/// The caller's address, for the audit log: the peer, or the first `X-Forwarded-For` hop when
+/// the operator says a proxy (nginx) sets it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientAddr(pub Option<String>);
+
+fn client_addr(state: &AppState, req: &Request) -> Option<String> {
+    if state.config().trust_forwarded_for
+        && let Some(forwarded) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    {
+        return Some(forwarded.to_owned());
+    }
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+/// Who is calling.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let defaults = state.config().rate_limits;
+    if is_open(state).await? {
+        return Ok(Principal::anonymous(defaults));
+    }
+    let presented = presented_key(headers).ok_or(ApiError::MissingApiKey)?;
+    if presented.is_empty() || presented.len() > MAX_PRESENTED_LEN {
+        return Err(ApiError::InvalidApiKey);
+    }
+    if let Some(verifier) = state.jwt()
+        && jwt::looks_like_jwt(presented)
+    {
+        let claims = verifier
+            .verify(presented)
+            .map_err(|err| ApiError::InvalidToken {
+                reason: err.to_string(),
+            })?;
+        let scopes = claims.scopes.map(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.parse::<Scope>().ok())
+                .collect::<BTreeSet<_>>()
+        });
+        return Ok(Principal::from_jwt(claims.subject, scopes, defaults));
+    }
+    let record = verify_key(state, presented).await?;
+    Ok(Principal::from_key(record, defaults))
+}
+
+/// No key, no JWT configured, and the operator did not require auth: anyone may call.
+async fn is_open(state: &AppState) -> Result<bool, ApiError> {
+    if state.config().require_auth || state.jwt().is_some() {
+        return Ok(false);
+    }
+    match state.keys().has_any_keys().await {
+        Ok(any) => Ok(!any),
+        // Unknown: closed is the safe answer.
+        Err(err) if err.is_unavailable() => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn verify_key(
+    state: &AppState,
+    presented: &str,
+) -> Result<passerelle_store::KeyRecord, ApiError> {
+    let cache = state.key_cache();
+    let stale = match cache.get(presented) {
+        Cached::Fresh(record) => return Ok(record),
+        Cached::Stale(record) => Some(record),
+        Cached::Unknown => None,
+    };
+    match state.keys().verify(presented).await {
+        Ok(Some(record)) => {
+            cache.insert(presented, record.clone());
+            Ok(record)
+        }
+        Ok(None) => {
+            cache.remove(presented);
+            Err(ApiError::InvalidApiKey)
+        }
+        Err(err) if err.is_unavailable() => match stale {
+            Some(record) => {
+                tracing::warn!(error = %err, "key store unreachable; accepting a recently verified key");
+                Ok(record)
+            }
+            None => Err(err.into()),
+        },
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// 429 once the key's budget for the current period is spent. While the store cannot say, the
+/// rate limiter's failure policy decides, so one switch governs both.
+async fn check_budget(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let (Some(budget), Some(key_id)) = (principal.budget(), principal.key_id()) else {
+        return Ok(());
+    };
+    let now = unix_now();
+    let since = budget.period.period_start(now);
+    match state.store().spent_micro_usd(key_id, since).await {
+        Ok(spent) if spent >= budget.limit_micro_usd => Err(ApiError::BudgetExceeded {
+            budget,
+            resets_at: budget.period.next_start(now),
+        }),
+        Ok(_) => Ok(()),
+        Err(err) if err.is_unavailable() => match state.limiter().failure_policy() {
+            crate::ratelimit::FailurePolicy::Open => Ok(()),
+            crate::ratelimit::FailurePolicy::Closed => Err(err.into()),
+        },
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The key from `Authorization: Bearer <key>`, else from `X-API-Key: <key>`. A header that is
+/// present but unusable (not UTF-8, another scheme, empty) counts as a wrong key, not a
+/// missing one, so the client learns its header was seen.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().unwrap_or("").trim();
+        let (scheme, key) = value.split_once(' ').unwrap_or((value, ""));
+        return Some(if scheme.eq_ignore_ascii_case("bearer") {
+            key.trim()
+        } else {
+            ""
+        });
+    }
+    headers
+        .get("x-api-key")
+        .map(|value| value.to_str().unwrap_or("").trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_are_read() {
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer psk-1")])),
+            Some("psk-1")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "bearer  psk-1 ")])),
+            Some("psk-1")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "psk-2")])),
+            Some("psk-2")
+        );
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn unusable_authorization_is_a_wrong_key_not_a_missing_one() {
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Basic dXNlcg==")])),
+            Some("")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer")])),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn every_route_has_the_intended_access() {
+        let access = |route| route_access(route);
+        assert_eq!(access("/v1/chat/completions").scope, Some(Scope::Chat));
+        assert!(access("/v1/chat/completions").metered);
+        assert_eq!(access("/v1/completions").scope, Some(Scope::Completions));
+        assert_eq!(access("/v1/embeddings").scope, Some(Scope::Embeddings));
+        assert_eq!(access("/v1/documents/{id}").scope, Some(Scope::Documents));
+        assert_eq!(access("/admin/keys").scope, Some(Scope::Admin));
+        assert!(!access("/admin/keys").metered);
+        assert_eq!(access("/v1/users/{id}/data").scope, Some(Scope::Admin));
+        assert_eq!(access("/v1/models").scope, None);
+        assert_eq!(access("/v1/usage").scope, None);
+    }
+}
