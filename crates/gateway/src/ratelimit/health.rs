@@ -102,10 +102,22 @@ impl Health {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Whether a call should reach the backend, or skip it while the breaker is open.
+    /// Whether a call should reach the backend, or skip it while the breaker is open. Once the
+    /// interval is over, one caller tries (and pushes the next try out by another interval);
+    /// the others keep the policy's answer until that one succeeds.
     pub(crate) fn should_try(&self) -> bool {
-        let retry_at = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
-        retry_at.is_none_or(|at| Instant::now() >= at)
+        let mut retry_at = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
+        match *retry_at {
+            None => true,
+            Some(at) => {
+                let now = Instant::now();
+                let due = now >= at;
+                if due {
+                    *retry_at = Some(now + self.retry_interval);
+                }
+                due
+            }
+        }
     }
 
     pub(crate) fn succeeded(&self, metrics: &LimiterMetrics) {

@@ -158,6 +158,9 @@ pub enum RateLimitSetupError {
     /// The Redis URL does not parse. The URL is not repeated: it may hold a password.
     #[error("invalid rate-limit Redis URL: {0}")]
     InvalidRedisUrl(String),
+    /// The Redis backend was built outside a Tokio runtime.
+    #[error("the Redis rate limiter must be built inside a Tokio runtime")]
+    NoRuntime,
     /// The metrics could not be registered (already registered on this registry).
     #[error("cannot register rate-limit metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -337,7 +340,6 @@ impl RateLimiter {
         config: RateLimiterConfig,
         registry: &Registry,
     ) -> Result<Self, RateLimitSetupError> {
-        let metrics = LimiterMetrics::register(registry)?;
         let (backend, health) = match config.redis {
             None => (
                 Backend::Memory(Arc::new(memory::MemoryBackend::new())),
@@ -348,6 +350,7 @@ impl RateLimiter {
                 Health::new(redis.retry_interval, redis.failure_policy),
             ),
         };
+        let metrics = LimiterMetrics::register(registry)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,

@@ -43,6 +43,10 @@ struct Keys {
 
 impl RedisBackend {
     pub(crate) fn new(config: &RedisLimiterConfig) -> Result<Self, RateLimitSetupError> {
+        // The connection manager spawns its reconnection task, which needs a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(RateLimitSetupError::NoRuntime);
+        }
         let client = Client::open(config.url.as_str())
             .map_err(|e| RateLimitSetupError::InvalidRedisUrl(e.to_string()))?;
         // Few, quick reconnection attempts: callers never wait on them longer than `timeout`

@@ -356,3 +356,15 @@ fn redis_urls_that_do_not_parse_are_refused_without_echoing_them() {
     assert!(matches!(err, RateLimitSetupError::InvalidRedisUrl(_)));
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
+
+#[test]
+fn a_redis_limiter_outside_a_runtime_is_an_error_not_a_panic() {
+    let config = RateLimiterConfig {
+        redis: Some(RedisLimiterConfig::new("redis://127.0.0.1:1/")),
+        adaptive: None,
+    };
+    assert!(matches!(
+        RateLimiter::new(config, &Registry::new()),
+        Err(RateLimitSetupError::NoRuntime)
+    ));
+}
