@@ -145,6 +145,39 @@ pub struct GatewayOptions {
     /// Let every API key receive answers cached for another key [default: false].
     #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_SHARED", num_args = 0..=1, default_missing_value = "true")]
     pub semantic_cache_shared: Option<bool>,
+    /// Redis shared by every gateway replica for keys, usage, audit and rate limits, e.g.
+    /// redis://127.0.0.1:6379/ [default: none: the embedded store and in-process limits].
+    #[arg(long, env = "PASSERELLE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// While Redis cannot be reached: `open` admits requests unchecked by rate limits and
+    /// budgets, `closed` refuses them with 503 [default: open].
+    #[arg(long, env = "PASSERELLE_REDIS_FAILURE_POLICY")]
+    pub redis_failure_policy: Option<String>,
+    /// Requests per minute per key or JWT subject, unless the key sets its own [default: none].
+    #[arg(long, env = "PASSERELLE_RATE_LIMIT_RPM")]
+    pub rate_limit_rpm: Option<u32>,
+    /// Prompt + completion tokens per minute per key or JWT subject [default: none].
+    #[arg(long, env = "PASSERELLE_RATE_LIMIT_TPM")]
+    pub rate_limit_tpm: Option<u32>,
+    /// Concurrent requests per key or JWT subject [default: none].
+    #[arg(long, env = "PASSERELLE_RATE_LIMIT_CONCURRENCY")]
+    pub rate_limit_concurrency: Option<u32>,
+    /// Accept HS256 JWTs signed with this secret (at least 32 bytes) [default: none].
+    #[arg(long, env = "PASSERELLE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Accept RS256/ES256 JWTs verified with this PEM public key file [default: none].
+    #[arg(long, env = "PASSERELLE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// The `iss` JWTs must carry [default: not checked].
+    #[arg(long, env = "PASSERELLE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` JWTs must carry [default: none; tokens naming an audience are refused].
+    #[arg(long, env = "PASSERELLE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Read the client address for the audit log from X-Forwarded-For (set by nginx)
+    /// [default: false].
+    #[arg(long, env = "PASSERELLE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_for: Option<bool>,
     /// Watch prompt embeddings for drift, reported at /admin/drift (needs an embedding model
     /// or embeddings endpoint) [default: false].
     #[arg(long, env = "PASSERELLE_DRIFT", num_args = 0..=1, default_missing_value = "true")]

@@ -39,6 +39,7 @@ pub struct GatewaySettings {
     pub config: passerelle_gateway::GatewayConfig,
     pub api_keys: Vec<String>,
     pub data_dir: PathBuf,
+    pub redis_url: Option<String>,
 }
 
 pub fn telemetry(
@@ -164,10 +165,28 @@ pub fn gateway(
         .unwrap_or(defaults.request_timeout);
     let semantic_cache = semantic_cache(args, file)?;
     let drift = drift(args, file)?;
+    let redis_url = args.redis_url.clone().or_else(|| file.redis_url.clone());
+    let rate_limiter = rate_limiter(args, file, redis_url.as_deref())?;
+    let jwt = jwt(args, file)?;
+    let prices =
+        passerelle_gateway::pricing::PriceList::new(file.prices.clone().unwrap_or_default())?;
     Ok(GatewaySettings {
+        redis_url,
         config: passerelle_gateway::GatewayConfig {
             semantic_cache,
             drift,
+            rate_limiter,
+            jwt,
+            prices,
+            rate_limits: passerelle_gateway::ratelimit::Limits {
+                rpm: args.rate_limit_rpm.or(file.rate_limit_rpm),
+                tpm: args.rate_limit_tpm.or(file.rate_limit_tpm),
+                max_concurrent: args.rate_limit_concurrency.or(file.rate_limit_concurrency),
+            },
+            trust_forwarded_for: args
+                .trust_forwarded_for
+                .or(file.trust_forwarded_for)
+                .unwrap_or(defaults.trust_forwarded_for),
             llm_endpoint,
             embeddings_endpoint,
             body_limit_bytes,
@@ -213,6 +232,60 @@ fn semantic_cache(
             .semantic_cache_shared
             .or(file.semantic_cache_shared)
             .unwrap_or(defaults.shared_across_keys),
+    }))
+}
+
+fn rate_limiter(
+    args: &GatewayOptions,
+    file: &FileConfig,
+    redis_url: Option<&str>,
+) -> anyhow::Result<passerelle_gateway::ratelimit::RateLimiterConfig> {
+    use passerelle_gateway::ratelimit::{FailurePolicy, RateLimiterConfig, RedisLimiterConfig};
+    let policy = match args
+        .redis_failure_policy
+        .as_deref()
+        .or(file.redis_failure_policy.as_deref())
+    {
+        None | Some("open") => FailurePolicy::Open,
+        Some("closed") => FailurePolicy::Closed,
+        Some(other) => anyhow::bail!("redis_failure_policy must be open or closed, got {other:?}"),
+    };
+    Ok(RateLimiterConfig {
+        redis: redis_url.map(|url| RedisLimiterConfig {
+            failure_policy: policy,
+            ..RedisLimiterConfig::new(url)
+        }),
+        adaptive: None,
+    })
+}
+
+fn jwt(
+    args: &GatewayOptions,
+    file: &FileConfig,
+) -> anyhow::Result<Option<passerelle_gateway::jwt::JwtConfig>> {
+    let secret = args.jwt_secret.clone().or_else(|| file.jwt_secret.clone());
+    let public_key = match args
+        .jwt_public_key
+        .as_ref()
+        .or(file.jwt_public_key.as_ref())
+    {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the JWT public key {}: {e}", path.display())
+        })?),
+        None => None,
+    };
+    if secret.is_none() && public_key.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(passerelle_gateway::jwt::JwtConfig {
+        hs256_secret: secret,
+        public_key_pem: public_key,
+        issuer: args.jwt_issuer.clone().or_else(|| file.jwt_issuer.clone()),
+        audience: args
+            .jwt_audience
+            .clone()
+            .or_else(|| file.jwt_audience.clone()),
+        ..Default::default()
     }))
 }
 

@@ -168,12 +168,20 @@ impl ApiError {
                 if refused.reason == crate::ratelimit::RefusalReason::BackendUnavailable {
                     Rendering {
                         retry_after,
-                        ..Rendering::new(S::SERVICE_UNAVAILABLE, SERVER_ERROR, Some("rate_limiter_unavailable"))
+                        ..Rendering::new(
+                            S::SERVICE_UNAVAILABLE,
+                            SERVER_ERROR,
+                            Some("rate_limiter_unavailable"),
+                        )
                     }
                 } else {
                     Rendering {
                         retry_after,
-                        ..Rendering::new(S::TOO_MANY_REQUESTS, RATE_LIMIT, Some("rate_limit_exceeded"))
+                        ..Rendering::new(
+                            S::TOO_MANY_REQUESTS,
+                            RATE_LIMIT,
+                            Some("rate_limit_exceeded"),
+                        )
                     }
                 }
             }
@@ -185,7 +193,11 @@ impl ApiError {
             },
             E::StoreUnavailable => Rendering {
                 retry_after: Some(Duration::from_secs(1)),
-                ..Rendering::new(S::SERVICE_UNAVAILABLE, SERVER_ERROR, Some("store_unavailable"))
+                ..Rendering::new(
+                    S::SERVICE_UNAVAILABLE,
+                    SERVER_ERROR,
+                    Some("store_unavailable"),
+                )
             },
             E::ModelNotFound { .. } => Rendering {
                 param: Some("model".to_owned()),

@@ -1,14 +1,13 @@
-//! The gateway's write-behind to the store: usage, audit and prompt records are queued and
-//! written by one background task that retries until the store takes them, so a store outage
+//! The gateway's write-behind to the store: audit records (usage records join them with usage
+//! accounting) are queued and written by one background task that retries until the store takes them, so a store outage
 //! delays records but never loses one a request already produced, and never fails or slows the
 //! request. On shutdown the gateway flushes the queue before it exits.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use passerelle_store::{NewAuditEvent, PromptRecord, Store, UsageRecord};
+use passerelle_store::{NewAuditEvent, Store};
 use tokio::sync::{Notify, mpsc};
 
 /// Records waiting at most; past it new records are dropped and counted, because holding
@@ -19,9 +18,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum Entry {
-    Usage(UsageRecord),
     Audit(NewAuditEvent),
-    Prompt(PromptRecord),
 }
 
 /// The queue's sending side. Cheap to clone.
@@ -32,9 +29,6 @@ pub(crate) struct Ledger {
 
 struct Inner {
     sender: mpsc::Sender<Entry>,
-    /// Usage records queued but not yet written, by response id, so feedback on a response that
-    /// just finished finds it.
-    pending: Mutex<HashMap<String, UsageRecord>>,
     outstanding: AtomicUsize,
     drained: Notify,
     dropped: prometheus::IntCounter,
@@ -43,24 +37,29 @@ struct Inner {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("outstanding", &self.inner.outstanding.load(Ordering::Relaxed))
+            .field(
+                "outstanding",
+                &self.inner.outstanding.load(Ordering::Relaxed),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl Ledger {
     /// Starts the writer task on the current runtime.
-    pub(crate) fn spawn(store: Arc<dyn Store>, registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn spawn(
+        store: Arc<dyn Store>,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, prometheus::Error> {
         let dropped = prometheus::IntCounter::new(
             "passerelle_ledger_dropped_total",
-            "Usage, audit and prompt records dropped because the write queue was full",
+            "Records for the store dropped because the write queue was full",
         )?;
         registry.register(Box::new(dropped.clone()))?;
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let ledger = Self {
             inner: Arc::new(Inner {
                 sender,
-                pending: Mutex::new(HashMap::new()),
                 outstanding: AtomicUsize::new(0),
                 drained: Notify::new(),
                 dropped,
@@ -70,23 +69,8 @@ impl Ledger {
         Ok(ledger)
     }
 
-    pub(crate) fn usage(&self, record: UsageRecord) {
-        self.pending()
-            .insert(record.response_id.clone(), record.clone());
-        self.enqueue(Entry::Usage(record));
-    }
-
     pub(crate) fn audit(&self, event: NewAuditEvent) {
         self.enqueue(Entry::Audit(event));
-    }
-
-    pub(crate) fn prompt(&self, record: PromptRecord) {
-        self.enqueue(Entry::Prompt(record));
-    }
-
-    /// A usage record still in the queue.
-    pub(crate) fn pending_usage(&self, response_id: &str) -> Option<UsageRecord> {
-        self.pending().get(response_id).cloned()
     }
 
     /// Waits until every queued record is written, or `deadline` passes. Returns how many are
@@ -120,18 +104,12 @@ impl Ledger {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, UsageRecord>> {
-        self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     async fn write_all(self, store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Entry>) {
         while let Some(entry) = receiver.recv().await {
             let mut backoff = Duration::from_millis(50);
             loop {
                 let result = match &entry {
-                    Entry::Usage(record) => store.record_usage(record).await,
                     Entry::Audit(event) => store.append_audit(event.clone()).await.map(drop),
-                    Entry::Prompt(record) => store.record_prompt(record).await,
                 };
                 match result {
                     Ok(()) => break,
@@ -142,13 +120,10 @@ impl Ledger {
                     }
                     Err(err) => {
                         // A record the store refuses for what it is will never be taken.
-                        tracing::error!(error = %err, ?entry, "store refused a record; dropped");
+                        tracing::error!(error = %err, "store refused a record; dropped");
                         break;
                     }
                 }
-            }
-            if let Entry::Usage(record) = &entry {
-                self.pending().remove(&record.response_id);
             }
             self.finished();
         }

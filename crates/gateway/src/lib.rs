@@ -76,6 +76,11 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admission::admit,
+        ))
+        // Outside admission: callers turned away here never hold a concurrency permit.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
         ));
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
@@ -151,11 +156,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     warn_if_open(&state).await;
     let grace = state.config().shutdown_grace;
+    let ledger = state.ledger().clone();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, llm = %state.config().llm_endpoint, "gateway listening");
     }
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = signalled.send(());
     });
@@ -168,7 +175,16 @@ pub async fn serve(
         grace_s = grace.as_secs(),
         "shutting down: draining in-flight requests"
     );
-    drain(server, grace).await
+    let result = drain(server, grace).await;
+    // Usage and audit records of the requests just finished must reach the store.
+    let left = ledger.flush(grace).await;
+    if left > 0 {
+        tracing::error!(
+            left,
+            "shutting down with records not yet written to the store"
+        );
+    }
+    result
 }
 
 async fn drain(

@@ -105,7 +105,7 @@ impl SemanticCache {
     /// The key of a request, or `None` when its answer must not come from a cache: token-id
     /// prompts, and requests for log probabilities (a replay has none to give).
     pub(crate) fn key(&self, principal: &Principal, request: &GenerateRequest) -> Option<CacheKey> {
-        key_for(&self.config, principal.key_id(), request)
+        key_for(&self.config, Some(&principal.tenant()), request)
     }
 
     /// A cached answer close enough to `key`'s prompt. A cache that fails is a miss: it must

@@ -10,13 +10,13 @@ use crate::GatewayConfig;
 use crate::admission::Admission;
 use crate::auth::KeyCache;
 use crate::catalog::ModelCatalog;
-use crate::jwt::JwtVerifier;
-use crate::ledger::Ledger;
-use crate::ratelimit::{RateLimitSetupError, RateLimiter};
 use crate::drift::DriftMonitor;
 use crate::embeddings::EmbeddingsBackend;
+use crate::jwt::JwtVerifier;
+use crate::ledger::Ledger;
 use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
+use crate::ratelimit::{RateLimitSetupError, RateLimiter};
 use crate::semantic_cache::SemanticCache;
 
 /// Why the gateway could not be assembled.

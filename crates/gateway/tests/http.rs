@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use passerelle_gateway::{AppState, GatewayConfig};
-use passerelle_store::{ApiKeySecret, EmbeddedStore, KeyStore, Keyring, NewKey, StaticKeys};
+use passerelle_store::{ApiKeySecret, EmbeddedStore, KeyStore, NewKey, StaticKeys};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -42,21 +42,21 @@ impl Gateway {
 
     async fn start_with_keys(with_keys: bool, adjust: impl FnOnce(&mut GatewayConfig)) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let (keyring, store, stored_secret) = if with_keys {
-            let store = EmbeddedStore::open(data_dir.path()).unwrap();
-            let (_, secret) = store.create(NewKey::new("tests", "tests")).await.unwrap();
-            let keyring = Keyring::new(
+        let opened = EmbeddedStore::open(data_dir.path()).unwrap();
+        let (static_keys, store, stored_secret) = if with_keys {
+            let (_, secret) = opened.create(NewKey::new("tests", "tests")).await.unwrap();
+            (
                 StaticKeys::from_plaintext([STATIC_KEY]),
-                Some(Arc::new(store.clone()) as Arc<dyn KeyStore>),
-            );
-            (keyring, Some(store), Some(secret))
+                Some(opened.clone()),
+                Some(secret),
+            )
         } else {
-            (Keyring::default(), None, None)
+            (StaticKeys::default(), None, None)
         };
         let mut config = GatewayConfig::new(closed_endpoint().await);
         adjust(&mut config);
         let registry = prometheus::Registry::new();
-        let state = AppState::new(config, Arc::new(keyring), &registry).unwrap();
+        let state = AppState::new(config, Arc::new(opened), static_keys, &registry).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -580,7 +580,9 @@ async fn requests_beyond_the_concurrency_bound_get_503() {
 async fn an_endpoint_without_a_scheme_is_refused_at_startup() {
     let config = GatewayConfig::new("127.0.0.1:50051");
     let registry = prometheus::Registry::new();
-    let err = AppState::new(config, Arc::new(Keyring::default()), &registry).unwrap_err();
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(data_dir.path()).unwrap());
+    let err = AppState::new(config, store, StaticKeys::default(), &registry).unwrap_err();
     assert!(err.to_string().contains("http://"), "{err}");
 }
 

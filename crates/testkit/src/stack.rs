@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use passerelle_gateway::{AppState, GatewayConfig};
 use passerelle_llm::LlmServiceConfig;
-use passerelle_store::{EmbeddedStore, Keyring, StaticKeys};
+use passerelle_store::{EmbeddedStore, StaticKeys};
 use tokio::{sync::watch, task::JoinHandle};
 
 /// What to start.
@@ -49,6 +49,7 @@ pub struct Stack {
     registry: prometheus::Registry,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    store: Arc<EmbeddedStore>,
     _data_dir: tempfile::TempDir,
 }
 
@@ -129,16 +130,19 @@ impl Stack {
         let data_dir = tempfile::Builder::new()
             .prefix("passerelle-stack-")
             .tempdir()?;
-        let keyring = Keyring::new(
-            StaticKeys::from_plaintext(&options.api_keys),
-            Some(Arc::new(EmbeddedStore::open(data_dir.path())?)),
-        );
+        let store = Arc::new(EmbeddedStore::open(data_dir.path())?);
+        let gateway_store = store.clone();
         let config = GatewayConfig {
             llm_endpoint: llm_endpoint.clone(),
             embeddings_endpoint,
             ..options.gateway
         };
-        let state = AppState::new(config, Arc::new(keyring), &registry)?;
+        let state = AppState::new(
+            config,
+            gateway_store,
+            StaticKeys::from_plaintext(&options.api_keys),
+            &registry,
+        )?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         let gateway = tokio::spawn({
@@ -157,10 +161,16 @@ impl Stack {
             registry,
             stop,
             tasks,
+            store,
             _data_dir: data_dir,
         };
         stack.wait_ready(Duration::from_secs(60)).await?;
         Ok(stack)
+    }
+
+    /// The gateway's store, to create keys with scopes and limits and read records back.
+    pub fn store(&self) -> &EmbeddedStore {
+        &self.store
     }
 
     /// `http://127.0.0.1:PORT` of the gateway.

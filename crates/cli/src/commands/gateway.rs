@@ -23,7 +23,7 @@ pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
     let gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
     let shutdown = Shutdown::on_signals();
     let registry = prometheus::Registry::new();
-    let state = super::gateway_state(gateway, &registry)?;
+    let state = super::gateway_state(gateway, &registry).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

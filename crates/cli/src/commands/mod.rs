@@ -9,7 +9,7 @@ mod serve;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use passerelle_store::{EmbeddedStore, Keyring, StaticKeys};
+use passerelle_store::{EmbeddedStore, StaticKeys};
 
 use crate::{
     args::{Cli, Command},
@@ -78,24 +78,26 @@ const EMBEDDINGS_QUEUE_CAPACITY: usize = 64;
 /// Most texts in one forward pass: bounds padding waste and activation memory.
 const EMBEDDINGS_MAX_BATCH: usize = 32;
 
-/// The gateway's state: keys from the variable or file, plus the embedded store.
-fn gateway_state(
+/// The gateway's state: keys from the variable or file, plus the store (Redis when
+/// configured, else the embedded one in the data directory).
+async fn gateway_state(
     settings: GatewaySettings,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<passerelle_gateway::AppState> {
-    let store = EmbeddedStore::open(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot open the key store in {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let keyring = Keyring::new(
-        StaticKeys::from_plaintext(&settings.api_keys),
-        Some(Arc::new(store)),
-    );
+    let store: Arc<dyn passerelle_store::Store> = match &settings.redis_url {
+        Some(url) => Arc::new(
+            passerelle_store::RedisStore::connect(url)
+                .await
+                .context("cannot connect to Redis (redis_url)")?,
+        ),
+        None => Arc::new(EmbeddedStore::open(&settings.data_dir).with_context(|| {
+            format!("cannot open the store in {}", settings.data_dir.display())
+        })?),
+    };
     Ok(passerelle_gateway::AppState::new(
         settings.config,
-        Arc::new(keyring),
+        store,
+        StaticKeys::from_plaintext(&settings.api_keys),
         registry,
     )?)
 }

@@ -62,7 +62,7 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     };
 
     let gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
-    let state = super::gateway_state(gateway, &registry)?;
+    let state = super::gateway_state(gateway, &registry).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -61,11 +61,6 @@ impl KeyCache {
         self.lock().remove(&digest(presented));
     }
 
-    /// Forgets a key by id, as when it is revoked here.
-    pub(crate) fn forget_id(&self, id: &str) {
-        self.lock().retain(|_, (record, _)| record.id != id);
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (KeyRecord, Instant)>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -80,14 +80,24 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
     if let Some(scope) = access.scope
         && let Err(err) = principal.require(scope)
     {
-        state.audit(blocked(&principal, &route, client.as_deref(), format!("missing scope {scope}")));
+        state.audit(blocked(
+            &principal,
+            &route,
+            client.as_deref(),
+            format!("missing scope {scope}"),
+        ));
         return err.into_response();
     }
     let mut admitted = None;
     if access.metered {
         if let Err(err) = check_budget(&state, &principal).await {
             if matches!(err, ApiError::BudgetExceeded { .. }) {
-                state.audit(blocked(&principal, &route, client.as_deref(), "budget spent".to_owned()));
+                state.audit(blocked(
+                    &principal,
+                    &route,
+                    client.as_deref(),
+                    "budget spent".to_owned(),
+                ));
             }
             return err.into_response();
         }

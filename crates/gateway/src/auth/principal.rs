@@ -28,7 +28,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub enum Credential {
     /// An unrevoked, unexpired API key.
-    ApiKey(KeyRecord),
+    // Boxed: a key record is several times the size of the other variants.
+    ApiKey(Box<KeyRecord>),
     /// A verified JWT.
     Jwt { subject: String },
     /// Nobody: the gateway runs open because no key is configured.
@@ -46,7 +47,8 @@ impl Principal {
             tpm: record.limits.tpm.or(defaults.tpm),
             max_concurrent: record.limits.max_concurrent.or(defaults.max_concurrent),
         };
-        Self::new(Credential::ApiKey(record.clone()), record.scopes, limits)
+        let scopes = record.scopes.clone();
+        Self::new(Credential::ApiKey(Box::new(record)), scopes, limits)
     }
 
     /// A JWT subject: the scopes its token carries, else every user scope.

@@ -39,6 +39,7 @@ async fn respond(
     request_id: &str,
     started_at: Instant,
 ) -> Result<(Response, String), ApiError> {
+    principal.check_model(&body.model)?;
     let plan = body.into_plan(request_id)?;
     let answer = Answer::start(state, principal, plan.request, started_at).await?;
     let label = answer.model_label().to_owned();

@@ -13,13 +13,16 @@ use crate::state::AppState;
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    _: Principal,
+    principal: Principal,
     RequestId(request_id): RequestId,
     body: Result<AppJson<EmbeddingRequest>, ApiError>,
 ) -> Response {
     let requested = body.as_ref().ok().map(|AppJson(b)| b.model.clone());
     let result = match body {
-        Ok(AppJson(body)) => respond(&state, body, &request_id).await,
+        Ok(AppJson(body)) => match principal.check_model(&body.model) {
+            Ok(()) => respond(&state, body, &request_id).await,
+            Err(err) => Err(err),
+        },
         Err(err) => Err(err),
     };
     labelled(&state, requested.as_deref(), result)

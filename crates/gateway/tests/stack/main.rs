@@ -1,6 +1,7 @@
 //! Whole-stack tests: the real gateway in front of the real llm service, serving a tiny
 //! random-weight Qwen2 model written by testkit, over HTTP and gRPC on loopback.
 
+mod access;
 mod cancellation;
 mod chat;
 mod completions;
