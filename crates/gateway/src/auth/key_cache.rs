@@ -1,5 +1,4 @@
-//! Recently verified keys, so a request costs no store round trip and a store outage does not
-//! lock out callers it had already admitted.
+//! Recently verified keys, so a store outage does not lock out callers it had already admitted.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -8,8 +7,7 @@ use std::time::{Duration, Instant};
 use passerelle_store::{KeyRecord, unix_now};
 use sha2::{Digest as _, Sha256};
 
-/// How long a verified key is trusted without asking the store again: a revocation made on
-/// another replica takes effect within this (on this replica, at once).
+/// Age under which a cached key counts as fresh.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(30);
 /// How long a verified key is still accepted while the store cannot be reached.
 pub(crate) const STALE_IF_ERROR: Duration = Duration::from_secs(600);

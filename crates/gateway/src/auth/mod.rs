@@ -201,10 +201,11 @@ async fn verify_key(
     state: &AppState,
     presented: &str,
 ) -> Result<passerelle_store::KeyRecord, ApiError> {
+    // The store is always asked, so a revocation takes effect at once; the cache only answers
+    // while the store cannot.
     let cache = state.key_cache();
     let stale = match cache.get(presented) {
-        Cached::Fresh(record) => return Ok(record),
-        Cached::Stale(record) => Some(record),
+        Cached::Fresh(record) | Cached::Stale(record) => Some(record),
         Cached::Unknown => None,
     };
     match state.keys().verify(presented).await {
