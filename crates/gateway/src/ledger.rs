@@ -16,11 +16,6 @@ const QUEUE_CAPACITY: usize = 100_000;
 /// Longest pause between two attempts at a record the store refused.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-#[derive(Debug)]
-enum Entry {
-    Audit(NewAuditEvent),
-}
-
 /// The queue's sending side. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ledger {
@@ -28,7 +23,7 @@ pub(crate) struct Ledger {
 }
 
 struct Inner {
-    sender: mpsc::Sender<Entry>,
+    sender: mpsc::Sender<NewAuditEvent>,
     outstanding: AtomicUsize,
     drained: Notify,
     dropped: prometheus::IntCounter,
@@ -70,7 +65,7 @@ impl Ledger {
     }
 
     pub(crate) fn audit(&self, event: NewAuditEvent) {
-        self.enqueue(Entry::Audit(event));
+        self.enqueue(event);
     }
 
     /// Waits until every queued record is written, or `deadline` passes. Returns how many are
@@ -89,9 +84,9 @@ impl Ledger {
         self.inner.outstanding.load(Ordering::Acquire)
     }
 
-    fn enqueue(&self, entry: Entry) {
+    fn enqueue(&self, event: NewAuditEvent) {
         self.inner.outstanding.fetch_add(1, Ordering::AcqRel);
-        if let Err(err) = self.inner.sender.try_send(entry) {
+        if let Err(err) = self.inner.sender.try_send(event) {
             self.finished();
             self.inner.dropped.inc();
             tracing::error!(error = %err, "ledger queue full; a record was dropped");
@@ -104,15 +99,12 @@ impl Ledger {
         }
     }
 
-    async fn write_all(self, store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Entry>) {
-        while let Some(entry) = receiver.recv().await {
+    async fn write_all(self, store: Arc<dyn Store>, mut receiver: mpsc::Receiver<NewAuditEvent>) {
+        while let Some(event) = receiver.recv().await {
             let mut backoff = Duration::from_millis(50);
             loop {
-                let result = match &entry {
-                    Entry::Audit(event) => store.append_audit(event.clone()).await.map(drop),
-                };
-                match result {
-                    Ok(()) => break,
+                match store.append_audit(event.clone()).await {
+                    Ok(_) => break,
                     Err(err) if err.is_unavailable() => {
                         tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "store unavailable; record kept for retry");
                         tokio::time::sleep(backoff).await;

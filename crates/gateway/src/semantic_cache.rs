@@ -105,7 +105,7 @@ impl SemanticCache {
     /// The key of a request, or `None` when its answer must not come from a cache: token-id
     /// prompts, and requests for log probabilities (a replay has none to give).
     pub(crate) fn key(&self, principal: &Principal, request: &GenerateRequest) -> Option<CacheKey> {
-        key_for(&self.config, Some(&principal.tenant()), request)
+        key_for(&self.config, &principal.tenant(), request)
     }
 
     /// A cached answer close enough to `key`'s prompt. A cache that fails is a miss: it must
@@ -172,7 +172,7 @@ impl SemanticCache {
 
 fn key_for(
     config: &SemanticCacheConfig,
-    key_id: Option<&str>,
+    tenant: &str,
     request: &GenerateRequest,
 ) -> Option<CacheKey> {
     if request.logprobs.as_ref().is_some_and(|l| l.enabled) {
@@ -182,7 +182,7 @@ fn key_for(
     let tenant = if config.shared_across_keys {
         "shared"
     } else {
-        key_id.unwrap_or("anonymous")
+        tenant
     };
     Some(CacheKey {
         namespace: format!("{tenant}/{}", parameters_digest(request)),
@@ -326,8 +326,8 @@ mod tests {
     fn tenants_are_isolated_unless_shared() {
         let request = chat(&[("user", "hi")], None);
         let isolated = SemanticCacheConfig::default();
-        let a = key_for(&isolated, Some("key-a"), &request).unwrap();
-        let b = key_for(&isolated, Some("key-b"), &request).unwrap();
+        let a = key_for(&isolated, "key:a", &request).unwrap();
+        let b = key_for(&isolated, "key:b", &request).unwrap();
         assert_ne!(a.namespace, b.namespace);
         assert_eq!(a.prompt, b.prompt);
         let shared = SemanticCacheConfig {
@@ -335,8 +335,8 @@ mod tests {
             ..SemanticCacheConfig::default()
         };
         assert_eq!(
-            key_for(&shared, Some("key-a"), &request).unwrap().namespace,
-            key_for(&shared, Some("key-b"), &request).unwrap().namespace
+            key_for(&shared, "key:a", &request).unwrap().namespace,
+            key_for(&shared, "key:b", &request).unwrap().namespace
         );
     }
 
@@ -344,12 +344,12 @@ mod tests {
     fn log_probabilities_and_token_prompts_are_not_cacheable() {
         let config = SemanticCacheConfig::default();
         let mut request = chat(&[("user", "hi")], None);
-        assert!(key_for(&config, None, &request).is_some());
+        assert!(key_for(&config, "anonymous", &request).is_some());
         request.logprobs = Some(LogprobsOptions {
             enabled: true,
             top_logprobs: 0,
         });
-        assert!(key_for(&config, None, &request).is_none());
+        assert!(key_for(&config, "anonymous", &request).is_none());
         let tokens = GenerateRequest {
             prompt: Some(Prompt {
                 kind: Some(prompt::Kind::Tokens(passerelle_proto::llm::TokenIds {
@@ -358,6 +358,6 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(key_for(&config, None, &tokens).is_none());
+        assert!(key_for(&config, "anonymous", &tokens).is_none());
     }
 }

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use passerelle_store::{KeyRecord, unix_now};
 use sha2::{Digest as _, Sha256};
 
-/// Age under which a cached key counts as fresh.
-pub(crate) const FRESH_FOR: Duration = Duration::from_secs(30);
 /// How long a verified key is still accepted while the store cannot be reached.
 pub(crate) const STALE_IF_ERROR: Duration = Duration::from_secs(600);
 /// Most keys remembered; past it the cache starts over (it only saves round trips).
@@ -20,31 +18,13 @@ pub(crate) struct KeyCache {
     entries: Mutex<HashMap<[u8; 32], (KeyRecord, Instant)>>,
 }
 
-/// What the cache knows of a presented key.
-pub(crate) enum Cached {
-    Fresh(KeyRecord),
-    Stale(KeyRecord),
-    Unknown,
-}
-
 impl KeyCache {
-    pub(crate) fn get(&self, presented: &str) -> Cached {
-        let digest = digest(presented);
+    /// The record of `presented` if it verified within [`STALE_IF_ERROR`] and has not expired
+    /// since.
+    pub(crate) fn get(&self, presented: &str) -> Option<KeyRecord> {
         let entries = self.lock();
-        let Some((record, at)) = entries.get(&digest) else {
-            return Cached::Unknown;
-        };
-        if record.is_expired(unix_now()) {
-            return Cached::Unknown;
-        }
-        let age = at.elapsed();
-        if age < FRESH_FOR {
-            Cached::Fresh(record.clone())
-        } else if age < STALE_IF_ERROR {
-            Cached::Stale(record.clone())
-        } else {
-            Cached::Unknown
-        }
+        let (record, at) = entries.get(&digest(presented))?;
+        (at.elapsed() < STALE_IF_ERROR && !record.is_expired(unix_now())).then(|| record.clone())
     }
 
     pub(crate) fn insert(&self, presented: &str, record: KeyRecord) {

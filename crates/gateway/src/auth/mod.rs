@@ -25,7 +25,6 @@ use crate::body::attach_to_body;
 use crate::error::ApiError;
 use crate::jwt;
 use crate::state::AppState;
-use key_cache::Cached;
 
 /// Presented keys longer than this are rejected without hashing; generated keys are 52 bytes
 /// and JWTs a few hundred.
@@ -103,7 +102,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
         }
         match state
             .limiter()
-            .admit(&principal.rate_subject(), principal.limits())
+            .admit(&principal.tenant(), principal.limits())
             .await
         {
             Ok(ok) => admitted = Some(ok),
@@ -204,10 +203,6 @@ async fn verify_key(
     // The store is always asked, so a revocation takes effect at once; the cache only answers
     // while the store cannot.
     let cache = state.key_cache();
-    let stale = match cache.get(presented) {
-        Cached::Fresh(record) | Cached::Stale(record) => Some(record),
-        Cached::Unknown => None,
-    };
     match state.keys().verify(presented).await {
         Ok(Some(record)) => {
             cache.insert(presented, record.clone());
@@ -217,7 +212,7 @@ async fn verify_key(
             cache.remove(presented);
             Err(ApiError::InvalidApiKey)
         }
-        Err(err) if err.is_unavailable() => match stale {
+        Err(err) if err.is_unavailable() => match cache.get(presented) {
             Some(record) => {
                 tracing::warn!(error = %err, "key store unreachable; accepting a recently verified key");
                 Ok(record)

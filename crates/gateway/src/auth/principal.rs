@@ -90,19 +90,15 @@ impl Principal {
         }
     }
 
-    /// Whose private data (cached answers, documents) the caller sees: one key's, one JWT
-    /// subject's, or the open gateway's single anonymous tenant.
+    /// Whose private data (cached answers, documents) the caller sees and whose rate limits a
+    /// request counts against: one key's, one JWT subject's, or the open gateway's single
+    /// anonymous tenant.
     pub fn tenant(&self) -> String {
         match &self.inner.credential {
             Credential::ApiKey(record) => format!("key:{}", record.id),
             Credential::Jwt { subject } => format!("jwt:{subject}"),
             Credential::Anonymous => ANONYMOUS.to_owned(),
         }
-    }
-
-    /// What rate limits are counted against: per key, per JWT subject.
-    pub fn rate_subject(&self) -> String {
-        self.tenant()
     }
 
     /// How the caller authenticated.

@@ -86,8 +86,8 @@ impl Windows {
         }
     }
 
-    /// Both windows as per-dimension columns, each sorted, for the tests; the copy lets the
-    /// caller compare without holding the lock.
+    /// Both windows as per-dimension columns, each sorted, ready for [`compare`]; the copy lets
+    /// the caller compare without holding the lock.
     pub(crate) fn columns(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         (
             sorted_columns(self.baseline.iter()),
