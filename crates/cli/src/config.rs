@@ -44,6 +44,7 @@ pub struct FileConfig {
     pub semantic_cache_ttl_secs: Option<u64>,
     pub semantic_cache_shared: Option<bool>,
     pub semantic_cache_max_entries: Option<usize>,
+    pub documents_dir: Option<PathBuf>,
     pub api_keys: Option<ApiKeysValue>,
     pub data_dir: Option<PathBuf>,
     pub require_auth: Option<bool>,

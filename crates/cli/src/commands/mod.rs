@@ -71,7 +71,7 @@ async fn embeddings_config(
             ..Default::default()
         },
         documents: passerelle_embeddings::DocumentsConfig {
-            dir: embedding.documents_dir.clone(),
+            dir: Some(embedding.documents_dir.clone()),
             ..Default::default()
         },
     })
