@@ -9,7 +9,8 @@
 //! conversion to the llm contract), [`llm`] (the domain client of the llm service), `generation`
 //! (one generation, timed and collected), `sse` (streaming with cancellation on disconnect),
 //! `catalog` (the cached model list), [`metrics`] (Prometheus), `admission` (the concurrency
-//! bound) and `routes` (the handlers).
+//! bound), `documents` (the client of the document store) with [`retrieval`] (documents put
+//! in chat prompts and cited) and `routes` (the handlers).
 
 mod admission;
 mod answer;
@@ -18,6 +19,7 @@ pub mod backend;
 mod body;
 mod catalog;
 pub mod config;
+mod documents;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -25,6 +27,7 @@ mod generation;
 pub mod llm;
 pub mod metrics;
 pub mod openai;
+pub mod retrieval;
 mod routes;
 pub mod semantic_cache;
 mod sse;
@@ -63,6 +66,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(routes::chat::create))
         .route("/v1/completions", post(routes::completions::create))
         .route("/v1/embeddings", post(routes::embeddings::create))
+        .route(
+            "/v1/documents",
+            post(routes::documents::create).get(routes::documents::list),
+        )
+        .route("/v1/documents/search", post(routes::documents::search))
+        .route(
+            "/v1/documents/{id}",
+            get(routes::documents::get).delete(routes::documents::delete),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admission::admit,
