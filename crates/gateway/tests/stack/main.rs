@@ -4,6 +4,7 @@
 mod cancellation;
 mod chat;
 mod completions;
+mod documents;
 mod embeddings;
 mod errors;
 mod semantic_cache;
