@@ -163,20 +163,38 @@ async fn documents_are_found_by_meaning_within_their_namespace_only() {
     assert!(found.chunks.iter().all(|c| c.document_id == stored[2].id));
     let mut strict = retrieve("tenant-a", "Which animal purrs?", 3);
     strict.min_score = Some(0.99);
-    assert!(client.retrieve(strict).await.unwrap().into_inner().chunks.is_empty());
+    assert!(
+        client
+            .retrieve(strict)
+            .await
+            .unwrap()
+            .into_inner()
+            .chunks
+            .is_empty()
+    );
 
     // Another namespace sees nothing of tenant-a's.
     let list = |namespace: &str| ListDocumentsRequest {
         namespace: namespace.to_owned(),
     };
-    assert!(client.list_documents(list("tenant-b")).await.unwrap().into_inner().documents.is_empty());
-    assert!(client
-        .retrieve(retrieve("tenant-b", "Which animal purrs?", 3))
-        .await
-        .unwrap()
-        .into_inner()
-        .chunks
-        .is_empty());
+    assert!(
+        client
+            .list_documents(list("tenant-b"))
+            .await
+            .unwrap()
+            .into_inner()
+            .documents
+            .is_empty()
+    );
+    assert!(
+        client
+            .retrieve(retrieve("tenant-b", "Which animal purrs?", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .chunks
+            .is_empty()
+    );
     let other = client
         .get_document(GetDocumentRequest {
             namespace: "tenant-b".to_owned(),
@@ -186,7 +204,12 @@ async fn documents_are_found_by_meaning_within_their_namespace_only() {
         .unwrap_err();
     assert_eq!(other.code(), Code::NotFound);
 
-    let listed = client.list_documents(list("tenant-a")).await.unwrap().into_inner().documents;
+    let listed = client
+        .list_documents(list("tenant-a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .documents;
     assert_eq!(listed.len(), 3);
 
     let metrics = passerelle_telemetry::metrics::encode_text(&server.registry);
@@ -240,7 +263,10 @@ async fn a_long_document_is_cut_into_chunks_that_fit_the_budget() {
         assert!(tokens <= 48 + 2, "{tokens} tokens in {chunk:?}");
     }
     for chunk in &texts {
-        assert!(text.contains(chunk.as_str()), "a chunk is a slice of the text");
+        assert!(
+            text.contains(chunk.as_str()),
+            "a chunk is a slice of the text"
+        );
         assert!(!chunk.starts_with(char::is_whitespace) && !chunk.ends_with(char::is_whitespace));
     }
 
@@ -283,7 +309,10 @@ async fn bad_requests_name_their_field() {
             .get(passerelle_proto::metadata::PARAM)
             .map(|v| v.to_str().unwrap().to_owned())
     };
-    let empty = client.ingest_document(ingest("n", "t", " \n ")).await.unwrap_err();
+    let empty = client
+        .ingest_document(ingest("n", "t", " \n "))
+        .await
+        .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
     assert_eq!(param(&empty).as_deref(), Some("text"));
     let big = client
@@ -299,18 +328,34 @@ async fn bad_requests_name_their_field() {
     let mut other_model = ingest("n", "t", CATS);
     other_model.model = "gpt-embed".to_owned();
     assert_eq!(
-        client.ingest_document(other_model).await.unwrap_err().code(),
+        client
+            .ingest_document(other_model)
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
 
     // The chunk bound: two one-chunk documents fit, a third does not.
-    client.ingest_document(ingest("n", "a", CATS)).await.unwrap();
-    client.ingest_document(ingest("n", "b", ROME)).await.unwrap();
-    let full = client.ingest_document(ingest("n", "c", VOLCANO)).await.unwrap_err();
+    client
+        .ingest_document(ingest("n", "a", CATS))
+        .await
+        .unwrap();
+    client
+        .ingest_document(ingest("n", "b", ROME))
+        .await
+        .unwrap();
+    let full = client
+        .ingest_document(ingest("n", "c", VOLCANO))
+        .await
+        .unwrap_err();
     assert_eq!(full.code(), Code::FailedPrecondition);
     assert!(full.message().contains("limit of 2"), "{}", full.message());
 
-    let status = client.retrieve(retrieve("n", "cats", 51)).await.unwrap_err();
+    let status = client
+        .retrieve(retrieve("n", "cats", 51))
+        .await
+        .unwrap_err();
     assert_eq!(param(&status).as_deref(), Some("top_k"));
     let mut unknown = retrieve("n", "cats", 3);
     unknown.document_ids = vec!["doc_missing".to_owned()];
@@ -362,7 +407,10 @@ async fn documents_survive_a_restart_and_deletes_stick() {
         .documents;
     let ids: Vec<&str> = listed.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(listed.len(), 2, "{ids:?}");
-    assert!(!ids.contains(&stored[1].id.as_str()), "the deleted one stays deleted");
+    assert!(
+        !ids.contains(&stored[1].id.as_str()),
+        "the deleted one stays deleted"
+    );
     let cats = listed.iter().find(|d| d.id == stored[0].id).unwrap();
     assert_eq!(cats.title, "Cats, revised");
     assert_eq!(cats.metadata["rev"], "2");

@@ -216,7 +216,10 @@ mod tests {
         assert_eq!(cited[1].index, 2);
         let block = sources_block(&cited);
         assert!(block.starts_with(INSTRUCTION));
-        assert!(block.ends_with("\n\n[1] Cats\nCats purr.\n\n[2]\nRome fell."), "{block}");
+        assert!(
+            block.ends_with("\n\n[1] Cats\nCats purr.\n\n[2]\nRome fell."),
+            "{block}"
+        );
     }
 
     #[test]
@@ -224,7 +227,10 @@ mod tests {
         let mut plain = vec![message("user", "q")];
         insert_sources(&mut plain, "SOURCES");
         assert_eq!(plain.len(), 2);
-        assert_eq!((plain[0].role.as_str(), plain[0].content.as_str()), ("system", "SOURCES"));
+        assert_eq!(
+            (plain[0].role.as_str(), plain[0].content.as_str()),
+            ("system", "SOURCES")
+        );
 
         let mut with_system = vec![message("system", "Be brief."), message("user", "q")];
         insert_sources(&mut with_system, "SOURCES");

@@ -292,7 +292,10 @@ mod tests {
         // Without overlap every sentence is in exactly one chunk.
         let plain = chunks(&text, 12, 0);
         assert_eq!(plain.len(), 4);
-        assert_eq!(plain[1].0, "Sentence number 4. Sentence number 5. Sentence number 6.");
+        assert_eq!(
+            plain[1].0,
+            "Sentence number 4. Sentence number 5. Sentence number 6."
+        );
     }
 
     #[test]
@@ -303,7 +306,10 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert!(got.iter().all(|(_, tokens)| *tokens <= 10));
         let rejoined: Vec<&str> = got.iter().flat_map(|(t, _)| t.split(' ')).collect();
-        assert_eq!(rejoined, words.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            rejoined,
+            words.iter().map(String::as_str).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -274,7 +274,10 @@ impl DocumentsHandle {
                             format!("There is no document `{id}`."),
                         )
                     })?;
-                    if !found.iter().any(|d: &Arc<StoredDocument>| d.id == document.id) {
+                    if !found
+                        .iter()
+                        .any(|d: &Arc<StoredDocument>| d.id == document.id)
+                    {
                         found.push(document);
                     }
                 }

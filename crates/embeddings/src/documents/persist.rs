@@ -210,7 +210,9 @@ mod tests {
     fn documents_survive_a_reload_exactly_and_deletes_stick() {
         let dir = tempfile::tempdir().unwrap();
         let files = DocumentFiles::open(&dir.path().join("documents")).unwrap();
-        files.write("key/1 with: odd chars", &document("doc_a")).unwrap();
+        files
+            .write("key/1 with: odd chars", &document("doc_a"))
+            .unwrap();
         files.write("other", &document("doc_b")).unwrap();
         let mut changed = document("doc_a");
         changed.title = "New".to_owned();
@@ -245,6 +247,9 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].1.id, "doc_ok");
         assert!(!folder.join("doc_half.json.tmp").exists());
-        assert!(folder.join("doc_bad.json").exists(), "left for the operator");
+        assert!(
+            folder.join("doc_bad.json").exists(),
+            "left for the operator"
+        );
     }
 }

@@ -389,14 +389,7 @@ mod tests {
             param(query(3, None, vec!["doc_1", "bad id"]).unwrap_err()),
             "document_ids[1]"
         );
-        let empty = RetrieveQuery::new(
-            "ns".to_owned(),
-            " ".to_owned(),
-            1,
-            None,
-            vec![],
-            &config,
-        );
+        let empty = RetrieveQuery::new("ns".to_owned(), " ".to_owned(), 1, None, vec![], &config);
         assert_eq!(param(empty.unwrap_err()), "query");
     }
 }

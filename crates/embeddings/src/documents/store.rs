@@ -291,7 +291,10 @@ mod tests {
         );
         // Replacing d1 frees its two chunks first.
         let replaced = store
-            .insert("a", document("d1", 3, &[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+            .insert(
+                "a",
+                document("d1", 3, &[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]),
+            )
             .unwrap();
         assert_eq!(replaced.unwrap().chunks.len(), 2);
         assert_eq!(store.chunks(), 3);

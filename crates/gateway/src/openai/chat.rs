@@ -74,8 +74,7 @@ impl RetrievalIn {
                 ));
             }
         };
-        let min_score =
-            super::documents::check_min_score("retrieval.min_score", self.min_score)?;
+        let min_score = super::documents::check_min_score("retrieval.min_score", self.min_score)?;
         Ok(RetrievalPlan {
             top_k,
             min_score,
@@ -536,8 +535,10 @@ mod tests {
     #[test]
     fn retrieval_options_are_checked() {
         let with = |retrieval: serde_json::Value| {
-            plan(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                "retrieval": retrieval}))
+            plan(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "retrieval": retrieval}),
+            )
         };
         assert_eq!(
             with(serde_json::json!({})).unwrap().retrieval,
@@ -550,7 +551,10 @@ mod tests {
         let p = with(serde_json::json!({"top_k": 20, "min_score": 0.3, "document_ids": ["doc_1"]}))
             .unwrap();
         assert_eq!(p.retrieval.unwrap().document_ids, vec!["doc_1"]);
-        for bad in [serde_json::json!({"top_k": 0}), serde_json::json!({"top_k": 21})] {
+        for bad in [
+            serde_json::json!({"top_k": 0}),
+            serde_json::json!({"top_k": 21}),
+        ] {
             match with(bad).unwrap_err() {
                 ApiError::InvalidRequest { param, .. } => {
                     assert_eq!(param.as_deref(), Some("retrieval.top_k"))
@@ -559,19 +563,22 @@ mod tests {
             }
         }
         assert_eq!(
-            param(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                "retrieval": {"min_score": -2}})),
+            param(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "retrieval": {"min_score": -2}})
+            ),
             "retrieval.min_score"
         );
         assert_eq!(
-            param(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                "retrieval": {"topk": 3}})),
+            param(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "retrieval": {"topk": 3}})
+            ),
             "retrieval.topk"
         );
-        let none = plan(
-            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
-        )
-        .unwrap();
+        let none =
+            plan(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+                .unwrap();
         assert!(none.retrieval.is_none());
     }
 

@@ -298,8 +298,8 @@ mod tests {
         };
         let plain = serde_json::to_value(ChatCompletion::new(meta(), collected(), false)).unwrap();
         assert!(plain.get("citations").is_none());
-        let cited = ChatCompletion::new(meta(), collected(), false)
-            .with_citations(Some(vec![citation()]));
+        let cited =
+            ChatCompletion::new(meta(), collected(), false).with_citations(Some(vec![citation()]));
         let body = serde_json::to_value(cited).unwrap();
         assert_eq!(
             body["citations"],
@@ -307,7 +307,10 @@ mod tests {
                 "chunk_index": 0, "score": 0.5, "text": "Cats purr."}])
         );
         let none = ChatCompletion::new(meta(), collected(), false).with_citations(Some(vec![]));
-        assert_eq!(serde_json::to_value(none).unwrap()["citations"], serde_json::json!([]));
+        assert_eq!(
+            serde_json::to_value(none).unwrap()["citations"],
+            serde_json::json!([])
+        );
 
         let mut enc = ChatChunks::new(meta(), false, false).with_citations(Some(vec![citation()]));
         let mut opening = enc.opening(2).into_iter();

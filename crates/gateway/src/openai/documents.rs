@@ -57,7 +57,11 @@ pub(crate) struct IngestPlan {
 }
 
 impl CreateDocumentsRequest {
-    pub(crate) fn into_plan(self, namespace: &str, request_id: &str) -> Result<IngestPlan, ApiError> {
+    pub(crate) fn into_plan(
+        self,
+        namespace: &str,
+        request_id: &str,
+    ) -> Result<IngestPlan, ApiError> {
         let model = self.model.unwrap_or_default();
         let single = DocumentFields {
             id: self.id,
@@ -375,8 +379,10 @@ mod tests {
 
     #[test]
     fn one_document_becomes_one_request() {
-        let p = plan(serde_json::json!({"title": "T", "text": "Hello.", "metadata": {"a": "b"},
-            "chunking": {"max_tokens": 64, "overlap_tokens": 8}}))
+        let p = plan(
+            serde_json::json!({"title": "T", "text": "Hello.", "metadata": {"a": "b"},
+            "chunking": {"max_tokens": 64, "overlap_tokens": 8}}),
+        )
         .unwrap();
         assert!(!p.batch);
         let (prefix, request) = &p.requests[0];
@@ -397,7 +403,9 @@ mod tests {
         assert_eq!(p.requests[1].0, "documents[1].");
         assert_eq!(p.requests[1].1.document_id.as_deref(), Some("x"));
         assert_eq!(
-            param(plan(serde_json::json!({"documents": [{"text": "a"}, {"text": " "}]})).unwrap_err()),
+            param(
+                plan(serde_json::json!({"documents": [{"text": "a"}, {"text": " "}]})).unwrap_err()
+            ),
             "documents[1].text"
         );
         assert_eq!(
@@ -408,14 +416,23 @@ mod tests {
             param(plan(serde_json::json!({"documents": []})).unwrap_err()),
             "documents"
         );
-        assert_eq!(ingest_param("documents[1].", "chunk_tokens"), "documents[1].chunking.max_tokens");
+        assert_eq!(
+            ingest_param("documents[1].", "chunk_tokens"),
+            "documents[1].chunking.max_tokens"
+        );
         assert_eq!(ingest_param("", "document_id"), "id");
     }
 
     #[test]
     fn bad_fields_name_their_param() {
-        assert_eq!(param(plan(serde_json::json!({"title": "t"})).unwrap_err()), "text");
-        assert_eq!(param(plan(serde_json::json!({"text": ""})).unwrap_err()), "text");
+        assert_eq!(
+            param(plan(serde_json::json!({"title": "t"})).unwrap_err()),
+            "text"
+        );
+        assert_eq!(
+            param(plan(serde_json::json!({"text": ""})).unwrap_err()),
+            "text"
+        );
         assert_eq!(
             param(plan(serde_json::json!({"text": "x", "metadata": {"k": 1}})).unwrap_err()),
             "metadata.k"
@@ -430,12 +447,21 @@ mod tests {
                 .into_request("anonymous", "r")
         };
         assert_eq!(search(serde_json::json!({"query": "q"})).unwrap().top_k, 0);
-        assert_eq!(param(search(serde_json::json!({"query": "q", "top_k": 0})).unwrap_err()), "top_k");
-        assert_eq!(param(search(serde_json::json!({"query": "q", "top_k": 51})).unwrap_err()), "top_k");
+        assert_eq!(
+            param(search(serde_json::json!({"query": "q", "top_k": 0})).unwrap_err()),
+            "top_k"
+        );
+        assert_eq!(
+            param(search(serde_json::json!({"query": "q", "top_k": 51})).unwrap_err()),
+            "top_k"
+        );
         assert_eq!(
             param(search(serde_json::json!({"query": "q", "min_score": 2})).unwrap_err()),
             "min_score"
         );
-        assert_eq!(param(search(serde_json::json!({"query": " "})).unwrap_err()), "query");
+        assert_eq!(
+            param(search(serde_json::json!({"query": " "})).unwrap_err()),
+            "query"
+        );
     }
 }

@@ -48,14 +48,8 @@ async fn respond(
         None => None,
     };
     let scope = citations.as_deref().and_then(retrieval::cache_scope);
-    let answer = Answer::start_scoped(
-        state,
-        principal,
-        plan.request,
-        started_at,
-        scope.as_deref(),
-    )
-    .await?;
+    let answer =
+        Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref()).await?;
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
     let meta = ResponseMeta::new("chatcmpl", answer.model());

@@ -47,7 +47,8 @@ async fn send(
     let response = request.send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
     (status, value)
 }
 
@@ -137,7 +138,13 @@ async fn documents_are_retrieved_and_cited() {
 
     // The same question without and with retrieval: the sources lengthen the prompt, and the
     // document about cats comes first.
-    let (status, plain) = post(&served, Stack::API_KEY, "/v1/chat/completions", &chat(&served, QUESTION, None)).await;
+    let (status, plain) = post(
+        &served,
+        Stack::API_KEY,
+        "/v1/chat/completions",
+        &chat(&served, QUESTION, None),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{plain}");
     assert!(plain.get("citations").is_none());
     let (status, answered) = post(
@@ -155,7 +162,10 @@ async fn documents_are_retrieved_and_cited() {
     assert_eq!(citations[0]["title"], "Cats");
     assert_eq!(citations[0]["chunk_index"], 0);
     assert_eq!(citations[0]["text"], CATS);
-    let scores: Vec<f64> = citations.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    let scores: Vec<f64> = citations
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     let tokens = |body: &Value| body["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(
@@ -169,7 +179,11 @@ async fn documents_are_retrieved_and_cited() {
         &served,
         Stack::API_KEY,
         "/v1/chat/completions",
-        &chat(&served, "Who was the first Roman emperor?", Some(json!({"top_k": 1}))),
+        &chat(
+            &served,
+            "Who was the first Roman emperor?",
+            Some(json!({"top_k": 1})),
+        ),
     )
     .await;
     assert_eq!(cited_ids(&one_source), vec![rome["id"].as_str().unwrap()]);
@@ -177,7 +191,12 @@ async fn documents_are_retrieved_and_cited() {
     // A stream carries the citations on its first chunk.
     let mut streaming = chat(&served, QUESTION, Some(json!({"top_k": 2})));
     streaming["stream"] = json!(true);
-    let events = json_events(&served.client().post_sse("/v1/chat/completions", &streaming).await);
+    let events = json_events(
+        &served
+            .client()
+            .post_sse("/v1/chat/completions", &streaming)
+            .await,
+    );
     assert_eq!(events[0]["citations"][0]["document_id"], cats_id.as_str());
     assert!(events[1..].iter().all(|e| e.get("citations").is_none()));
 
@@ -196,14 +215,22 @@ async fn documents_are_retrieved_and_cited() {
     .await;
     assert_eq!(status, StatusCode::OK, "{elsewhere}");
     assert_eq!(elsewhere["citations"], json!([]));
-    assert_eq!(tokens(&elsewhere), tokens(&plain), "no sources, no longer prompt");
+    assert_eq!(
+        tokens(&elsewhere),
+        tokens(&plain),
+        "no sources, no longer prompt"
+    );
     let (status, _) = delete(&served, OTHER_KEY, &format!("/v1/documents/{cats_id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Deleted, the document is no longer cited.
-    let (status, deleted) = delete(&served, Stack::API_KEY, &format!("/v1/documents/{cats_id}")).await;
+    let (status, deleted) =
+        delete(&served, Stack::API_KEY, &format!("/v1/documents/{cats_id}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(deleted, json!({"id": cats_id, "object": "document.deleted", "deleted": true}));
+    assert_eq!(
+        deleted,
+        json!({"id": cats_id, "object": "document.deleted", "deleted": true})
+    );
     let (_, after) = post(
         &served,
         Stack::API_KEY,
@@ -221,7 +248,12 @@ async fn documents_are_retrieved_and_cited() {
     let (status, _) = delete(&served, Stack::API_KEY, &format!("/v1/documents/{cats_id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    assert_eq!(served.stack.metric("passerelle_documents_ingested_total", &[]), 3.0);
+    assert_eq!(
+        served
+            .stack
+            .metric("passerelle_documents_ingested_total", &[]),
+        3.0
+    );
     assert_eq!(served.stack.metric("passerelle_documents", &[]), 2.0);
 }
 
@@ -236,7 +268,11 @@ async fn bad_requests_are_400s_naming_the_param() {
     let (status, body) = post(&served, Stack::API_KEY, "/v1/chat/completions", &too_many).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_param(&body), "retrieval.top_k");
-    let unknown = chat(&served, QUESTION, Some(json!({"document_ids": ["doc_nope"]})));
+    let unknown = chat(
+        &served,
+        QUESTION,
+        Some(json!({"document_ids": ["doc_nope"]})),
+    );
     let (status, body) = post(&served, Stack::API_KEY, "/v1/chat/completions", &unknown).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(error_param(&body), "retrieval.document_ids[0]");
@@ -246,15 +282,27 @@ async fn bad_requests_are_400s_naming_the_param() {
         (json!({"text": "   "}), "text"),
         (json!({"text": "x", "metadata": {"k": 1}}), "metadata.k"),
         (json!({"text": "x", "id": "../../etc"}), "id"),
-        (json!({"text": "x", "chunking": {"max_tokens": 4096}}), "chunking.max_tokens"),
+        (
+            json!({"text": "x", "chunking": {"max_tokens": 4096}}),
+            "chunking.max_tokens",
+        ),
         (json!({"text": "x".repeat(1024 * 1024 + 1)}), "text"),
-        (json!({"documents": [{"text": "fine"}, {"text": ""}]}), "documents[1].text"),
+        (
+            json!({"documents": [{"text": "fine"}, {"text": ""}]}),
+            "documents[1].text",
+        ),
     ] {
         let (status, body) = post(&served, Stack::API_KEY, "/v1/documents", &document).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(error_param(&body), param, "{body}");
     }
-    let (status, body) = post(&served, Stack::API_KEY, "/v1/documents", &json!({"text": "x", "model": "nope"})).await;
+    let (status, body) = post(
+        &served,
+        Stack::API_KEY,
+        "/v1/documents",
+        &json!({"text": "x", "model": "nope"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "model_not_found");
     let (status, body) = get(&served, Stack::API_KEY, "/v1/documents/doc_unknown").await;
