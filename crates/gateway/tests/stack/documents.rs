@@ -385,3 +385,54 @@ async fn without_an_embeddings_service_retrieval_is_refused() {
     let (status, body) = get(&served, Stack::API_KEY, "/v1/documents").await;
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
 }
+
+#[tokio::test]
+async fn the_semantic_cache_reuses_an_answer_only_with_the_same_sources() {
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.embedding_model = Some(passerelle_testkit::minilm::minilm_dir().to_path_buf());
+        options.gateway.semantic_cache = Some(passerelle_gateway::SemanticCacheConfig::default());
+    })
+    .await;
+    let cats = ingest(&served, "Cats", CATS).await;
+    ingest(&served, "Rome", ROME).await;
+    let body = chat(&served, QUESTION, Some(json!({"top_k": 2})));
+    let ask = || async {
+        let response = reqwest::Client::new()
+            .post(served.stack.url("/v1/chat/completions"))
+            .bearer_auth(Stack::API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let cache = response.headers()["x-passerelle-cache"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (cache, response.json::<Value>().await.unwrap())
+    };
+    let (cache, first) = ask().await;
+    assert_eq!(cache, "miss");
+    // The answer is stored in the background: ask until it is found.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let hit = loop {
+        let (cache, body) = ask().await;
+        if cache == "hit" {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never cached");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(hit["citations"], first["citations"]);
+    assert_eq!(
+        hit["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+
+    // Other sources, other answer: deleting a cited document makes the same question a miss.
+    let id = cats["id"].as_str().unwrap();
+    let (status, _) = delete(&served, Stack::API_KEY, &format!("/v1/documents/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (cache, after) = ask().await;
+    assert_eq!(cache, "miss");
+    assert!(!cited_ids(&after).contains(&id));
+}
