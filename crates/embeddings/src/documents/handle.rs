@@ -4,7 +4,8 @@
 //! lookups and `Arc` copies, never across an await. Changes are serialised by an async mutex
 //! held from the bound check to the in-memory update, across the file write in between, so the
 //! chunk bound holds under concurrent ingestion and the disk never disagrees with memory about
-//! what was acknowledged. The slow parts of an ingestion — tokenizing, chunking, embedding —
+//! what was acknowledged; a change runs on its own task, so a request cancelled mid-write cannot
+//! split it. The slow parts of an ingestion — tokenizing, chunking, embedding —
 //! happen before that lock is taken.
 
 use std::{
@@ -212,22 +213,42 @@ impl DocumentsHandle {
             chunks,
         };
 
+        if document.chunks.len() != spans.len() {
+            return Err(EmbeddingsError::DocumentsTask(format!(
+                "the engine embedded {} of {} chunks",
+                document.chunks.len(),
+                spans.len()
+            )));
+        }
+        // Committed on its own task: a caller that goes away mid-write cannot leave a document
+        // on disk that memory lacks.
+        let this = self.clone();
+        let document = tokio::spawn(async move { this.commit(namespace, document).await })
+            .await
+            .map_err(|err| EmbeddingsError::DocumentsTask(err.to_string()))??;
+        self.inner.metrics.ingested(document.chunks.len());
+        Ok(Ingested {
+            document,
+            tokens: used,
+        })
+    }
+
+    /// Checks the bound, writes the file, then updates memory, as one change.
+    async fn commit(
+        &self,
+        namespace: String,
+        document: StoredDocument,
+    ) -> Result<Arc<StoredDocument>, EmbeddingsError> {
         let document = Arc::new(document);
         let _change = self.inner.changes.lock().await;
         self.lock().check_room(&namespace, &document)?;
         let (on_disk, namespace_copy) = (Arc::clone(&document), namespace.clone());
         self.on_disk(move |files| files.write(&namespace_copy, &on_disk))
             .await?;
-        {
-            let mut store = self.lock();
-            store.insert_unchecked(&namespace, Arc::clone(&document));
-            self.inner.metrics.stored(store.documents(), store.chunks());
-        }
-        self.inner.metrics.ingested(document.chunks.len());
-        Ok(Ingested {
-            document,
-            tokens: used,
-        })
+        let mut store = self.lock();
+        store.insert_unchecked(&namespace, Arc::clone(&document));
+        self.inner.metrics.stored(store.documents(), store.chunks());
+        Ok(document)
     }
 
     /// A namespace's documents, oldest first.
@@ -247,15 +268,22 @@ impl DocumentsHandle {
         namespace: &str,
         id: &str,
     ) -> Result<Arc<StoredDocument>, EmbeddingsError> {
-        let _change = self.inner.changes.lock().await;
-        let document = self.get(namespace, id)?;
-        let (owned_namespace, owned_id) = (namespace.to_owned(), document.id.clone());
-        self.on_disk(move |files| files.remove(&owned_namespace, &owned_id))
-            .await?;
-        let mut store = self.lock();
-        store.remove(namespace, id);
-        self.inner.metrics.stored(store.documents(), store.chunks());
-        Ok(document)
+        let this = self.clone();
+        let (namespace, id) = (namespace.to_owned(), id.to_owned());
+        // On its own task, like a commit: half a deletion is never left behind.
+        tokio::spawn(async move {
+            let _change = this.inner.changes.lock().await;
+            let document = this.get(&namespace, &id)?;
+            let (owned_namespace, owned_id) = (namespace.clone(), document.id.clone());
+            this.on_disk(move |files| files.remove(&owned_namespace, &owned_id))
+                .await?;
+            let mut store = this.lock();
+            store.remove(&namespace, &id);
+            this.inner.metrics.stored(store.documents(), store.chunks());
+            Ok(document)
+        })
+        .await
+        .map_err(|err| EmbeddingsError::DocumentsTask(err.to_string()))?
     }
 
     /// The chunks closest to the query, best first.
