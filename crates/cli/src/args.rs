@@ -110,6 +110,10 @@ pub struct EmbeddingArgs {
     /// goes first [default: 100000].
     #[arg(long, env = "PASSERELLE_SEMANTIC_CACHE_MAX_ENTRIES")]
     pub semantic_cache_max_entries: Option<usize>,
+    /// Directory the document store (`/v1/documents`) keeps its documents in, so they survive
+    /// a restart [default: `documents` in the data directory].
+    #[arg(long, env = "PASSERELLE_DOCUMENTS_DIR")]
+    pub documents_dir: Option<PathBuf>,
 }
 
 /// How the HTTP gateway runs.

@@ -58,6 +58,7 @@ pub struct FileConfig {
     pub drift_sample_rate: Option<f64>,
     pub drift_window: Option<usize>,
     pub drift_threshold: Option<f64>,
+    pub documents_dir: Option<PathBuf>,
     pub api_keys: Option<ApiKeysValue>,
     pub data_dir: Option<PathBuf>,
     pub redis_url: Option<String>,

@@ -29,6 +29,8 @@ pub struct EmbeddingSettings {
     pub model_id: Option<String>,
     pub matryoshka: bool,
     pub cache_max_entries: usize,
+    /// Where the document store keeps its documents.
+    pub documents_dir: PathBuf,
     pub threads: Option<usize>,
     pub hub: HubOptions,
 }
@@ -108,6 +110,16 @@ pub fn embedding(
             .semantic_cache_max_entries
             .or(file.semantic_cache_max_entries)
             .unwrap_or(passerelle_embeddings::CacheConfig::default().max_entries),
+        documents_dir: args
+            .documents_dir
+            .clone()
+            .or_else(|| file.documents_dir.clone())
+            .unwrap_or_else(|| {
+                file.data_dir
+                    .clone()
+                    .unwrap_or_else(config::default_data_dir)
+                    .join("documents")
+            }),
         threads,
         hub,
     })

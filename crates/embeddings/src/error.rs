@@ -95,6 +95,18 @@ pub enum EmbeddingsError {
     /// A cache step panicked (the cache starts afresh on the next call).
     #[error("semantic cache: {0}")]
     CacheTask(String),
+    /// The namespace holds no document by this id.
+    #[error("No such document: {0}.")]
+    DocumentNotFound(String),
+    /// Storing a document would take its namespace past the chunk bound.
+    #[error(transparent)]
+    NamespaceFull(#[from] crate::documents::store::NamespaceFull),
+    /// A document could not be written to or removed from disk.
+    #[error("document store: {0}")]
+    DocumentFiles(#[from] crate::documents::persist::PersistError),
+    /// A document step panicked.
+    #[error("document store: {0}")]
+    DocumentsTask(String),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
@@ -116,7 +128,10 @@ impl From<EmbeddingsError> for Status {
         let message = err.to_string();
         match err {
             EmbeddingsError::InvalidArgument { param, .. } => invalid_argument(&param, message),
-            EmbeddingsError::ModelNotFound(_) => Status::not_found(message),
+            EmbeddingsError::ModelNotFound(_) | EmbeddingsError::DocumentNotFound(_) => {
+                Status::not_found(message)
+            }
+            EmbeddingsError::NamespaceFull(_) => Status::failed_precondition(message),
             EmbeddingsError::QueueFull { .. } => {
                 retryable(Code::ResourceExhausted, message, RETRY_AFTER)
             }
@@ -130,6 +145,8 @@ impl From<EmbeddingsError> for Status {
             | EmbeddingsError::Embed(_)
             | EmbeddingsError::Cache(_)
             | EmbeddingsError::CacheTask(_)
+            | EmbeddingsError::DocumentFiles(_)
+            | EmbeddingsError::DocumentsTask(_)
             | EmbeddingsError::Metrics(_)
             | EmbeddingsError::Serve(_) => Status::internal(message),
         }

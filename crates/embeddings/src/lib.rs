@@ -13,12 +13,16 @@
 //! - [`cache`]: the semantic cache behind `CacheLookup` / `CacheStore`: exact match on the
 //!   normalised prompt, then nearest neighbour by embedding (exact scan or HNSW), per
 //!   namespace, bounded by entry count (LRU) and TTL.
+//! - [`documents`]: the document store behind `IngestDocument`, `ListDocuments`, `GetDocument`,
+//!   `DeleteDocument` and `Retrieve`: texts chunked by the model's tokenizer, embedded, kept
+//!   per namespace in memory and optionally on disk, and searched by exact cosine scan.
 //!
 //! Errors are [`EmbeddingsError`] (and [`LoadError`] for loading), turned into `tonic::Status`
 //! in one `From` impl.
 
 pub mod batch;
 pub mod cache;
+pub mod documents;
 pub mod engine;
 pub mod error;
 pub mod model;
@@ -28,6 +32,7 @@ pub mod service;
 pub mod vector;
 
 pub use cache::CacheConfig;
+pub use documents::DocumentsConfig;
 pub use engine::{
     EmbeddingEngine, EmbeddingHandle, EngineConfig, EngineState, EngineStats, ServedModel,
 };

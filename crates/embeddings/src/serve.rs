@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     cache::{CacheConfig, CacheHandle},
+    documents::{DocumentsConfig, DocumentsHandle},
     engine::{EmbeddingEngine, EngineConfig},
     error::EmbeddingsError,
     service::EmbeddingsService,
@@ -34,6 +35,8 @@ pub struct EmbeddingsServiceConfig {
     pub matryoshka: bool,
     /// Bounds and defaults of the semantic cache (`CacheLookup` / `CacheStore`).
     pub cache: CacheConfig,
+    /// Where documents are kept (`documents.dir`), their bounds and chunking defaults.
+    pub documents: DocumentsConfig,
 }
 
 impl Default for EmbeddingsServiceConfig {
@@ -49,6 +52,7 @@ impl Default for EmbeddingsServiceConfig {
             max_batch: 32,
             matryoshka: false,
             cache: CacheConfig::default(),
+            documents: DocumentsConfig::default(),
         }
     }
 }
@@ -59,13 +63,15 @@ const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves the `Embeddings` service on `listener` until `shutdown` resolves. The model loads in
 /// the background; until it is warm, health says NOT_SERVING and `Embed` answers UNAVAILABLE
-/// ("model is loading").
+/// ("model is loading"). Documents kept in `config.documents.dir` are read before serving
+/// starts; an unreadable directory is an error.
 pub async fn serve(
     config: EmbeddingsServiceConfig,
     listener: TcpListener,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EmbeddingsError> {
+    let model_path = config.model_path.clone();
     let engine = EmbeddingEngine::spawn(
         EngineConfig {
             model_path: config.model_path,
@@ -78,6 +84,8 @@ pub async fn serve(
         &registry,
     )?;
     let cache = CacheHandle::new(config.cache, engine.clone(), &registry)?;
+    let documents =
+        DocumentsHandle::open(config.documents, engine.clone(), model_path, &registry).await?;
     let server = GrpcServer::new(ServerConfig::default());
     let health = server.health();
     let max_message_bytes = server.max_message_bytes();
@@ -85,6 +93,7 @@ pub async fn serve(
         engine.clone(),
         config.source,
         cache.clone(),
+        documents,
     ))
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);

@@ -1,14 +1,17 @@
 //! The `passerelle.embeddings.v1.Embeddings` gRPC service over an [`EmbeddingHandle`].
 //!
 //! `Embed` and `ListModels` go to the engine; `CacheLookup` and `CacheStore` to the semantic
-//! cache ([`crate::cache`]). Generated types stop here: each handler turns its request into the
+//! cache ([`crate::cache`]); the document RPCs to the document store ([`crate::documents`]). Generated types stop here: each handler turns its request into the
 //! crate's own types and the answer back.
 
 use passerelle_proto::{
     common,
     embeddings::{
         CacheLookupRequest, CacheLookupResponse, CacheStoreRequest, CacheStoreResponse,
-        EmbedRequest, EmbedResponse, Embedding, embeddings_server::Embeddings,
+        DeleteDocumentRequest, DeleteDocumentResponse, Document, EmbedRequest, EmbedResponse,
+        Embedding, GetDocumentRequest, IngestDocumentRequest, IngestDocumentResponse,
+        ListDocumentsRequest, ListDocumentsResponse, RetrieveRequest, RetrieveResponse,
+        RetrievedChunk, embeddings_server::Embeddings,
     },
 };
 use tonic::{Request, Response, Status};
@@ -19,7 +22,12 @@ use crate::{
         CacheHandle,
         request::{LookupQuery, StoreCommand},
     },
+    documents::{
+        DocumentsHandle, StoredDocument,
+        request::{IngestFields, RetrieveQuery},
+    },
     engine::{EmbeddingHandle, EngineState},
+    error::EmbeddingsError,
     request::EmbedOptions,
 };
 
@@ -27,21 +35,28 @@ use crate::{
 /// truncated before embedding. Absent when none was.
 pub const TRUNCATED_METADATA: &str = "passerelle-truncated-inputs";
 
-/// Embedding, model listing and the semantic cache for one model.
+/// Embedding, model listing, the semantic cache and the document store for one model.
 #[derive(Debug, Clone)]
 pub struct EmbeddingsService {
     engine: EmbeddingHandle,
     source: String,
     cache: CacheHandle,
+    documents: DocumentsHandle,
 }
 
 impl EmbeddingsService {
     /// `source` is what the operator named the model by, shown in `ListModels`.
-    pub fn new(engine: EmbeddingHandle, source: impl Into<String>, cache: CacheHandle) -> Self {
+    pub fn new(
+        engine: EmbeddingHandle,
+        source: impl Into<String>,
+        cache: CacheHandle,
+        documents: DocumentsHandle,
+    ) -> Self {
         Self {
             engine,
             source: source.into(),
             cache,
+            documents,
         }
     }
 
@@ -165,5 +180,148 @@ impl Embeddings for EmbeddingsService {
         Ok(Response::new(common::ListModelsResponse {
             models: vec![self.model_info()],
         }))
+    }
+
+    async fn ingest_document(
+        &self,
+        request: Request<IngestDocumentRequest>,
+    ) -> Result<Response<IngestDocumentResponse>, Status> {
+        let request = request.into_inner();
+        let fields = IngestFields {
+            namespace: request.namespace,
+            document_id: request.document_id,
+            title: request.title,
+            text: request.text,
+            metadata: request.metadata.into_iter().collect(),
+            chunk_tokens: request.chunk_tokens,
+            chunk_overlap_tokens: request.chunk_overlap_tokens,
+        };
+        let span = tracing::info_span!(
+            "embeddings.ingest_document",
+            request_id = %request.request_id,
+            bytes = fields.text.len(),
+        );
+        let ingested = self
+            .documents
+            .ingest(&request.model, fields)
+            .instrument(span)
+            .await?;
+        let tokens = u32::try_from(ingested.tokens).unwrap_or(u32::MAX);
+        Ok(Response::new(IngestDocumentResponse {
+            document: Some(document(&ingested.document)),
+            usage: Some(common::Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn list_documents(
+        &self,
+        request: Request<ListDocumentsRequest>,
+    ) -> Result<Response<ListDocumentsResponse>, Status> {
+        let namespace = request.into_inner().namespace;
+        required_namespace(&namespace)?;
+        Ok(Response::new(ListDocumentsResponse {
+            documents: self
+                .documents
+                .list(&namespace)
+                .iter()
+                .map(|d| document(d))
+                .collect(),
+        }))
+    }
+
+    async fn get_document(
+        &self,
+        request: Request<GetDocumentRequest>,
+    ) -> Result<Response<Document>, Status> {
+        let request = request.into_inner();
+        required_namespace(&request.namespace)?;
+        let found = self
+            .documents
+            .get(&request.namespace, &request.document_id)?;
+        Ok(Response::new(document(&found)))
+    }
+
+    async fn delete_document(
+        &self,
+        request: Request<DeleteDocumentRequest>,
+    ) -> Result<Response<DeleteDocumentResponse>, Status> {
+        let request = request.into_inner();
+        required_namespace(&request.namespace)?;
+        let deleted = self
+            .documents
+            .delete(&request.namespace, &request.document_id)
+            .await?;
+        Ok(Response::new(DeleteDocumentResponse {
+            document_id: deleted.id.clone(),
+            chunks: u32::try_from(deleted.chunks.len()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn retrieve(
+        &self,
+        request: Request<RetrieveRequest>,
+    ) -> Result<Response<RetrieveResponse>, Status> {
+        let request = request.into_inner();
+        let query = RetrieveQuery::new(
+            request.namespace,
+            request.query,
+            request.top_k,
+            request.min_score,
+            request.document_ids,
+            self.documents.config(),
+        )?;
+        let span = tracing::info_span!("embeddings.retrieve", request_id = %request.request_id);
+        let retrieved = self.documents.retrieve(query).instrument(span).await?;
+        let tokens = u32::try_from(retrieved.tokens).unwrap_or(u32::MAX);
+        Ok(Response::new(RetrieveResponse {
+            chunks: retrieved
+                .chunks
+                .iter()
+                .map(|found| RetrievedChunk {
+                    document_id: found.document.id.clone(),
+                    title: found.document.title.clone(),
+                    chunk_index: u32::try_from(found.chunk_index).unwrap_or(u32::MAX),
+                    text: found.text().to_owned(),
+                    score: found.score,
+                })
+                .collect(),
+            usage: Some(common::Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                ..Default::default()
+            }),
+        }))
+    }
+}
+
+fn required_namespace(namespace: &str) -> Result<(), EmbeddingsError> {
+    if namespace.is_empty() {
+        return Err(EmbeddingsError::invalid(
+            "namespace",
+            "`namespace` is required.",
+        ));
+    }
+    Ok(())
+}
+
+/// A stored document as the contract describes it, without its chunks.
+fn document(document: &StoredDocument) -> Document {
+    Document {
+        id: document.id.clone(),
+        title: document.title.clone(),
+        metadata: document
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        chunks: u32::try_from(document.chunks.len()).unwrap_or(u32::MAX),
+        bytes: document.bytes,
+        tokens: document.tokens,
+        created_unix: document.created_unix,
+        model: document.model.clone(),
     }
 }

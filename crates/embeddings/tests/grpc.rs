@@ -48,6 +48,7 @@ impl Server {
             max_batch: 32,
             matryoshka: false,
             cache: Default::default(),
+            documents: Default::default(),
         };
         let task = tokio::spawn(serve(config, listener, registry.clone(), async {
             let _ = stop.await;

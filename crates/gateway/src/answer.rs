@@ -50,13 +50,29 @@ impl Answer {
         request: GenerateRequest,
         started_at: Instant,
     ) -> Result<Self, BackendError> {
+        Self::start_scoped(state, principal, request, started_at, None).await
+    }
+
+    /// As [`Answer::start`], with cached answers further keyed by `cache_scope`: what besides
+    /// the request decided the answer (the sources retrieved into the prompt).
+    pub(crate) async fn start_scoped(
+        state: &AppState,
+        principal: &Principal,
+        request: GenerateRequest,
+        started_at: Instant,
+        cache_scope: Option<&str>,
+    ) -> Result<Self, BackendError> {
         if let Some(drift) = state.drift() {
             drift.observe(&request);
         }
         let cached = state.semantic_cache().and_then(|cache| {
-            cache
-                .key(principal, &request)
-                .map(|key| (cache.clone(), key))
+            cache.key(principal, &request).map(|key| {
+                let key = match cache_scope {
+                    Some(scope) => key.scoped(scope),
+                    None => key,
+                };
+                (cache.clone(), key)
+            })
         });
         if let Some((cache, key)) = &cached
             && let Some(hit) = cache.lookup(key).await

@@ -101,6 +101,17 @@ impl EmbeddingsBackend {
         Ok(())
     }
 
+    /// The generated client on this backend's channel, for the document calls
+    /// (`crate::documents`).
+    pub(crate) fn client(&self) -> EmbeddingsClient<TracedChannel> {
+        self.client.clone()
+    }
+
+    /// The deadline of a data call (embedding, ingestion, retrieval) and of a control call.
+    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
+        (self.request_timeout, self.control_timeout)
+    }
+
     /// Whether the embeddings service reports SERVING.
     pub async fn readiness(&self) -> Readiness {
         backend::readiness(

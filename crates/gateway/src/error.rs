@@ -53,6 +53,9 @@ pub enum ApiError {
     /// The requested model is not served.
     #[error("The model `{model}` does not exist or is not served here.")]
     ModelNotFound { model: String },
+    /// The caller has no document by this id.
+    #[error("No such document: {id}.")]
+    DocumentNotFound { id: String },
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     RouteNotFound { method: String, path: String },
@@ -202,6 +205,10 @@ impl ApiError {
             E::ModelNotFound { .. } => Rendering {
                 param: Some("model".to_owned()),
                 ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("model_not_found"))
+            },
+            E::DocumentNotFound { .. } => Rendering {
+                param: Some("id".to_owned()),
+                ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("document_not_found"))
             },
             E::RouteNotFound { .. } => {
                 Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("unknown_url"))
@@ -504,6 +511,11 @@ mod tests {
                 Some("method_not_allowed"),
             ),
             (ApiError::GatewayBusy, 503, Some("server_busy")),
+            (
+                ApiError::DocumentNotFound { id: "doc_1".into() },
+                404,
+                Some("document_not_found"),
+            ),
         ];
         for (err, want_status, want_code) in cases {
             let (status, _, body) = render(err).await;

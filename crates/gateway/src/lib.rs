@@ -10,7 +10,8 @@
 //! (one generation, timed and collected), `sse` (streaming with cancellation on disconnect),
 //! `catalog` (the cached model list), [`metrics`] (Prometheus), `admission` (the concurrency
 //! bound), [`ratelimit`] (per-principal rpm, tpm and concurrency limits, in process or in Redis),
-//! [`jwt`] (bearer-token verification) and `routes` (the handlers).
+//! [`jwt`] (bearer-token verification), `documents` (the client of the document store) with
+//! [`retrieval`] (documents put in chat prompts and cited) and `routes` (the handlers).
 
 mod admission;
 mod answer;
@@ -19,6 +20,7 @@ pub mod backend;
 mod body;
 mod catalog;
 pub mod config;
+mod documents;
 pub mod drift;
 pub mod embeddings;
 pub mod error;
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod openai;
 pub mod pricing;
 pub mod ratelimit;
+pub mod retrieval;
 mod routes;
 pub mod semantic_cache;
 mod sse;
@@ -73,6 +76,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/embeddings", post(routes::embeddings::create))
         .route("/admin/drift", get(routes::admin::drift))
         .route("/admin/drift/baseline", post(routes::admin::rebase_drift))
+        .route(
+            "/v1/documents",
+            post(routes::documents::create).get(routes::documents::list),
+        )
+        .route("/v1/documents/search", post(routes::documents::search))
+        .route(
+            "/v1/documents/{id}",
+            get(routes::documents::get).delete(routes::documents::delete),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admission::admit,

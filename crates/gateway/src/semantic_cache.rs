@@ -49,6 +49,14 @@ pub(crate) struct CacheKey {
     prompt: String,
 }
 
+impl CacheKey {
+    /// The same key in a narrower namespace: only requests with the same `scope` share it.
+    pub(crate) fn scoped(mut self, scope: &str) -> Self {
+        self.namespace = format!("{}/{scope}", self.namespace);
+        self
+    }
+}
+
 /// An answer as the cache keeps it: enough to replay it as JSON or as a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct StoredAnswer {

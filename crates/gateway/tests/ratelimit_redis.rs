@@ -40,6 +40,10 @@ fn redis_config(redis: &RedisServer, policy: FailurePolicy) -> RedisLimiterConfi
     RedisLimiterConfig {
         failure_policy: policy,
         retry_interval: Duration::from_millis(200),
+        // The first call connects and loads the scripts; on a busy 2-core CI machine that can
+        // take longer than the production default. The timeout itself is tested with a silent
+        // server below.
+        timeout: Duration::from_secs(2),
         ..RedisLimiterConfig::new(redis.url())
     }
 }

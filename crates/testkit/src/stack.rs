@@ -112,6 +112,7 @@ impl Stack {
                     max_batch: 32,
                     matryoshka: false,
                     cache: Default::default(),
+                    documents: Default::default(),
                 };
                 let registry = registry.clone();
                 let shutdown = shutdown();

@@ -70,6 +70,10 @@ async fn embeddings_config(
             max_entries: embedding.cache_max_entries,
             ..Default::default()
         },
+        documents: passerelle_embeddings::DocumentsConfig {
+            dir: Some(embedding.documents_dir.clone()),
+            ..Default::default()
+        },
     })
 }
 

@@ -38,7 +38,15 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         None,
     );
     let (embeddings_endpoint, embeddings) = match embedding {
-        Some(embedding) => {
+        Some(mut embedding) => {
+            // Documents live beside the keys unless placed elsewhere on purpose.
+            if let (None, None, Some(data_dir)) = (
+                &args.embedding.documents_dir,
+                &file.documents_dir,
+                &args.gateway.data_dir,
+            ) {
+                embedding.documents_dir = data_dir.join("documents");
+            }
             let config = super::embeddings_config(&embedding).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

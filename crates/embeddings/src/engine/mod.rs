@@ -239,8 +239,9 @@ impl EmbeddingHandle {
         Ok(request::finish(vectors, &options, served.spec.normalized))
     }
 
-    /// The loaded model, or why there is none yet.
-    fn served(&self, model: &str) -> Result<Arc<ServedModel>, EmbeddingsError> {
+    /// The loaded model, or why there is none yet, for a request naming `model` (empty: this
+    /// engine's).
+    pub(crate) fn served(&self, model: &str) -> Result<Arc<ServedModel>, EmbeddingsError> {
         if !model.is_empty() && model != self.inner.model_id {
             return Err(EmbeddingsError::ModelNotFound(model.to_owned()));
         }

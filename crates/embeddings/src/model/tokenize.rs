@@ -88,6 +88,23 @@ impl TextEncoder {
         self.pad_id
     }
 
+    /// The byte offset in `text` at which each of its tokens starts, without special tokens
+    /// and without truncation: what the chunker counts tokens with.
+    pub fn token_starts(&self, text: &str) -> Result<Vec<usize>, tokenizers::Error> {
+        let encoding = self.untruncated.encode(text, false)?;
+        let mut starts: Vec<usize> = encoding.get_offsets().iter().map(|(s, _)| *s).collect();
+        // Sorted already for BERT tokenizers; sorting keeps counting right for any other.
+        starts.sort_unstable();
+        Ok(starts)
+    }
+
+    /// How many special tokens ([CLS], [SEP]) the model adds to every input.
+    pub fn special_tokens(&self) -> usize {
+        self.untruncated
+            .encode("", true)
+            .map_or(2, |encoding| encoding.len())
+    }
+
     /// Tokenizes `texts` with the model's special tokens, in parallel on the current rayon pool.
     ///
     /// The truncating tokenizer stops reading a text once it has `max_seq_length` tokens (which

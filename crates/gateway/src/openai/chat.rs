@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::params::{Sampling, Stop, StreamOptions, stopping};
 use super::{ResponseFormat, StreamPlan};
 use crate::error::ApiError;
+use crate::retrieval::{self, RetrievalPlan};
 
 /// Most alternatives per position, as in OpenAI's API.
 const MAX_TOP_LOGPROBS: u32 = 20;
@@ -41,6 +42,45 @@ pub struct ChatCompletionRequest {
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
+    /// Answer from the caller's documents (a Passerelle extension; see `crate::retrieval`).
+    pub retrieval: Option<RetrievalIn>,
+}
+
+/// `retrieval`: put the caller's document chunks closest to the last user message in the
+/// prompt, and cite them in the response.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalIn {
+    /// Chunks to put in the prompt, 1 to 20; 4 when absent.
+    pub top_k: Option<u32>,
+    /// Cosine similarity a chunk needs, -1 to 1; none when absent.
+    pub min_score: Option<f32>,
+    /// Search only these documents.
+    pub document_ids: Option<Vec<String>>,
+}
+
+impl RetrievalIn {
+    fn into_plan(self) -> Result<RetrievalPlan, ApiError> {
+        let top_k = match self.top_k {
+            None => retrieval::DEFAULT_TOP_K,
+            Some(k) if (1..=retrieval::MAX_TOP_K).contains(&k) => k,
+            Some(k) => {
+                return Err(ApiError::invalid_param(
+                    "retrieval.top_k",
+                    format!(
+                        "`retrieval.top_k` must be between 1 and {}, got {k}.",
+                        retrieval::MAX_TOP_K
+                    ),
+                ));
+            }
+        };
+        let min_score = super::documents::check_min_score("retrieval.min_score", self.min_score)?;
+        Ok(RetrievalPlan {
+            top_k,
+            min_score,
+            document_ids: self.document_ids.unwrap_or_default(),
+        })
+    }
 }
 
 /// One message of the conversation.
@@ -105,6 +145,8 @@ pub(crate) struct ChatPlan {
     pub(crate) request: GenerateRequest,
     pub(crate) stream: Option<StreamPlan>,
     pub(crate) logprobs: bool,
+    /// Sources to retrieve into the prompt first.
+    pub(crate) retrieval: Option<RetrievalPlan>,
 }
 
 impl ChatCompletionRequest {
@@ -123,6 +165,7 @@ impl ChatCompletionRequest {
             ));
         }
         let stream = StreamPlan::new(self.stream, self.stream_options)?;
+        let retrieval = self.retrieval.map(RetrievalIn::into_plan).transpose()?;
         let logprobs = self.logprobs.unwrap_or(false);
         let top_logprobs = match self.top_logprobs {
             Some(k) if k > MAX_TOP_LOGPROBS => {
@@ -189,6 +232,7 @@ impl ChatCompletionRequest {
             request,
             stream,
             logprobs,
+            retrieval,
         })
     }
 }
@@ -486,6 +530,56 @@ mod tests {
         assert!(p.stream.unwrap().include_usage);
         assert!(p.request.response_format.is_some());
         assert_eq!(chat(&p).tools[0].parameters_json, r#"{"type":"object"}"#);
+    }
+
+    #[test]
+    fn retrieval_options_are_checked() {
+        let with = |retrieval: serde_json::Value| {
+            plan(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "retrieval": retrieval}),
+            )
+        };
+        assert_eq!(
+            with(serde_json::json!({})).unwrap().retrieval,
+            Some(RetrievalPlan {
+                top_k: 4,
+                min_score: None,
+                document_ids: vec![]
+            })
+        );
+        let p = with(serde_json::json!({"top_k": 20, "min_score": 0.3, "document_ids": ["doc_1"]}))
+            .unwrap();
+        assert_eq!(p.retrieval.unwrap().document_ids, vec!["doc_1"]);
+        for bad in [
+            serde_json::json!({"top_k": 0}),
+            serde_json::json!({"top_k": 21}),
+        ] {
+            match with(bad).unwrap_err() {
+                ApiError::InvalidRequest { param, .. } => {
+                    assert_eq!(param.as_deref(), Some("retrieval.top_k"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            param(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "retrieval": {"min_score": -2}})
+            ),
+            "retrieval.min_score"
+        );
+        assert_eq!(
+            param(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "retrieval": {"topk": 3}})
+            ),
+            "retrieval.topk"
+        );
+        let none =
+            plan(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+                .unwrap();
+        assert!(none.retrieval.is_none());
     }
 
     #[test]

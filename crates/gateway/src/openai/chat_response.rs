@@ -7,6 +7,7 @@ use super::logprobs::ChatLogprobs;
 use super::{ResponseMeta, UsageOut, chunk_usage};
 use crate::generation::Collected;
 use crate::llm::{Delta, Finished, Usage};
+use crate::retrieval::Citation;
 use crate::sse::{ChunkEncoder, json_event};
 
 /// A whole chat completion.
@@ -17,6 +18,9 @@ pub struct ChatCompletion {
     object: &'static str,
     choices: Vec<ChatChoice>,
     usage: UsageOut,
+    /// The sources put in the prompt, when the request asked for `retrieval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    citations: Option<Vec<Citation>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,7 +58,14 @@ impl ChatCompletion {
             object: "chat.completion",
             choices,
             usage: collected.usage.into(),
+            citations: None,
         }
+    }
+
+    /// Lists the sources retrieved into the prompt.
+    pub(crate) fn with_citations(mut self, citations: Option<Vec<Citation>>) -> Self {
+        self.citations = citations;
+        self
     }
 }
 
@@ -67,6 +78,9 @@ struct ChatChunk<'a> {
     choices: Vec<ChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Option<UsageOut>>,
+    /// On the first chunk only, when the request asked for `retrieval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    citations: Option<Vec<Citation>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +104,8 @@ pub(crate) struct ChatChunks {
     meta: ResponseMeta,
     include_usage: bool,
     logprobs: bool,
+    /// Sent once, on the first chunk.
+    citations: Option<Vec<Citation>>,
 }
 
 impl ChatChunks {
@@ -98,15 +114,23 @@ impl ChatChunks {
             meta,
             include_usage,
             logprobs,
+            citations: None,
         }
     }
 
-    fn chunk(&self, choices: Vec<ChunkChoice>) -> Event {
+    /// Lists the sources retrieved into the prompt on the first chunk.
+    pub(crate) fn with_citations(mut self, citations: Option<Vec<Citation>>) -> Self {
+        self.citations = citations;
+        self
+    }
+
+    fn chunk(&mut self, choices: Vec<ChunkChoice>) -> Event {
         json_event(&ChatChunk {
             meta: &self.meta,
             object: "chat.completion.chunk",
             choices,
             usage: chunk_usage(self.include_usage),
+            citations: self.citations.take(),
         })
     }
 }
@@ -160,6 +184,7 @@ impl ChunkEncoder for ChatChunks {
             object: "chat.completion.chunk",
             choices: Vec::new(),
             usage: Some(Some(usage.into())),
+            citations: self.citations.take(),
         })
     }
 }
@@ -252,6 +277,47 @@ mod tests {
         }));
         assert_eq!(fin["choices"][0]["delta"], serde_json::json!({}));
         assert_eq!(fin["choices"][0]["finish_reason"], "length");
+    }
+
+    fn citation() -> Citation {
+        Citation {
+            index: 1,
+            document_id: "doc_1".into(),
+            title: "Cats".into(),
+            chunk_index: 0,
+            score: 0.5,
+            text: "Cats purr.".into(),
+        }
+    }
+
+    #[test]
+    fn citations_are_listed_once_when_asked_for() {
+        let collected = || Collected {
+            usage: Usage::default(),
+            choices: vec![],
+        };
+        let plain = serde_json::to_value(ChatCompletion::new(meta(), collected(), false)).unwrap();
+        assert!(plain.get("citations").is_none());
+        let cited =
+            ChatCompletion::new(meta(), collected(), false).with_citations(Some(vec![citation()]));
+        let body = serde_json::to_value(cited).unwrap();
+        assert_eq!(
+            body["citations"],
+            serde_json::json!([{"index": 1, "document_id": "doc_1", "title": "Cats",
+                "chunk_index": 0, "score": 0.5, "text": "Cats purr."}])
+        );
+        let none = ChatCompletion::new(meta(), collected(), false).with_citations(Some(vec![]));
+        assert_eq!(
+            serde_json::to_value(none).unwrap()["citations"],
+            serde_json::json!([])
+        );
+
+        let mut enc = ChatChunks::new(meta(), false, false).with_citations(Some(vec![citation()]));
+        let mut opening = enc.opening(2).into_iter();
+        let first = event_json(opening.next().unwrap());
+        assert_eq!(first["citations"][0]["document_id"], "doc_1");
+        let second = event_json(opening.next().unwrap());
+        assert!(second.get("citations").is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod chat_response;
 pub mod completion_response;
 pub mod completions;
+pub mod documents;
 pub mod embeddings;
 mod logprobs;
 pub mod params;

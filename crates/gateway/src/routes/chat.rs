@@ -14,6 +14,7 @@ use crate::extract::{AppJson, RequestId};
 use crate::openai::ResponseMeta;
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::chat_response::{ChatChunks, ChatCompletion};
+use crate::retrieval;
 use crate::sse;
 use crate::state::AppState;
 
@@ -40,19 +41,29 @@ async fn respond(
     started_at: Instant,
 ) -> Result<(Response, String), ApiError> {
     principal.check_model(&body.model)?;
-    let plan = body.into_plan(request_id)?;
-    let answer = Answer::start(state, principal, plan.request, started_at).await?;
+    let mut plan = body.into_plan(request_id)?;
+    let citations = match plan.retrieval.take() {
+        Some(retrieval) => {
+            Some(retrieval::augment(state, principal, &mut plan.request, retrieval).await?)
+        }
+        None => None,
+    };
+    let scope = citations.as_deref().and_then(retrieval::cache_scope);
+    let answer =
+        Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref()).await?;
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
     let meta = ResponseMeta::new("chatcmpl", answer.model());
     let response = match plan.stream {
         Some(stream) => {
-            let chunks = ChatChunks::new(meta, stream.include_usage, plan.logprobs);
+            let chunks = ChatChunks::new(meta, stream.include_usage, plan.logprobs)
+                .with_citations(citations);
             sse::stream(answer, chunks, stream.include_usage)
         }
         None => {
             let collected = answer.collect().await?;
-            Json(ChatCompletion::new(meta, collected, plan.logprobs)).into_response()
+            Json(ChatCompletion::new(meta, collected, plan.logprobs).with_citations(citations))
+                .into_response()
         }
     };
     Ok(((cache_headers, response).into_response(), label))

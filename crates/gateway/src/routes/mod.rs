@@ -3,6 +3,7 @@
 pub(crate) mod admin;
 pub(crate) mod chat;
 pub(crate) mod completions;
+pub(crate) mod documents;
 pub(crate) mod embeddings;
 pub(crate) mod health;
 pub(crate) mod metrics;

@@ -5,6 +5,7 @@ mod access;
 mod cancellation;
 mod chat;
 mod completions;
+mod documents;
 mod drift;
 mod embeddings;
 mod errors;
