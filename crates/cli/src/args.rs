@@ -182,6 +182,10 @@ pub struct GatewayOptions {
     /// [default: false].
     #[arg(long, env = "PASSERELLE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
     pub trust_forwarded_for: Option<bool>,
+    /// Store every prompt and answer, with emails, phone numbers, card numbers and IBANs
+    /// redacted, for review and access requests [default: false].
+    #[arg(long, env = "PASSERELLE_LOG_PROMPTS", num_args = 0..=1, default_missing_value = "true")]
+    pub log_prompts: Option<bool>,
     /// Watch prompt embeddings for drift, reported at /admin/drift (needs an embedding model
     /// or embeddings endpoint) [default: false].
     #[arg(long, env = "PASSERELLE_DRIFT", num_args = 0..=1, default_missing_value = "true")]

@@ -199,6 +199,10 @@ pub fn gateway(
                 .trust_forwarded_for
                 .or(file.trust_forwarded_for)
                 .unwrap_or(defaults.trust_forwarded_for),
+            log_prompts: args
+                .log_prompts
+                .or(file.log_prompts)
+                .unwrap_or(defaults.log_prompts),
             llm_endpoint,
             embeddings_endpoint,
             body_limit_bytes,

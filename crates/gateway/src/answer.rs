@@ -11,6 +11,7 @@ use passerelle_proto::llm::GenerateRequest;
 use crate::auth::Principal;
 use crate::generation::{Collected, CollectedChoice, Generation, Progress, model_label};
 use crate::llm::{BackendError, Delta, Finished, Usage};
+use crate::meter::{Meter, Served};
 use crate::semantic_cache::{Hit, StoredAnswer};
 use crate::state::AppState;
 
@@ -19,10 +20,13 @@ pub(crate) const CACHE_HEADER: &str = "x-passerelle-cache";
 /// Response header with a hit's cosine similarity to the cached prompt.
 pub(crate) const SIMILARITY_HEADER: &str = "x-passerelle-cache-similarity";
 
-/// A started answer.
+/// A started answer. Once metered, it is accounted when dropped, however far it got.
 pub(crate) struct Answer {
     source: Source,
     cache: CacheStatus,
+    meter: Option<Meter>,
+    /// The first choice's text so far, kept only for a meter that logs prompts.
+    completion: String,
 }
 
 enum Source {
@@ -81,24 +85,34 @@ impl Answer {
             state
                 .metrics()
                 .cache_saved_tokens(&label, hit.answer.usage().total_tokens);
-            return Ok(Self {
-                cache: CacheStatus::Hit {
-                    similarity: hit.similarity,
-                },
-                source: Source::Cached(Replay::new(hit, label)),
-            });
+            let status = CacheStatus::Hit {
+                similarity: hit.similarity,
+            };
+            return Ok(Self::new(Source::Cached(Replay::new(hit, label)), status));
         }
         let generation = Generation::start(state, request, started_at).await?;
         Ok(match cached {
-            Some((cache, key)) => Self {
-                source: Source::Live(Box::new(generation.record(cache, key))),
-                cache: CacheStatus::Miss,
-            },
-            None => Self {
-                source: Source::Live(Box::new(generation)),
-                cache: CacheStatus::NotUsed,
-            },
+            Some((cache, key)) => Self::new(
+                Source::Live(Box::new(generation.record(cache, key))),
+                CacheStatus::Miss,
+            ),
+            None => Self::new(Source::Live(Box::new(generation)), CacheStatus::NotUsed),
         })
+    }
+
+    fn new(source: Source, cache: CacheStatus) -> Self {
+        Self {
+            source,
+            cache,
+            meter: None,
+            completion: String::new(),
+        }
+    }
+
+    /// Accounts the answer with `meter` when it is dropped.
+    pub(crate) fn metered(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
     }
 
     /// The model that produced the answer.
@@ -127,10 +141,17 @@ impl Answer {
 
     /// The next delta or finish; `None` once every choice has finished.
     pub(crate) async fn next(&mut self) -> Option<Result<Progress, BackendError>> {
-        match &mut self.source {
+        let progress = match &mut self.source {
             Source::Live(generation) => generation.next().await,
             Source::Cached(replay) => replay.events.pop_front().map(Ok),
+        };
+        if let Some(Ok(Progress::Delta(delta))) = &progress
+            && delta.index == 0
+            && self.meter.as_ref().is_some_and(Meter::wants_completion)
+        {
+            self.completion.push_str(&delta.text);
         }
+        progress
     }
 
     /// Token usage of the answer (for a cached one, what generating it cost).
@@ -180,6 +201,18 @@ impl Answer {
             }
         }
         headers
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            let served = match self.source {
+                Source::Live(_) => Served::Model,
+                Source::Cached(_) => Served::Cache,
+            };
+            meter.record(self.model(), self.usage(), served, &self.completion);
+        }
     }
 }
 

@@ -55,6 +55,9 @@ pub struct GatewayConfig {
     pub trust_forwarded_for: bool,
     /// Per-model prices for usage cost. Default none (everything costs 0).
     pub prices: crate::pricing::PriceList,
+    /// Store each prompt and answer, with emails, phone numbers, card numbers and IBANs
+    /// redacted, for review and access requests. Default false: no prompt is stored.
+    pub log_prompts: bool,
     /// After shutdown is signalled, how long in-flight requests and streams may run before
     /// their connections are closed. Default 30 s.
     pub shutdown_grace: Duration,
@@ -90,6 +93,7 @@ impl Default for GatewayConfig {
             jwt: None,
             trust_forwarded_for: false,
             prices: crate::pricing::PriceList::default(),
+            log_prompts: false,
         }
     }
 }

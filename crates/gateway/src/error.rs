@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The caller has no document by this id.
     #[error("No such document: {id}.")]
     DocumentNotFound { id: String },
+    /// No response by this id was answered to the caller.
+    #[error("No response {id} was answered to you.")]
+    ResponseNotFound { id: String },
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     RouteNotFound { method: String, path: String },
@@ -209,6 +212,10 @@ impl ApiError {
             E::DocumentNotFound { .. } => Rendering {
                 param: Some("id".to_owned()),
                 ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("document_not_found"))
+            },
+            E::ResponseNotFound { .. } => Rendering {
+                param: Some("response_id".to_owned()),
+                ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("response_not_found"))
             },
             E::RouteNotFound { .. } => {
                 Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("unknown_url"))
@@ -515,6 +522,13 @@ mod tests {
                 ApiError::DocumentNotFound { id: "doc_1".into() },
                 404,
                 Some("document_not_found"),
+            ),
+            (
+                ApiError::ResponseNotFound {
+                    id: "chatcmpl-1".into(),
+                },
+                404,
+                Some("response_not_found"),
             ),
         ];
         for (err, want_status, want_code) in cases {

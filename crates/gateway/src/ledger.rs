@@ -1,5 +1,5 @@
-//! The gateway's write-behind to the store: audit records (usage records join them with usage
-//! accounting) are queued and written by one background task that retries until the store takes them, so a store outage
+//! The gateway's write-behind to the store: usage, audit and prompt records are queued and
+//! written by one background task that retries until the store takes them, so a store outage
 //! delays records but never loses one a request already produced, and never fails or slows the
 //! request. On shutdown the gateway flushes the queue before it exits.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use passerelle_store::{NewAuditEvent, Store};
+use passerelle_store::{NewAuditEvent, PromptRecord, Store, StoreError, UsageRecord};
 use tokio::sync::{Notify, mpsc};
 
 /// Records waiting at most; past it new records are dropped and counted, because holding
@@ -16,6 +16,25 @@ const QUEUE_CAPACITY: usize = 100_000;
 /// Longest pause between two attempts at a record the store refused.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// One record for the store.
+#[derive(Debug, Clone)]
+enum Record {
+    Audit(NewAuditEvent),
+    Usage(UsageRecord),
+    Prompt(PromptRecord),
+}
+
+impl Record {
+    async fn write(&self, store: &dyn Store) -> Result<(), StoreError> {
+        match self {
+            Record::Audit(event) => store.append_audit(event.clone()).await.map(drop),
+            // Both are idempotent per response id, so a retry after a lost reply counts once.
+            Record::Usage(usage) => store.record_usage(usage).await,
+            Record::Prompt(prompt) => store.record_prompt(prompt).await,
+        }
+    }
+}
+
 /// The queue's sending side. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ledger {
@@ -23,7 +42,7 @@ pub(crate) struct Ledger {
 }
 
 struct Inner {
-    sender: mpsc::Sender<NewAuditEvent>,
+    sender: mpsc::Sender<Record>,
     outstanding: AtomicUsize,
     drained: Notify,
     dropped: prometheus::IntCounter,
@@ -65,7 +84,15 @@ impl Ledger {
     }
 
     pub(crate) fn audit(&self, event: NewAuditEvent) {
-        self.enqueue(event);
+        self.enqueue(Record::Audit(event));
+    }
+
+    pub(crate) fn usage(&self, record: UsageRecord) {
+        self.enqueue(Record::Usage(record));
+    }
+
+    pub(crate) fn prompt(&self, record: PromptRecord) {
+        self.enqueue(Record::Prompt(record));
     }
 
     /// Waits until every queued record is written, or `deadline` passes. Returns how many are
@@ -84,9 +111,9 @@ impl Ledger {
         self.inner.outstanding.load(Ordering::Acquire)
     }
 
-    fn enqueue(&self, event: NewAuditEvent) {
+    fn enqueue(&self, record: Record) {
         self.inner.outstanding.fetch_add(1, Ordering::AcqRel);
-        if let Err(err) = self.inner.sender.try_send(event) {
+        if let Err(err) = self.inner.sender.try_send(record) {
             self.finished();
             self.inner.dropped.inc();
             tracing::error!(error = %err, "ledger queue full; a record was dropped");
@@ -99,12 +126,12 @@ impl Ledger {
         }
     }
 
-    async fn write_all(self, store: Arc<dyn Store>, mut receiver: mpsc::Receiver<NewAuditEvent>) {
-        while let Some(event) = receiver.recv().await {
+    async fn write_all(self, store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Record>) {
+        while let Some(record) = receiver.recv().await {
             let mut backoff = Duration::from_millis(50);
             loop {
-                match store.append_audit(event.clone()).await {
-                    Ok(_) => break,
+                match record.write(store.as_ref()).await {
+                    Ok(()) => break,
                     Err(err) if err.is_unavailable() => {
                         tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "store unavailable; record kept for retry");
                         tokio::time::sleep(backoff).await;

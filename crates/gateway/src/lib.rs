@@ -29,6 +29,7 @@ mod generation;
 pub mod jwt;
 mod ledger;
 pub mod llm;
+mod meter;
 pub mod metrics;
 pub mod openai;
 pub mod pricing;
@@ -74,6 +75,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(routes::chat::create))
         .route("/v1/completions", post(routes::completions::create))
         .route("/v1/embeddings", post(routes::embeddings::create))
+        .route("/v1/usage", get(routes::usage::get))
+        .route("/v1/feedback", post(routes::feedback::create))
         .route("/admin/drift", get(routes::admin::drift))
         .route("/admin/drift/baseline", post(routes::admin::rebase_drift))
         .route(

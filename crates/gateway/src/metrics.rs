@@ -11,7 +11,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use passerelle_telemetry::metrics::{INTER_TOKEN_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::body::attach_to_body;
 
@@ -41,6 +41,8 @@ struct Inner {
     completion_tokens: IntCounterVec,
     cache_results: IntCounterVec,
     cache_saved_tokens: IntCounterVec,
+    feedback: IntCounterVec,
+    satisfaction: Gauge,
 }
 
 impl GatewayMetrics {
@@ -101,6 +103,15 @@ impl GatewayMetrics {
                 ),
                 &["model"],
             )?,
+            feedback: IntCounterVec::new(
+                Opts::new("passerelle_feedback_total", "Ratings received, by rating."),
+                &["rating"],
+            )?,
+            satisfaction: Gauge::new(
+                "passerelle_feedback_satisfaction_ratio",
+                "Share of thumbs-up among the ratings of the last 24 hours, all replicas \
+                 together; updated as ratings arrive.",
+            )?,
         };
         registry.register(Box::new(inner.requests.clone()))?;
         registry.register(Box::new(inner.request_duration.clone()))?;
@@ -111,9 +122,20 @@ impl GatewayMetrics {
         registry.register(Box::new(inner.completion_tokens.clone()))?;
         registry.register(Box::new(inner.cache_results.clone()))?;
         registry.register(Box::new(inner.cache_saved_tokens.clone()))?;
+        registry.register(Box::new(inner.feedback.clone()))?;
+        registry.register(Box::new(inner.satisfaction.clone()))?;
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    /// `rating`: `up` or `down`.
+    pub(crate) fn feedback(&self, rating: &'static str) {
+        self.inner.feedback.with_label_values(&[rating]).inc();
+    }
+
+    pub(crate) fn satisfaction(&self, ratio: f64) {
+        self.inner.satisfaction.set(ratio);
     }
 
     /// `result`: `hit`, `miss` or `error`.

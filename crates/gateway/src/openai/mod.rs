@@ -100,11 +100,16 @@ pub(crate) struct ResponseMeta {
     pub(crate) system_fingerprint: &'static str,
 }
 
+/// A new response id; `prefix` is OpenAI's id prefix for the API (`chatcmpl`, `cmpl`).
+pub(crate) fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
 impl ResponseMeta {
-    /// `prefix` is OpenAI's id prefix for the API (`chatcmpl`, `cmpl`).
-    pub(crate) fn new(prefix: &str, model: &str) -> Self {
+    /// `id` comes from [`response_id`].
+    pub(crate) fn new(id: String, model: &str) -> Self {
         Self {
-            id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            id,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -11,9 +11,10 @@ use crate::answer::Answer;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{AppJson, RequestId};
-use crate::openai::ResponseMeta;
+use crate::meter::{Endpoint, Meter};
 use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::chat_response::{ChatChunks, ChatCompletion};
+use crate::openai::{ResponseMeta, response_id};
 use crate::retrieval;
 use crate::sse;
 use crate::state::AppState;
@@ -49,11 +50,15 @@ async fn respond(
         None => None,
     };
     let scope = citations.as_deref().and_then(retrieval::cache_scope);
-    let answer =
-        Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref()).await?;
+    let id = response_id("chatcmpl");
+    let meter =
+        Meter::new(state, principal, Endpoint::Chat, &id, started_at).with_prompt(&plan.request);
+    let answer = Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref())
+        .await?
+        .metered(meter);
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
-    let meta = ResponseMeta::new("chatcmpl", answer.model());
+    let meta = ResponseMeta::new(id, answer.model());
     let response = match plan.stream {
         Some(stream) => {
             let chunks = ChatChunks::new(meta, stream.include_usage, plan.logprobs)

@@ -11,9 +11,10 @@ use crate::answer::Answer;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{AppJson, RequestId};
-use crate::openai::ResponseMeta;
+use crate::meter::{Endpoint, Meter};
 use crate::openai::completion_response::{TextChunks, TextCompletion};
 use crate::openai::completions::CompletionRequest;
+use crate::openai::{ResponseMeta, response_id};
 use crate::sse;
 use crate::state::AppState;
 
@@ -41,10 +42,15 @@ async fn respond(
 ) -> Result<(Response, String), ApiError> {
     principal.check_model(&body.model)?;
     let plan = body.into_plan(request_id)?;
-    let answer = Answer::start(state, principal, plan.request, started_at).await?;
+    let id = response_id("cmpl");
+    let meter = Meter::new(state, principal, Endpoint::Completions, &id, started_at)
+        .with_prompt(&plan.request);
+    let answer = Answer::start(state, principal, plan.request, started_at)
+        .await?
+        .metered(meter);
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
-    let meta = ResponseMeta::new("cmpl", answer.model());
+    let meta = ResponseMeta::new(id, answer.model());
     let response = match plan.stream {
         Some(stream) => {
             let chunks = TextChunks::new(meta, stream.include_usage, plan.logprobs);

@@ -5,9 +5,11 @@ pub(crate) mod chat;
 pub(crate) mod completions;
 pub(crate) mod documents;
 pub(crate) mod embeddings;
+pub(crate) mod feedback;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod models;
+pub(crate) mod usage;
 
 use axum::http::{Method, Uri};
 

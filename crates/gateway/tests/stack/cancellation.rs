@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use passerelle_store::{UsageQuery, UsageStore as _, unix_now};
 use passerelle_testkit::stack::Stack;
 use serde_json::json;
 
@@ -53,6 +54,28 @@ async fn disconnecting_mid_stream_stops_the_engine() {
     assert!(
         generated < MAX_TOKENS,
         "generation ran to {generated} tokens after the client left"
+    );
+
+    // The abandoned answer is accounted with the tokens generated before the client left.
+    let query = UsageQuery {
+        principal: None,
+        since: 0,
+        until: unix_now(),
+    };
+    let mut recorded = Vec::new();
+    for _ in 0..100 {
+        recorded = stack.store().usage_summary(&query).await.unwrap();
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].requests, 1);
+    assert!(recorded[0].prompt_tokens > 0);
+    assert!(
+        (2..MAX_TOKENS as u64).contains(&recorded[0].completion_tokens),
+        "{recorded:?}"
     );
 
     // The engine is free again and nothing was left behind.

@@ -11,3 +11,4 @@ mod embeddings;
 mod errors;
 mod semantic_cache;
 mod support;
+mod usage;
