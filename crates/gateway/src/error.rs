@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The caller has no document by this id.
     #[error("No such document: {id}.")]
     DocumentNotFound { id: String },
+    /// No stored API key has this id or display prefix.
+    #[error("No API key with id or prefix `{id}`.")]
+    KeyNotFound { id: String },
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     RouteNotFound { method: String, path: String },
@@ -210,6 +213,10 @@ impl ApiError {
                 param: Some("id".to_owned()),
                 ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("document_not_found"))
             },
+            E::KeyNotFound { .. } => Rendering {
+                param: Some("id".to_owned()),
+                ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("key_not_found"))
+            },
             E::RouteNotFound { .. } => {
                 Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("unknown_url"))
             }
@@ -318,6 +325,7 @@ impl From<passerelle_store::StoreError> for ApiError {
             S::InvalidName(_) | S::InvalidScope(_) | S::InvalidInput(_) => {
                 ApiError::invalid_request(err.to_string())
             }
+            S::KeyNotFound(id) => ApiError::KeyNotFound { id },
             err => ApiError::Internal {
                 detail: format!("state store: {err}"),
             },
@@ -515,6 +523,11 @@ mod tests {
                 ApiError::DocumentNotFound { id: "doc_1".into() },
                 404,
                 Some("document_not_found"),
+            ),
+            (
+                ApiError::from(passerelle_store::StoreError::KeyNotFound("k".into())),
+                404,
+                Some("key_not_found"),
             ),
         ];
         for (err, want_status, want_code) in cases {
