@@ -331,6 +331,8 @@ mod tests {
         assert_eq!(access("/v1/documents/{id}").scope, Some(Scope::Documents));
         assert_eq!(access("/admin/keys").scope, Some(Scope::Admin));
         assert!(!access("/admin/keys").metered);
+        assert_eq!(access("/admin/keys/{id}").scope, Some(Scope::Admin));
+        assert_eq!(access("/admin/audit").scope, Some(Scope::Admin));
         assert_eq!(access("/v1/users/{id}/data").scope, Some(Scope::Admin));
         assert_eq!(access("/v1/models").scope, None);
         assert_eq!(access("/v1/usage").scope, None);
