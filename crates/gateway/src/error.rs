@@ -59,6 +59,9 @@ pub enum ApiError {
     /// No response by this id was answered to the caller.
     #[error("No response {id} was answered to you.")]
     ResponseNotFound { id: String },
+    /// No stored API key has this id or display prefix.
+    #[error("No API key with id or prefix `{id}`.")]
+    KeyNotFound { id: String },
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     RouteNotFound { method: String, path: String },
@@ -217,6 +220,10 @@ impl ApiError {
                 param: Some("response_id".to_owned()),
                 ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("response_not_found"))
             },
+            E::KeyNotFound { .. } => Rendering {
+                param: Some("id".to_owned()),
+                ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("key_not_found"))
+            },
             E::RouteNotFound { .. } => {
                 Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("unknown_url"))
             }
@@ -325,6 +332,7 @@ impl From<passerelle_store::StoreError> for ApiError {
             S::InvalidName(_) | S::InvalidScope(_) | S::InvalidInput(_) => {
                 ApiError::invalid_request(err.to_string())
             }
+            S::KeyNotFound(id) => ApiError::KeyNotFound { id },
             err => ApiError::Internal {
                 detail: format!("state store: {err}"),
             },
@@ -529,6 +537,11 @@ mod tests {
                 },
                 404,
                 Some("response_not_found"),
+            ),
+            (
+                ApiError::from(passerelle_store::StoreError::KeyNotFound("k".into())),
+                404,
+                Some("key_not_found"),
             ),
         ];
         for (err, want_status, want_code) in cases {

@@ -11,8 +11,10 @@
 //! `catalog` (the cached model list), [`metrics`] (Prometheus), `admission` (the concurrency
 //! bound), [`ratelimit`] (per-principal rpm, tpm and concurrency limits, in process or in Redis),
 //! [`jwt`] (bearer-token verification), `documents` (the client of the document store) with
-//! [`retrieval`] (documents put in chat prompts and cited) and `routes` (the handlers).
+//! [`retrieval`] (documents put in chat prompts and cited), [`admin`] (the operator API's
+//! shapes: keys, audit log, erasure) and `routes` (the handlers).
 
+pub mod admin;
 mod admission;
 mod answer;
 pub mod auth;
@@ -46,7 +48,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderName;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
@@ -79,6 +81,16 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/feedback", post(routes::feedback::create))
         .route("/admin/drift", get(routes::admin::drift))
         .route("/admin/drift/baseline", post(routes::admin::rebase_drift))
+        .route(
+            "/admin/keys",
+            post(routes::keys::create).get(routes::keys::list),
+        )
+        .route(
+            "/admin/keys/{id}",
+            get(routes::keys::get).delete(routes::keys::revoke),
+        )
+        .route("/admin/audit", get(routes::audit::list))
+        .route("/v1/users/{id}/data", delete(routes::users::erase))
         .route(
             "/v1/documents",
             post(routes::documents::create).get(routes::documents::list),

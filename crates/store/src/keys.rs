@@ -316,8 +316,10 @@ pub(crate) fn validate_name(name: &str) -> Result<&str, StoreError> {
     check_label("name", name).map_err(StoreError::InvalidName)
 }
 
-/// The rules of [`validate_name`] for other labels (owners, models), naming the field.
-pub(crate) fn validate_label<'a>(field: &str, value: &'a str) -> Result<&'a str, StoreError> {
+/// The rules every stored label follows (key names, owners, models, principals): trimmed, 1 to
+/// 128 characters, no control characters. Returns the trimmed label, or an
+/// [`StoreError::InvalidInput`] naming `field`, so callers can check input before a store call.
+pub fn validate_label<'a>(field: &str, value: &'a str) -> Result<&'a str, StoreError> {
     check_label(field, value)
         .map_err(|reason| StoreError::InvalidInput(format!("invalid {field}: {reason}")))
 }

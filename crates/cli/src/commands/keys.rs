@@ -25,7 +25,7 @@ pub async fn run(args: KeysArgs, file: &FileConfig) -> anyhow::Result<()> {
                 store.as_ref(),
                 NewAuditEvent::now(CLI_ACTOR, AuditAction::KeyCreated)
                     .target(&record.id)
-                    .detail(format!("name={:?} owner={:?}", record.name, record.owner)),
+                    .detail(audit_detail(&record)),
             )
             .await;
             println!(
@@ -82,6 +82,14 @@ async fn audit(store: &dyn Store, event: NewAuditEvent) {
     if let Err(err) = store.append_audit(event).await {
         eprintln!("warning: the key changed but its audit record could not be written: {err}");
     }
+}
+
+/// Not the name or owner: erasure pseudonymizes an audit event's actor and target, not its
+/// free text, so a principal's id written here would outlive its erasure. The same detail as the
+/// gateway's `POST /admin/keys`.
+fn audit_detail(record: &KeyRecord) -> String {
+    let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+    format!("prefix={} scopes={}", record.prefix, scopes.join(","))
 }
 
 fn describe(key: &KeyRecord, now: u64) -> String {

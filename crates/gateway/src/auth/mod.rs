@@ -11,9 +11,10 @@ mod principal;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use passerelle_store::{AuditAction, KeyVerifier as _, NewAuditEvent, Scope, unix_now};
@@ -132,9 +133,22 @@ fn blocked(principal: &Principal, route: &str, client: Option<&str>, why: String
 }
 
 /// The caller's address, for the audit log: the peer, or the first `X-Forwarded-For` hop when
-/// the operator says a proxy (nginx) sets it.
+/// the operator says a proxy (nginx) sets it. The access layer puts it in the request's
+/// extensions; as an extractor it is `None` on routes outside that layer.
 #[derive(Debug, Clone, Default)]
 pub struct ClientAddr(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddr>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
 
 fn client_addr(state: &AppState, req: &Request) -> Option<String> {
     if state.config().trust_forwarded_for
@@ -317,6 +331,8 @@ mod tests {
         assert_eq!(access("/v1/documents/{id}").scope, Some(Scope::Documents));
         assert_eq!(access("/admin/keys").scope, Some(Scope::Admin));
         assert!(!access("/admin/keys").metered);
+        assert_eq!(access("/admin/keys/{id}").scope, Some(Scope::Admin));
+        assert_eq!(access("/admin/audit").scope, Some(Scope::Admin));
         assert_eq!(access("/v1/users/{id}/data").scope, Some(Scope::Admin));
         assert_eq!(access("/v1/models").scope, None);
         assert_eq!(access("/v1/usage").scope, None);

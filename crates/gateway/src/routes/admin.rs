@@ -2,8 +2,10 @@
 
 use axum::Json;
 use axum::extract::State;
+use passerelle_store::AuditAction;
 
-use crate::auth::Principal;
+use crate::admin::AdminAudit;
+use crate::auth::{ClientAddr, Principal};
 use crate::drift::DriftReport;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -25,8 +27,16 @@ pub(crate) async fn drift(
 /// `POST /admin/drift/baseline`: accept the recent window as the new baseline.
 pub(crate) async fn rebase_drift(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
+    client: ClientAddr,
 ) -> Result<Json<DriftReport>, ApiError> {
     let drift = state.drift().ok_or(DRIFT_DISABLED)?;
-    Ok(Json(drift.rebase()))
+    let report = drift.rebase();
+    state.audit(
+        AdminAudit::new(&principal, &client)
+            .event(AuditAction::AdminAction)
+            .target("drift baseline")
+            .detail("the recent window became the baseline"),
+    );
+    Ok(Json(report))
 }

@@ -2,6 +2,7 @@
 //! random-weight Qwen2 model written by testkit, over HTTP and gRPC on loopback.
 
 mod access;
+mod admin;
 mod cancellation;
 mod chat;
 mod completions;
