@@ -172,6 +172,10 @@ pub struct GatewayOptions {
     /// Accept RS256/ES256 JWTs verified with this PEM public key file [default: none].
     #[arg(long, env = "PASSERELLE_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`) of RSA and EC public keys; each token's `kid` picks its
+    /// key, so identity-provider key rotation needs only a new file and a restart.
+    #[arg(long, env = "PASSERELLE_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
     /// The `iss` JWTs must carry [default: not checked].
     #[arg(long, env = "PASSERELLE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,

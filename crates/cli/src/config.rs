@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub rate_limit_concurrency: Option<u32>,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<PathBuf>,
+    pub jwt_jwks: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub trust_forwarded_for: Option<bool>,

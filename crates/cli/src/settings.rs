@@ -290,12 +290,14 @@ fn jwt(
         })?),
         None => None,
     };
-    if secret.is_none() && public_key.is_none() {
+    let jwks_path = args.jwt_jwks.clone().or_else(|| file.jwt_jwks.clone());
+    if secret.is_none() && public_key.is_none() && jwks_path.is_none() {
         return Ok(None);
     }
     Ok(Some(passerelle_gateway::jwt::JwtConfig {
         hs256_secret: secret,
         public_key_pem: public_key,
+        jwks_path,
         issuer: args.jwt_issuer.clone().or_else(|| file.jwt_issuer.clone()),
         audience: args
             .jwt_audience
@@ -425,6 +427,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(from_flag.api_keys, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn jwt_keys_and_prompt_logging_come_from_flags_or_the_file() {
+        let file: FileConfig =
+            toml::from_str("jwt_jwks = \"/etc/idp/jwks.json\"\nlog_prompts = true").unwrap();
+        let settings = gateway(&serve_args(&[]).gateway, &file, String::new(), None).unwrap();
+        let jwt = settings.config.jwt.expect("a JWKS turns JWT auth on");
+        assert_eq!(
+            jwt.jwks_path.as_deref(),
+            Some(std::path::Path::new("/etc/idp/jwks.json"))
+        );
+        assert!(settings.config.log_prompts);
+        let defaults = gateway(
+            &serve_args(&[]).gateway,
+            &FileConfig::default(),
+            String::new(),
+            None,
+        )
+        .unwrap();
+        assert!(defaults.config.jwt.is_none());
+        assert!(!defaults.config.log_prompts);
+        let flagged = gateway(
+            &serve_args(&["--log-prompts", "--jwt-jwks", "keys.json"]).gateway,
+            &FileConfig::default(),
+            String::new(),
+            None,
+        )
+        .unwrap();
+        assert!(flagged.config.log_prompts);
+        assert!(flagged.config.jwt.is_some());
     }
 
     #[test]
