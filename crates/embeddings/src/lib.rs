@@ -38,6 +38,6 @@ pub use engine::{
 };
 pub use error::{EmbedFailure, EmbeddingsError, LoadError};
 pub use model::{ModelSpec, SentenceModel, SentenceVector};
-pub use request::{EmbedOptions, Embedded, MAX_INPUTS};
+pub use request::{EmbedOptions, Embedded, Inputs, MAX_INPUTS};
 pub use serve::{EmbeddingsServiceConfig, serve};
 pub use service::{EmbeddingsService, TRUNCATED_METADATA};

@@ -17,6 +17,27 @@ use crate::{error::EmbeddingsError, model::SentenceVector, vector};
 /// Most inputs one request may carry, as in OpenAI's API.
 pub const MAX_INPUTS: usize = 2048;
 
+/// What to embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inputs {
+    Texts(Vec<String>),
+    /// The model's own token ids, special tokens included, as its tokenizer produces them.
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl Inputs {
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(texts) => texts.len(),
+            Inputs::Tokens(ids) => ids.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// How to shape the vectors of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmbedOptions {
@@ -54,34 +75,61 @@ pub(crate) struct Limits<'a> {
     pub model_id: &'a str,
     pub dimension: usize,
     pub matryoshka: bool,
+    pub vocab_size: usize,
 }
 
 /// Checks a request before it is queued.
 pub(crate) fn validate(
-    texts: &[String],
+    inputs: &Inputs,
     options: &EmbedOptions,
     limits: Limits<'_>,
 ) -> Result<(), EmbeddingsError> {
-    if texts.is_empty() {
+    if inputs.is_empty() {
         return Err(EmbeddingsError::invalid(
             "input",
             "`input` must hold at least one text.",
         ));
     }
-    if texts.len() > MAX_INPUTS {
+    if inputs.len() > MAX_INPUTS {
         return Err(EmbeddingsError::invalid(
             "input",
             format!(
-                "`input` may hold at most {MAX_INPUTS} texts, got {}.",
-                texts.len()
+                "`input` may hold at most {MAX_INPUTS} inputs, got {}.",
+                inputs.len()
             ),
         ));
     }
-    if let Some(index) = texts.iter().position(String::is_empty) {
-        return Err(EmbeddingsError::invalid(
-            format!("input[{index}]"),
-            "Inputs must not be empty strings.",
-        ));
+    match inputs {
+        Inputs::Texts(texts) => {
+            if let Some(index) = texts.iter().position(String::is_empty) {
+                return Err(EmbeddingsError::invalid(
+                    format!("input[{index}]"),
+                    "Inputs must not be empty strings.",
+                ));
+            }
+        }
+        Inputs::Tokens(inputs) => {
+            if let Some(index) = inputs.iter().position(Vec::is_empty) {
+                return Err(EmbeddingsError::invalid(
+                    format!("input[{index}]"),
+                    "Token inputs must hold at least one token id.",
+                ));
+            }
+            let vocab = limits.vocab_size;
+            for (index, ids) in inputs.iter().enumerate() {
+                if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(EmbeddingsError::invalid(
+                        format!("input[{index}]"),
+                        format!(
+                            "Token id {id} is outside the vocabulary of model `{}` \
+                             (0 to {}).",
+                            limits.model_id,
+                            vocab.saturating_sub(1)
+                        ),
+                    ));
+                }
+            }
+        }
     }
     if let Some(dimensions) = options.dimensions {
         let native = limits.dimension;
@@ -151,10 +199,11 @@ mod tests {
         model_id: "m",
         dimension: 4,
         matryoshka: false,
+        vocab_size: 10,
     };
 
-    fn texts(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| (*s).to_owned()).collect()
+    fn texts(items: &[&str]) -> Inputs {
+        Inputs::Texts(items.iter().map(|s| (*s).to_owned()).collect())
     }
 
     fn param(err: EmbeddingsError) -> String {
@@ -167,18 +216,38 @@ mod tests {
     #[test]
     fn limits_on_inputs_name_their_param() {
         let none = EmbedOptions::default();
-        assert_eq!(param(validate(&[], &none, LIMITS).unwrap_err()), "input");
-        let too_many = vec!["x".to_owned(); MAX_INPUTS + 1];
         assert_eq!(
-            param(validate(&too_many, &none, LIMITS).unwrap_err()),
+            param(validate(&texts(&[]), &none, LIMITS).unwrap_err()),
             "input"
         );
-        assert!(validate(&too_many[..MAX_INPUTS], &none, LIMITS).is_ok());
+        let too_many = vec!["x".to_owned(); MAX_INPUTS + 1];
+        let inputs = Inputs::Texts(too_many.clone());
+        assert_eq!(
+            param(validate(&inputs, &none, LIMITS).unwrap_err()),
+            "input"
+        );
+        let inputs = Inputs::Texts(too_many[..MAX_INPUTS].to_vec());
+        assert!(validate(&inputs, &none, LIMITS).is_ok());
         assert_eq!(
             param(validate(&texts(&["ok", ""]), &none, LIMITS).unwrap_err()),
             "input[1]"
         );
         assert!(validate(&texts(&[" "]), &none, LIMITS).is_ok());
+    }
+
+    #[test]
+    fn token_inputs_must_be_non_empty_and_in_the_vocabulary() {
+        let none = EmbedOptions::default();
+        let tokens =
+            |inputs: &[&[u32]]| Inputs::Tokens(inputs.iter().map(|i| i.to_vec()).collect());
+        assert!(validate(&tokens(&[&[0, 9], &[3]]), &none, LIMITS).is_ok());
+        assert_eq!(
+            param(validate(&tokens(&[&[1], &[]]), &none, LIMITS).unwrap_err()),
+            "input[1]"
+        );
+        let err = validate(&tokens(&[&[1], &[2, 10]]), &none, LIMITS).unwrap_err();
+        assert!(err.to_string().contains("10"), "{err}");
+        assert_eq!(param(err), "input[1]");
     }
 
     #[test]

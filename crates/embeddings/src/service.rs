@@ -29,6 +29,7 @@ use crate::{
     engine::{EmbeddingHandle, EngineState},
     error::EmbeddingsError,
     request::EmbedOptions,
+    request::Inputs,
 };
 
 /// Response metadata: how many inputs were longer than the model's `max_seq_length` and were
@@ -99,10 +100,21 @@ impl Embeddings for EmbeddingsService {
                 .dimensions
                 .map(|d| usize::try_from(d).unwrap_or(usize::MAX)),
         };
+        let inputs = match (request.inputs.is_empty(), request.token_inputs.is_empty()) {
+            (false, false) => {
+                return Err(Status::invalid_argument(
+                    "send either texts or token ids as inputs, not both",
+                ));
+            }
+            (true, false) => {
+                Inputs::Tokens(request.token_inputs.into_iter().map(|t| t.ids).collect())
+            }
+            _ => Inputs::Texts(request.inputs),
+        };
         let span = tracing::info_span!("embeddings.request", request_id = %request.request_id);
         let embedded = self
             .engine
-            .embed_with(&request.model, request.inputs, options)
+            .embed_with(&request.model, inputs, options)
             .instrument(span)
             .await?;
         let tokens = u32::try_from(embedded.total_tokens()).unwrap_or(u32::MAX);

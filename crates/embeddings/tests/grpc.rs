@@ -14,7 +14,8 @@ use passerelle_embeddings::{EmbeddingsServiceConfig, TRUNCATED_METADATA, serve};
 use passerelle_proto::{
     common::{ListModelsRequest, ModelState},
     embeddings::{
-        CacheLookupRequest, CacheStoreRequest, EmbedRequest, embeddings_client::EmbeddingsClient,
+        CacheLookupRequest, CacheStoreRequest, EmbedRequest, TokenInput,
+        embeddings_client::EmbeddingsClient,
     },
 };
 use prometheus::Registry;
@@ -106,7 +107,56 @@ fn request(inputs: &[&str]) -> EmbedRequest {
         normalize: true,
         dimensions: None,
         request_id: "req-1".to_owned(),
+        token_inputs: Vec::new(),
     }
+}
+
+#[tokio::test]
+async fn token_ids_embed_like_the_text_they_encode() {
+    let server = Server::start(minilm_dir()).await;
+    server.wait_until_serving().await;
+    let mut client = server.client().await;
+    let texts = [
+        "A cat sleeps on the sofa.",
+        "Rust has no garbage collector.",
+    ];
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_file(minilm_dir().join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).unwrap();
+    let token_inputs: Vec<TokenInput> = texts
+        .iter()
+        .map(|text| TokenInput {
+            ids: tokenizer.encode(*text, true).unwrap().get_ids().to_vec(),
+        })
+        .collect();
+    let from_text = client.embed(request(&texts)).await.unwrap().into_inner();
+    let mut by_ids = request(&[]);
+    by_ids.token_inputs = token_inputs.clone();
+    let from_ids = client.embed(by_ids).await.unwrap().into_inner();
+    assert_eq!(from_ids.embeddings.len(), 2);
+    for (a, b) in from_ids.embeddings.iter().zip(&from_text.embeddings) {
+        assert!(max_abs_diff(&a.values, &b.values) <= 1e-5);
+    }
+    assert_eq!(from_ids.usage, from_text.usage);
+
+    let mut both = request(&["x"]);
+    both.token_inputs = token_inputs;
+    assert_eq!(
+        client.embed(both).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut outside = request(&[]);
+    outside.token_inputs = vec![TokenInput {
+        ids: vec![101, 30_522],
+    }];
+    let status = client.embed(outside).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.metadata().get("passerelle-param").unwrap(),
+        "input[0]"
+    );
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ pub use metrics::EngineStats;
 use crate::{
     error::EmbeddingsError,
     model::ModelSpec,
-    request::{self, EmbedOptions, Embedded, Limits},
+    request::{self, EmbedOptions, Embedded, Inputs, Limits},
 };
 use metrics::{EngineMetrics, Outcome};
 use worker::{Job, Worker};
@@ -165,20 +165,20 @@ impl EmbeddingHandle {
         texts: Vec<String>,
         options: EmbedOptions,
     ) -> Result<Embedded, EmbeddingsError> {
-        self.embed_with("", texts, options).await
+        self.embed_with("", Inputs::Texts(texts), options).await
     }
 
-    /// Embeds `texts` for a request naming `model`; an empty name means this engine's model.
+    /// Embeds `inputs` for a request naming `model`; an empty name means this engine's model.
     /// Validation errors, an unknown model, a model still loading and a full queue are returned
     /// without waiting. Dropping the future before the vectors arrive cancels the request if
     /// its batch has not started.
     pub async fn embed_with(
         &self,
         model: &str,
-        texts: Vec<String>,
+        inputs: Inputs,
         options: EmbedOptions,
     ) -> Result<Embedded, EmbeddingsError> {
-        let result = self.embed_inner(model, texts, options).await;
+        let result = self.embed_inner(model, inputs, options).await;
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(EmbeddingsError::InvalidArgument { .. } | EmbeddingsError::ModelNotFound(_)) => {
@@ -199,27 +199,28 @@ impl EmbeddingHandle {
     async fn embed_inner(
         &self,
         model: &str,
-        texts: Vec<String>,
+        inputs: Inputs,
         options: EmbedOptions,
     ) -> Result<Embedded, EmbeddingsError> {
         let served = self.served(model)?;
         request::validate(
-            &texts,
+            &inputs,
             &options,
             Limits {
                 model_id: &self.inner.model_id,
                 dimension: served.spec.dimension,
                 matryoshka: self.inner.matryoshka,
+                vocab_size: served.spec.vocab_size,
             },
         )?;
         let span = tracing::info_span!(
             "embeddings.embed",
             model = %self.inner.model_id,
-            inputs = texts.len(),
+            inputs = inputs.len(),
         );
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            texts,
+            inputs,
             reply,
             span,
             admitted: Instant::now(),
@@ -290,6 +291,7 @@ mod tests {
                 max_seq_length: 8,
                 normalized: true,
                 pooling: vec!["mean"],
+                vocab_size: 10,
             },
             created_unix: 0,
         }))
@@ -306,7 +308,11 @@ mod tests {
         assert!(matches!(err, EmbeddingsError::Loading));
         assert!(matches!(
             handle
-                .embed_with("other", texts.clone(), EmbedOptions::default())
+                .embed_with(
+                    "other",
+                    Inputs::Texts(texts.clone()),
+                    EmbedOptions::default()
+                )
                 .await,
             Err(EmbeddingsError::ModelNotFound(_))
         ));

@@ -21,7 +21,8 @@ use crate::{
         metrics::{EngineMetrics, Outcome},
     },
     error::{EmbeddingsError, LoadError},
-    model::{SentenceModel, SentenceVector},
+    model::{SentenceModel, SentenceVector, tokenize::Encoded},
+    request::Inputs,
 };
 
 /// The model's vectors for one request, or why there are none.
@@ -29,7 +30,7 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<SentenceVector>, EmbeddingsEr
 
 /// A checked request on its way to the engine thread.
 pub(crate) struct Job {
-    pub texts: Vec<String>,
+    pub inputs: Inputs,
     pub reply: Reply,
     /// The request's span; the batch that serves it follows from it.
     pub span: Span,
@@ -96,14 +97,14 @@ impl Worker {
     }
 
     /// `first` and the requests queued behind it, while they add up to fewer than `max_batch`
-    /// texts: requests that arrive together share forward passes.
+    /// inputs: requests that arrive together share forward passes.
     fn gather(&mut self, first: Job) -> Vec<Job> {
-        let mut texts = first.texts.len();
+        let mut inputs = first.inputs.len();
         let mut jobs = vec![first];
-        while texts < self.max_batch {
+        while inputs < self.max_batch {
             match self.commands.try_recv() {
                 Ok(job) => {
-                    texts += job.texts.len();
+                    inputs += job.inputs.len();
                     jobs.push(job);
                 }
                 Err(_) => break,
@@ -127,19 +128,19 @@ impl Worker {
             span.follows_from(&job.span);
         }
         let _entered = span.enter();
-        let sizes: Vec<usize> = jobs.iter().map(|job| job.texts.len()).collect();
-        let mut texts = Vec::with_capacity(sizes.iter().sum());
-        for job in &mut jobs {
-            texts.append(&mut job.texts);
-        }
+        let sizes: Vec<usize> = jobs.iter().map(|job| job.inputs.len()).collect();
         let waited = jobs.iter().map(|job| job.admitted.elapsed()).max();
-        tracing::debug!(texts = texts.len(), ?waited, "embedding batch");
+        tracing::debug!(
+            inputs = sizes.iter().sum::<usize>(),
+            ?waited,
+            "embedding batch"
+        );
 
         // A panic is a bug in one batch; the model holds no per-request state, so the engine
         // answers these requests with an error and keeps serving.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             pool.install(|| {
-                let encoded = model.tokenize(&texts)?;
+                let encoded = encode_all(model, &mut jobs, &sizes)?;
                 model.embed_encoded(&encoded, self.max_batch, |_, elapsed| {
                     self.metrics.batch_seconds.observe(elapsed.as_secs_f64());
                 })
@@ -186,6 +187,33 @@ impl Worker {
         passerelle_model_runtime::compute::compute_pool("embeddings-compute", threads)
             .map_err(|source| LoadError::ThreadPool { threads, source })
     }
+}
+
+/// Every input of `jobs`, in order, ready for the model: the texts of all jobs tokenized in one
+/// parallel call, token inputs taken as they are.
+/// `sizes` are the jobs' input counts, taken before their texts were moved out.
+fn encode_all(
+    model: &SentenceModel,
+    jobs: &mut [Job],
+    sizes: &[usize],
+) -> Result<Vec<Encoded>, crate::error::EmbedFailure> {
+    let mut texts = Vec::new();
+    for job in jobs.iter_mut() {
+        if let Inputs::Texts(own) = &mut job.inputs {
+            texts.append(own);
+        }
+    }
+    let mut tokenized = model.tokenize(&texts)?.into_iter();
+    let mut encoded = Vec::new();
+    for (job, &size) in jobs.iter().zip(sizes) {
+        match &job.inputs {
+            Inputs::Texts(_) => encoded.extend(tokenized.by_ref().take(size)),
+            Inputs::Tokens(inputs) => {
+                encoded.extend(inputs.iter().map(|ids| model.encode_ids(ids)))
+            }
+        }
+    }
+    Ok(encoded)
 }
 
 /// Loads the model and embeds one text so the first request pays no first-run cost.

@@ -34,6 +34,8 @@ pub struct ModelSpec {
     pub normalized: bool,
     /// `pooling_mode` names, in concatenation order.
     pub pooling: Vec<&'static str>,
+    /// Token ids run from 0 to `vocab_size - 1`.
+    pub vocab_size: usize,
 }
 
 /// One input's vector, after the model's own pipeline (pooling, and normalisation when the
@@ -79,6 +81,7 @@ impl SentenceModel {
             max_seq_length: layout.max_seq_length,
             normalized: layout.normalize,
             pooling: layout.pooling.modes().iter().map(|m| m.name()).collect(),
+            vocab_size: layout.bert.vocab_size,
         };
         Ok(Self {
             encoder,
@@ -97,6 +100,17 @@ impl SentenceModel {
         self.embed(&[WARM_UP_TEXT.to_owned()], 1)
             .map(drop)
             .map_err(|err| LoadError::WarmUp(err.to_string()))
+    }
+
+    /// Takes pre-tokenized inputs as they are, cut at `max_seq_length` like a text would be.
+    /// Ids were checked against the vocabulary when the request was admitted.
+    pub fn encode_ids(&self, ids: &[u32]) -> Encoded {
+        let kept = ids.len().min(self.spec.max_seq_length);
+        Encoded {
+            ids: ids[..kept].to_vec(),
+            type_ids: vec![0; kept],
+            truncated: kept < ids.len(),
+        }
     }
 
     /// Tokenizes `texts` (in parallel on the current rayon pool).

@@ -148,6 +148,7 @@ impl DriftMonitor {
             normalize: true,
             dimensions: None,
             request_id: String::new(),
+            ..EmbedRequest::default()
         };
         let embedding = match self.inner.backend.embed(request).await {
             Ok(response) => response.embeddings.into_iter().next(),

@@ -1,7 +1,7 @@
 //! `POST /v1/embeddings`: request validation and the response shape.
 
 use base64::Engine as _;
-use passerelle_proto::embeddings::{EmbedRequest, EmbedResponse};
+use passerelle_proto::embeddings::{EmbedRequest, EmbedResponse, TokenInput};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -56,35 +56,40 @@ impl EmbeddingRequest {
                 "`model` must not be empty.",
             ));
         }
-        let inputs = match self.input {
-            EmbeddingInput::Text(text) => vec![text],
-            EmbeddingInput::Texts(texts) => texts,
-            EmbeddingInput::Tokens(_) | EmbeddingInput::TokenBatches(_) => {
-                return Err(ApiError::invalid_param(
-                    "input",
-                    "Token-id input is not supported by this server's embedding models; send text.",
-                ));
-            }
+        // Token ids are the embedding model's own (its tokenizer's output, special tokens
+        // included); the service checks them against its vocabulary.
+        let (inputs, token_inputs) = match self.input {
+            EmbeddingInput::Text(text) => (vec![text], Vec::new()),
+            EmbeddingInput::Texts(texts) => (texts, Vec::new()),
+            EmbeddingInput::Tokens(ids) => (Vec::new(), vec![TokenInput { ids }]),
+            EmbeddingInput::TokenBatches(batches) => (
+                Vec::new(),
+                batches.into_iter().map(|ids| TokenInput { ids }).collect(),
+            ),
         };
-        if inputs.is_empty() {
+        let count = inputs.len() + token_inputs.len();
+        if count == 0 {
             return Err(ApiError::invalid_param(
                 "input",
                 "`input` must hold at least one text.",
             ));
         }
-        if inputs.len() > MAX_INPUTS {
+        if count > MAX_INPUTS {
             return Err(ApiError::invalid_param(
                 "input",
-                format!(
-                    "`input` may hold at most {MAX_INPUTS} texts, got {}.",
-                    inputs.len()
-                ),
+                format!("`input` may hold at most {MAX_INPUTS} inputs, got {count}."),
             ));
         }
         if let Some(index) = inputs.iter().position(|text| text.is_empty()) {
             return Err(ApiError::invalid_param(
                 format!("input[{index}]"),
                 "Inputs must not be empty strings.",
+            ));
+        }
+        if let Some(index) = token_inputs.iter().position(|t| t.ids.is_empty()) {
+            return Err(ApiError::invalid_param(
+                format!("input[{index}]"),
+                "Token inputs must hold at least one token id.",
             ));
         }
         if self.dimensions == Some(0) {
@@ -97,6 +102,7 @@ impl EmbeddingRequest {
             request: EmbedRequest {
                 model: self.model,
                 inputs,
+                token_inputs,
                 normalize: true,
                 dimensions: self.dimensions,
                 request_id: request_id.to_owned(),
@@ -207,6 +213,16 @@ mod tests {
     }
 
     #[test]
+    fn token_ids_pass_as_token_inputs() {
+        let one = plan(serde_json::json!({"model": "m", "input": [101, 7592, 102]})).unwrap();
+        assert!(one.request.inputs.is_empty());
+        assert_eq!(one.request.token_inputs[0].ids, vec![101, 7592, 102]);
+        let many = plan(serde_json::json!({"model": "m", "input": [[101, 102], [101, 7592, 102]]}))
+            .unwrap();
+        assert_eq!(many.request.token_inputs.len(), 2);
+    }
+
+    #[test]
     fn bad_inputs_name_their_param() {
         assert_eq!(
             param(serde_json::json!({"model": "m", "input": []})),
@@ -217,8 +233,8 @@ mod tests {
             "input[1]"
         );
         assert_eq!(
-            param(serde_json::json!({"model": "m", "input": [1, 2, 3]})),
-            "input"
+            param(serde_json::json!({"model": "m", "input": [[1, 2], []]})),
+            "input[1]"
         );
         assert_eq!(
             param(serde_json::json!({"model": "", "input": "x"})),

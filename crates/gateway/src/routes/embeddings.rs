@@ -48,7 +48,7 @@ async fn respond(
             model: plan.request.model,
         });
     };
-    let expected = plan.request.inputs.len();
+    let expected = plan.request.inputs.len() + plan.request.token_inputs.len();
     let response = embeddings.embed(plan.request).await?;
     // The OpenAI response has no id; the usage record needs one to count the request once.
     let prompt_tokens = response.usage.map_or(0, |usage| usage.prompt_tokens);

@@ -62,6 +62,45 @@ async fn embeddings_are_unit_vectors_that_place_paraphrases_close() {
 }
 
 #[tokio::test]
+async fn token_ids_embed_like_their_text_and_bad_ids_are_400s() {
+    let served = with_embeddings().await;
+    let client = served.client();
+    let text = "Passerelle means footbridge.";
+    let mut tokenizer = tokenizers::Tokenizer::from_file(
+        passerelle_testkit::minilm::minilm_dir().join("tokenizer.json"),
+    )
+    .unwrap();
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).unwrap();
+    let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+    let (_, from_text) = client
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": EMBEDDING_MODEL, "input": text}),
+        )
+        .await;
+    let (status, from_ids) = client
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": EMBEDDING_MODEL, "input": [ids]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{from_ids}");
+    let (a, b) = (vector(&from_ids["data"][0]), vector(&from_text["data"][0]));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5));
+    assert_eq!(from_ids["usage"], from_text["usage"]);
+
+    let (status, body) = client
+        .post_json(
+            "/v1/embeddings",
+            &json!({"model": EMBEDDING_MODEL, "input": [101, 4_000_000, 102]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["param"], "input[0]");
+}
+
+#[tokio::test]
 async fn base64_carries_the_same_floats() {
     let served = with_embeddings().await;
     let client = served.client();
