@@ -10,4 +10,5 @@ mod drift;
 mod embeddings;
 mod errors;
 mod semantic_cache;
+mod shared_redis;
 mod support;
