@@ -38,14 +38,26 @@ impl Record {
 /// The queue's sending side. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ledger {
-    inner: Arc<Inner>,
+    sender: mpsc::Sender<Record>,
+    progress: Arc<Progress>,
+    dropped: prometheus::IntCounter,
 }
 
-struct Inner {
-    sender: mpsc::Sender<Record>,
+/// Records queued and not yet written, shared with the writer. The writer holds no sender, so
+/// once every ledger is gone it writes what is left, ends, and lets go of the store (an
+/// embedded store's file lock with it).
+#[derive(Default)]
+struct Progress {
     outstanding: AtomicUsize,
     drained: Notify,
-    dropped: prometheus::IntCounter,
+}
+
+impl Progress {
+    fn finished(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -53,7 +65,7 @@ impl std::fmt::Debug for Ledger {
         f.debug_struct("Ledger")
             .field(
                 "outstanding",
-                &self.inner.outstanding.load(Ordering::Relaxed),
+                &self.progress.outstanding.load(Ordering::Relaxed),
             )
             .finish_non_exhaustive()
     }
@@ -71,16 +83,13 @@ impl Ledger {
         )?;
         registry.register(Box::new(dropped.clone()))?;
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let ledger = Self {
-            inner: Arc::new(Inner {
-                sender,
-                outstanding: AtomicUsize::new(0),
-                drained: Notify::new(),
-                dropped,
-            }),
-        };
-        tokio::spawn(ledger.clone().write_all(store, receiver));
-        Ok(ledger)
+        let progress = Arc::new(Progress::default());
+        tokio::spawn(write_all(progress.clone(), store, receiver));
+        Ok(Self {
+            sender,
+            progress,
+            dropped,
+        })
     }
 
     pub(crate) fn audit(&self, event: NewAuditEvent) {
@@ -98,53 +107,52 @@ impl Ledger {
     /// Waits until every queued record is written, or `deadline` passes. Returns how many are
     /// left.
     pub(crate) async fn flush(&self, deadline: Duration) -> usize {
+        let progress = &self.progress;
         let wait = async {
             loop {
-                let drained = self.inner.drained.notified();
-                if self.inner.outstanding.load(Ordering::Acquire) == 0 {
+                let drained = progress.drained.notified();
+                if progress.outstanding.load(Ordering::Acquire) == 0 {
                     return;
                 }
                 drained.await;
             }
         };
         let _ = tokio::time::timeout(deadline, wait).await;
-        self.inner.outstanding.load(Ordering::Acquire)
+        progress.outstanding.load(Ordering::Acquire)
     }
 
     fn enqueue(&self, record: Record) {
-        self.inner.outstanding.fetch_add(1, Ordering::AcqRel);
-        if let Err(err) = self.inner.sender.try_send(record) {
-            self.finished();
-            self.inner.dropped.inc();
+        self.progress.outstanding.fetch_add(1, Ordering::AcqRel);
+        if let Err(err) = self.sender.try_send(record) {
+            self.progress.finished();
+            self.dropped.inc();
             tracing::error!(error = %err, "ledger queue full; a record was dropped");
         }
     }
+}
 
-    fn finished(&self) {
-        if self.inner.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.inner.drained.notify_waiters();
-        }
-    }
-
-    async fn write_all(self, store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Record>) {
-        while let Some(record) = receiver.recv().await {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match record.write(store.as_ref()).await {
-                    Ok(()) => break,
-                    Err(err) if err.is_unavailable() => {
-                        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "store unavailable; record kept for retry");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                    Err(err) => {
-                        // A record the store refuses for what it is will never be taken.
-                        tracing::error!(error = %err, "store refused a record; dropped");
-                        break;
-                    }
+async fn write_all(
+    progress: Arc<Progress>,
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Record>,
+) {
+    while let Some(record) = receiver.recv().await {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match record.write(store.as_ref()).await {
+                Ok(()) => break,
+                Err(err) if err.is_unavailable() => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "store unavailable; record kept for retry");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(err) => {
+                    // A record the store refuses for what it is will never be taken.
+                    tracing::error!(error = %err, "store refused a record; dropped");
+                    break;
                 }
             }
-            self.finished();
         }
+        progress.finished();
     }
 }

@@ -194,16 +194,18 @@ pub async fn serve(
         let _ = signalled.send(());
     });
     let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => return result,
-        _ = on_signal => {}
-    }
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: draining in-flight requests"
-    );
-    let result = drain(server, grace).await;
-    // Usage and audit records of the requests just finished must reach the store.
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = on_signal => {
+            tracing::info!(
+                grace_s = grace.as_secs(),
+                "shutting down: draining in-flight requests"
+            );
+            drain(server, grace).await
+        }
+    };
+    // Usage and audit records of the requests just finished must reach the store, however the
+    // server stopped: with no connection open it finishes in the very poll that sees the signal.
     let left = ledger.flush(grace).await;
     if left > 0 {
         tracing::error!(

@@ -2,7 +2,8 @@
 //! behind one interface with two backends.
 //!
 //! One object-safe trait per concern: [`KeyStore`] (with [`KeyVerifier`], all the gateway's auth
-//! needs), [`UsageStore`], [`FeedbackStore`], [`PromptLog`], [`AuditLog`] and [`Erasure`].
+//! needs), [`UsageStore`], [`FeedbackStore`], [`PromptLog`], [`AuditLog`], [`Erasure`] and
+//! [`StoreHealth`] (a ping for readiness probes).
 //! [`Store`] is all of them together, so the gateway holds one `Arc<dyn Store>`.
 //!
 //! - [`EmbeddedStore`]: a `redb` file in a data directory, for a single node.
@@ -18,6 +19,7 @@ mod embedded;
 mod erasure;
 mod error;
 mod feedback;
+mod health;
 mod json;
 mod keyring;
 pub mod keys;
@@ -33,6 +35,7 @@ pub use embedded::EmbeddedStore;
 pub use erasure::{Erasure, ErasureReport};
 pub use error::StoreError;
 pub use feedback::{FeedbackCounts, FeedbackRecord, FeedbackStore, MAX_COMMENT_CHARS, Rating};
+pub use health::StoreHealth;
 pub use keyring::Keyring;
 pub use keys::{ApiKeySecret, KeyRecord, KeyStore, KeyVerifier, NewKey};
 pub use policy::{Budget, BudgetPeriod, KeyLimits, Scope};
@@ -44,11 +47,25 @@ pub use usage::{UsageBucket, UsageQuery, UsageRecord, UsageStore};
 
 /// Everything durable, in one object: what the gateway holds as `Arc<dyn Store>`.
 pub trait Store:
-    KeyStore + UsageStore + FeedbackStore + PromptLog + AuditLog + Erasure + std::fmt::Debug
+    KeyStore
+    + UsageStore
+    + FeedbackStore
+    + PromptLog
+    + AuditLog
+    + Erasure
+    + StoreHealth
+    + std::fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: KeyStore + UsageStore + FeedbackStore + PromptLog + AuditLog + Erasure + std::fmt::Debug
+    T: KeyStore
+        + UsageStore
+        + FeedbackStore
+        + PromptLog
+        + AuditLog
+        + Erasure
+        + StoreHealth
+        + std::fmt::Debug
 {
 }

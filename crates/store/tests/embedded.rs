@@ -33,6 +33,7 @@ suite_tests!(Embedded:
     expired_keys_do_not_verify,
     scopes_models_and_limits_round_trip,
     bad_new_keys_are_rejected,
+    a_reachable_store_answers_ping,
     usage_is_summed_by_day_principal_and_model,
     feedback_is_replaced_and_counted,
     prompts_are_logged_per_principal,

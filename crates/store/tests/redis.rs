@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use passerelle_store::{
     AuditLog as _, KeyStore as _, KeyVerifier as _, NewKey, RedisOptions, RedisStore, Store,
-    StoreError, UsageStore as _,
+    StoreError, StoreHealth as _, UsageStore as _,
 };
 use passerelle_testkit::redis::RedisServer;
 
@@ -46,6 +46,7 @@ suite_tests!(Redis:
     expired_keys_do_not_verify,
     scopes_models_and_limits_round_trip,
     bad_new_keys_are_rejected,
+    a_reachable_store_answers_ping,
     usage_is_summed_by_day_principal_and_model,
     feedback_is_replaced_and_counted,
     prompts_are_logged_per_principal,
@@ -110,6 +111,7 @@ async fn an_unreachable_server_is_reported_as_unavailable_promptly() {
             .await
             .unwrap_err(),
         store.list().await.unwrap_err(),
+        store.ping().await.unwrap_err(),
     ];
     let took = started.elapsed();
     for err in &errors {
@@ -124,6 +126,7 @@ async fn an_unreachable_server_is_reported_as_unavailable_promptly() {
 
     server.restart().unwrap();
     wait_until_answering(&store).await;
+    store.ping().await.unwrap();
     assert!(store.verify(secret.expose()).await.unwrap().is_some());
 }
 

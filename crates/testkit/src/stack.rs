@@ -1,12 +1,18 @@
 //! The whole stack on loopback: the llm service and the gateway in this process, wired through
 //! the same gRPC client a split deployment uses. Tests talk to it over real HTTP.
+//!
+//! [`Stack::start_gateway`] starts more gateways in front of the same services, each with its own
+//! store, limiter and registry: replicas sharing a Redis, or a gateway restarted on its data.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use passerelle_gateway::{AppState, GatewayConfig};
 use passerelle_llm::LlmServiceConfig;
-use passerelle_store::{EmbeddedStore, StaticKeys};
-use tokio::{sync::watch, task::JoinHandle};
+use passerelle_store::{EmbeddedStore, StaticKeys, Store};
+use tokio::{
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -46,6 +52,7 @@ impl StackOptions {
 pub struct Stack {
     base_url: String,
     llm_endpoint: String,
+    embeddings_endpoint: Option<String>,
     registry: prometheus::Registry,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -135,7 +142,7 @@ impl Stack {
         let gateway_store = store.clone();
         let config = GatewayConfig {
             llm_endpoint: llm_endpoint.clone(),
-            embeddings_endpoint,
+            embeddings_endpoint: embeddings_endpoint.clone(),
             ..options.gateway
         };
         let state = AppState::new(
@@ -159,6 +166,7 @@ impl Stack {
         let stack = Self {
             base_url,
             llm_endpoint,
+            embeddings_endpoint,
             registry,
             stop,
             tasks,
@@ -197,48 +205,45 @@ impl Stack {
     /// The value of a counter or gauge whose labels include every pair in `labels`, summed over
     /// the matching series; 0 when none matches.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| {
-                let kind = family.get_field_type();
-                family.get_metric().iter().map(move |metric| (kind, metric))
-            })
-            .filter(|(_, metric)| {
-                labels.iter().all(|(key, value)| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .any(|pair| pair.name() == *key && pair.value() == *value)
-                })
-            })
-            .map(|(kind, metric)| match kind {
-                prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
-                prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
-                _ => 0.0,
-            })
-            .sum()
+        metric(&self.registry, name, labels)
     }
 
     /// Polls `/health/ready` until it answers 200, without sleeping longer than needed.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ready = client
-                .get(self.url("/health/ready"))
-                .send()
-                .await
-                .is_ok_and(|response| response.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("the stack was not ready within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_ready(&self.base_url, timeout).await
+    }
+
+    /// Starts another gateway in front of this stack's services (`config`'s endpoints are
+    /// replaced by the stack's) with `store`, `static_keys` (empty: only the store's keys) and
+    /// its own metrics registry, and waits until `/health/ready` answers 200. Its limiter is
+    /// built from `config.rate_limiter`, so two gateways on one Redis share their limits.
+    pub async fn start_gateway(
+        &self,
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        static_keys: StaticKeys,
+    ) -> anyhow::Result<Gateway> {
+        let config = GatewayConfig {
+            llm_endpoint: self.llm_endpoint.clone(),
+            embeddings_endpoint: self.embeddings_endpoint.clone(),
+            ..config
+        };
+        let registry = prometheus::Registry::new();
+        let state = AppState::new(config, store, static_keys, &registry)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(passerelle_gateway::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let gateway = Gateway {
+            base_url,
+            registry,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_ready(&gateway.base_url, Duration::from_secs(60)).await?;
+        Ok(gateway)
     }
 
     /// Polls `condition` every few milliseconds until it holds or `timeout` passes.
@@ -266,4 +271,110 @@ impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// A gateway from [`Stack::start_gateway`]. Dropping it signals it to shut down;
+/// [`Gateway::shutdown`] also waits until it has.
+pub struct Gateway {
+    base_url: String,
+    registry: prometheus::Registry,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// `http://127.0.0.1:PORT` of this gateway.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The full URL of `path` on this gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// This gateway's registry (what its `/metrics` renders).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// Like [`Stack::metric`], on this gateway's registry.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.registry, name, labels)
+    }
+
+    /// Signals shutdown and waits until `serve` has returned: in-flight requests drained and
+    /// the audit and usage records written to the store (within the configured grace).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => Ok(task.await??),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `{base_url}/health/ready` until it answers 200 (`ready` or `degraded`).
+async fn wait_ready(base_url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("{base_url}/health/ready");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ready = client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("{base_url} was not ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// See [`Stack::metric`].
+fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| {
+            let kind = family.get_field_type();
+            family.get_metric().iter().map(move |metric| (kind, metric))
+        })
+        .filter(|(_, metric)| {
+            labels.iter().all(|(key, value)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|pair| pair.name() == *key && pair.value() == *value)
+            })
+        })
+        .map(|(kind, metric)| match kind {
+            prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+            prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
+            _ => 0.0,
+        })
+        .sum()
 }

@@ -70,6 +70,14 @@ pub enum FailurePolicy {
 }
 
 impl FailurePolicy {
+    /// `open` or `closed`, as in the configuration and `/health/ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Open => "open",
+            FailurePolicy::Closed => "closed",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             FailurePolicy::Open => "fail open: admitting requests unchecked",
@@ -320,12 +328,8 @@ enum BackendError {
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let backend = match self.inner.backend {
-            Backend::Memory(_) => "in-process",
-            Backend::Redis(_) => "redis",
-        };
         f.debug_struct("RateLimiter")
-            .field("backend", &backend)
+            .field("backend", &self.backend_name())
             .field("adaptive", &self.inner.adaptive)
             .field("healthy", &self.backend_healthy())
             .finish()
@@ -455,6 +459,14 @@ impl RateLimiter {
                 self.inner.observe(&result);
                 result.is_ok()
             }
+        }
+    }
+
+    /// Where the state lives: `redis` or `in_process`, for `/health/ready`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Memory(_) => "in_process",
+            Backend::Redis(_) => "redis",
         }
     }
 

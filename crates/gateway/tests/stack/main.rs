@@ -11,5 +11,6 @@ mod drift;
 mod embeddings;
 mod errors;
 mod semantic_cache;
+mod shared_redis;
 mod support;
 mod usage;

@@ -128,3 +128,14 @@ fn entries_of(
     }
     Ok(found)
 }
+
+#[async_trait::async_trait]
+impl crate::StoreHealth for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| {
+            inner.db.begin_read()?.open_table(KEYS)?;
+            Ok(())
+        })
+        .await
+    }
+}

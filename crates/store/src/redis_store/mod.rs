@@ -172,3 +172,13 @@ async fn timed<T>(
 fn json_field(parts: &[&str]) -> String {
     serde_json::to_string(parts).unwrap_or_default()
 }
+
+#[async_trait::async_trait]
+impl crate::StoreHealth for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        self.timed(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .map(drop)
+    }
+}

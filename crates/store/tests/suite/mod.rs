@@ -200,6 +200,12 @@ pub async fn bad_new_keys_are_rejected(store: &dyn Store) {
     assert!(!store.has_any_keys().await.unwrap());
 }
 
+pub async fn a_reachable_store_answers_ping(store: &dyn Store) {
+    store.ping().await.unwrap();
+    store.create(NewKey::new("ci", "alice")).await.unwrap();
+    store.ping().await.unwrap();
+}
+
 pub fn usage(response_id: &str, principal: &str, model: &str, at: u64) -> UsageRecord {
     UsageRecord {
         response_id: response_id.to_owned(),
