@@ -210,6 +210,7 @@ impl RuleSet {
             let set = RegexSetBuilder::new(indices.iter().map(|&i| &patterns[i]))
                 .case_insensitive(true)
                 .size_limit(SET_SIZE_LIMIT)
+
                 .build()
                 .map_err(|source| RulesError::TooLarge {
                     limit: SET_SIZE_LIMIT,
@@ -266,6 +267,9 @@ impl RuleSet {
             return None;
         }
         let text = normalize::for_rules(text);
+        if !stage_set.set.is_match(&text) {
+            return None;
+        }
         stage_set
             .set
             .matches(&text)
