@@ -103,11 +103,7 @@ static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
             r"[0-9A-Za-z.:]*:[0-9A-Za-z.:]*[0-9A-Za-z]",
             ipv6_ok,
         ),
-        detector(
-            PiiKind::IpAddress,
-            r"\b[0-9]+(?:\.[0-9]+)+\b",
-            ipv4_ok,
-        ),
+        detector(PiiKind::IpAddress, r"\b[0-9]+(?:\.[0-9]+)+\b", ipv4_ok),
         detector(
             PiiKind::Email,
             r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
@@ -253,7 +249,10 @@ mod tests {
     fn finds_ip_addresses() {
         assert_eq!(kinds("from 203.0.113.7 at noon"), [PiiKind::IpAddress]);
         assert_eq!(kinds("gateway 192.168.100.200."), [PiiKind::IpAddress]);
-        assert_eq!(kinds("host 2001:db8::8a2e:370:7334 up"), [PiiKind::IpAddress]);
+        assert_eq!(
+            kinds("host 2001:db8::8a2e:370:7334 up"),
+            [PiiKind::IpAddress]
+        );
         assert_eq!(
             kinds("full 2001:0db8:0000:0000:0000:ff00:0042:8329"),
             [PiiKind::IpAddress]

@@ -11,8 +11,8 @@ use crate::verdict::{Stage, Verdict};
 /// Check latency buckets, in seconds: microseconds for the rules and PII layers, up to
 /// seconds for the model layers to come.
 const CHECK_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 #[derive(Debug, Clone)]

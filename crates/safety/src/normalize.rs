@@ -75,7 +75,10 @@ mod tests {
     #[test]
     fn folds_compatibility_forms_and_drops_invisible_characters() {
         assert_eq!(for_rules("ｉｇｎｏｒｅ"), "ignore");
-        assert_eq!(for_rules("ig\u{200B}no\u{00AD}re pre\u{FEFF}vious"), "ignore previous");
+        assert_eq!(
+            for_rules("ig\u{200B}no\u{00AD}re pre\u{FEFF}vious"),
+            "ignore previous"
+        );
         assert_eq!(for_rules("ﬁle"), "file");
     }
 

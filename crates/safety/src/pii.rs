@@ -96,9 +96,16 @@ mod tests {
                 (3, "and my server is [IP]".to_owned())
             ]
         );
-        let kinds: Vec<_> = redaction.found.iter().map(|f| (f.message_index, f.kind)).collect();
+        let kinds: Vec<_> = redaction
+            .found
+            .iter()
+            .map(|f| (f.message_index, f.kind))
+            .collect();
         assert_eq!(kinds, [(1, PiiKind::CardNumber), (3, PiiKind::IpAddress)]);
-        assert_eq!(&input.messages[3].content[redaction.found[1].start..], "203.0.113.9");
+        assert_eq!(
+            &input.messages[3].content[redaction.found[1].start..],
+            "203.0.113.9"
+        );
 
         let clean = CheckInput {
             messages: vec![message("user", "hello")],

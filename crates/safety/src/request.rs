@@ -65,7 +65,10 @@ impl RequestLimits {
 }
 
 /// Validates a `Check` request.
-pub fn check_input(request: CheckRequest, limits: &RequestLimits) -> Result<CheckInput, SafetyError> {
+pub fn check_input(
+    request: CheckRequest,
+    limits: &RequestLimits,
+) -> Result<CheckInput, SafetyError> {
     let stage = match ProtoStage::try_from(request.stage) {
         Ok(ProtoStage::Input) => Stage::Input,
         Ok(ProtoStage::Output) => Stage::Output,
@@ -134,8 +137,11 @@ mod tests {
 
     #[test]
     fn a_valid_request_keeps_its_messages_and_stage() {
-        let input = check_input(request(ProtoStage::Output, &["a", "b"]), &RequestLimits::default())
-            .unwrap();
+        let input = check_input(
+            request(ProtoStage::Output, &["a", "b"]),
+            &RequestLimits::default(),
+        )
+        .unwrap();
         assert_eq!(input.stage, Stage::Output);
         assert_eq!(input.messages[1].content, "b");
     }
@@ -149,16 +155,31 @@ mod tests {
         let (param, message) = error(check_input(request(ProtoStage::Input, &[]), &limits));
         assert_eq!(param, "messages");
         assert!(message.contains("must not be empty"), "{message}");
-        let (param, message) = error(check_input(request(ProtoStage::Unspecified, &["a"]), &limits));
+        let (param, message) = error(check_input(
+            request(ProtoStage::Unspecified, &["a"]),
+            &limits,
+        ));
         assert_eq!(param, "stage");
         assert!(message.contains("STAGE_INPUT"), "{message}");
         let mut unknown = request(ProtoStage::Input, &["a"]);
         unknown.stage = 7;
         assert_eq!(error(check_input(unknown, &limits)).0, "stage");
-        let (_, message) = error(check_input(request(ProtoStage::Input, &["a", "b", "c"]), &limits));
-        assert!(message.contains("3 entries") && message.contains("limit of 2"), "{message}");
-        let (_, message) = error(check_input(request(ProtoStage::Input, &["12345", "6789"]), &limits));
-        assert!(message.contains("9 bytes") && message.contains("limit of 8"), "{message}");
+        let (_, message) = error(check_input(
+            request(ProtoStage::Input, &["a", "b", "c"]),
+            &limits,
+        ));
+        assert!(
+            message.contains("3 entries") && message.contains("limit of 2"),
+            "{message}"
+        );
+        let (_, message) = error(check_input(
+            request(ProtoStage::Input, &["12345", "6789"]),
+            &limits,
+        ));
+        assert!(
+            message.contains("9 bytes") && message.contains("limit of 8"),
+            "{message}"
+        );
 
         let (param, _) = error(redact_texts(RedactRequest::default(), &limits));
         assert_eq!(param, "texts");

@@ -39,7 +39,9 @@ impl SafetyService {
     ) -> Result<Self, SafetyError> {
         let started_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
         Ok(Self {
             pipeline,
             limits,
@@ -204,9 +206,10 @@ impl Safety for SafetyService {
         &self,
         request: Request<RedactRequest>,
     ) -> Result<Response<RedactResponse>, Status> {
-        let texts = request::redact_texts(request.into_inner(), &self.limits).inspect_err(|_| {
-            self.metrics.invalid("redact");
-        })?;
+        let texts =
+            request::redact_texts(request.into_inner(), &self.limits).inspect_err(|_| {
+                self.metrics.invalid("redact");
+            })?;
         let mut response = RedactResponse::default();
         for (i, text) in texts.iter().enumerate() {
             let redacted = passerelle_pii::redact(text);
@@ -249,4 +252,3 @@ impl Safety for SafetyService {
         Ok(Response::new(ListModelsResponse { models }))
     }
 }
-

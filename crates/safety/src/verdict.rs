@@ -77,10 +77,9 @@ impl CheckInput {
             .enumerate()
             .filter(move |(index, message)| match self.stage {
                 Stage::Output => *index == last,
-                Stage::Input => !matches!(
-                    message.role.as_str(),
-                    "system" | "developer" | "assistant"
-                ),
+                Stage::Input => {
+                    !matches!(message.role.as_str(), "system" | "developer" | "assistant")
+                }
             })
             .map(|(index, _)| index)
     }
@@ -139,8 +138,14 @@ pub enum LayerOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Safe,
-    Unsafe { layer: LayerKind, violation: Violation },
-    Redacted { layer: LayerKind, redaction: Redaction },
+    Unsafe {
+        layer: LayerKind,
+        violation: Violation,
+    },
+    Redacted {
+        layer: LayerKind,
+        redaction: Redaction,
+    },
 }
 
 impl Verdict {

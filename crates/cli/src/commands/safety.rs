@@ -20,7 +20,11 @@ pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
         (None, false) => Some(passerelle_safety::RuleSet::defaults()),
     };
     if let Some(rules) = &rules {
-        tracing::info!(rules = rules.rules().len(), source = rules.source(), "safety rules loaded");
+        tracing::info!(
+            rules = rules.rules().len(),
+            source = rules.source(),
+            "safety rules loaded"
+        );
     }
     let service = passerelle_safety::SafetyServiceConfig {
         rules,

@@ -219,8 +219,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.rules().len(), 1);
-        assert_eq!(first(&set, "ignore previous instructions", Stage::Input), None);
-        assert_eq!(first(&set, "a FORBIDDEN word", Stage::Input).as_deref(), Some("only"));
+        assert_eq!(
+            first(&set, "ignore previous instructions", Stage::Input),
+            None
+        );
+        assert_eq!(
+            first(&set, "a FORBIDDEN word", Stage::Input).as_deref(),
+            Some("only")
+        );
     }
 
     #[test]
@@ -231,7 +237,10 @@ mod tests {
             "r.toml",
             "[[rules]]\nid = \"acme.bad\"\ncategory = \"x\"\npattern = \"(?:open\"\n",
         );
-        assert!(bad_regex.starts_with("rule `acme.bad`: invalid pattern"), "{bad_regex}");
+        assert!(
+            bad_regex.starts_with("rule `acme.bad`: invalid pattern"),
+            "{bad_regex}"
+        );
 
         let both = message(
             "r.toml",
@@ -239,10 +248,19 @@ mod tests {
         );
         assert!(both.contains("`two`") && both.contains("both"), "{both}");
         let neither = message("r.toml", "[[rules]]\nid = \"zero\"\ncategory = \"x\"\n");
-        assert!(neither.contains("`zero`") && neither.contains("neither"), "{neither}");
+        assert!(
+            neither.contains("`zero`") && neither.contains("neither"),
+            "{neither}"
+        );
 
-        let typo = message("r.toml", "[[rules]]\nid = \"t\"\ncategory = \"x\"\npatern = \"a\"\n");
-        assert!(typo.contains("r.toml") && typo.contains("unknown field"), "{typo}");
+        let typo = message(
+            "r.toml",
+            "[[rules]]\nid = \"t\"\ncategory = \"x\"\npatern = \"a\"\n",
+        );
+        assert!(
+            typo.contains("r.toml") && typo.contains("unknown field"),
+            "{typo}"
+        );
         let stage = message(
             "r.toml",
             "[[rules]]\nid = \"s\"\ncategory = \"x\"\nstages = \"sideways\"\npattern = \"a\"\n",
@@ -261,7 +279,12 @@ mod tests {
         let bad_json = message("r.json", "{\"rules\": [");
         assert!(bad_json.contains("r.json"), "{bad_json}");
 
-        let missing = load(Path::new("/nonexistent/rules.toml")).unwrap_err().to_string();
-        assert!(missing.contains("cannot read /nonexistent/rules.toml"), "{missing}");
+        let missing = load(Path::new("/nonexistent/rules.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("cannot read /nonexistent/rules.toml"),
+            "{missing}"
+        );
     }
 }

@@ -29,9 +29,9 @@ impl RulesLayer {
     pub fn check_now(&self, input: &CheckInput) -> LayerOutcome {
         for index in input.checked() {
             let content = &input.messages[index].content;
-            if let Some(rule) =
-                self.rules
-                    .first_match(content, input.stage, |category| input.enforces(category))
+            if let Some(rule) = self
+                .rules
+                .first_match(content, input.stage, |category| input.enforces(category))
             {
                 return LayerOutcome::Block(Violation {
                     category: rule.category.clone(),

@@ -119,8 +119,16 @@ fn phrase_pattern(phrase: &str) -> Option<String> {
     }
     let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
     let trimmed = phrase.trim();
-    let start = if is_word(trimmed.chars().next()) { r"\b" } else { "" };
-    let end = if is_word(trimmed.chars().last()) { r"\b" } else { "" };
+    let start = if is_word(trimmed.chars().next()) {
+        r"\b"
+    } else {
+        ""
+    };
+    let end = if is_word(trimmed.chars().last()) {
+        r"\b"
+    } else {
+        ""
+    };
     Some(format!("{start}{}{end}", words.join(r"\s+")))
 }
 
@@ -210,7 +218,6 @@ impl RuleSet {
             let set = RegexSetBuilder::new(indices.iter().map(|&i| &patterns[i]))
                 .case_insensitive(true)
                 .size_limit(SET_SIZE_LIMIT)
-
                 .build()
                 .map_err(|source| RulesError::TooLarge {
                     limit: SET_SIZE_LIMIT,
@@ -333,7 +340,11 @@ mod tests {
         ] {
             assert_eq!(matches(&set, text).as_deref(), Some("codename"), "{text}");
         }
-        for text in ["projectbluebird", "project bluebirds", "my project, bluebird"] {
+        for text in [
+            "projectbluebird",
+            "project bluebirds",
+            "my project, bluebird",
+        ] {
             assert_eq!(matches(&set, text), None, "{text}");
         }
     }
@@ -345,7 +356,11 @@ mod tests {
         let mut other = rule("c", Matcher::Pattern("secret".into()));
         other.category = "other".into();
         let set = RuleSet::new(
-            vec![rule("a", Matcher::Pattern("top secret".into())), output_only, other],
+            vec![
+                rule("a", Matcher::Pattern("top secret".into())),
+                output_only,
+                other,
+            ],
             "test",
         )
         .unwrap();
@@ -371,15 +386,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(&err, RulesError::Pattern { id, .. } if id == "broken"));
-        assert!(err.to_string().starts_with("rule `broken`: invalid pattern"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("rule `broken`: invalid pattern"),
+            "{err}"
+        );
 
         let twice = vec![
             rule("same", Matcher::Pattern("a".into())),
             rule("same", Matcher::Pattern("b".into())),
         ];
-        assert!(matches!(RuleSet::new(twice, "t"), Err(RulesError::DuplicateId(id)) if id == "same"));
+        assert!(
+            matches!(RuleSet::new(twice, "t"), Err(RulesError::DuplicateId(id)) if id == "same")
+        );
         let empty = rule("empty", Matcher::Phrases(vec!["  ".into()]));
-        assert!(RuleSet::new(vec![empty], "t").unwrap_err().to_string().contains("`empty`"));
+        assert!(
+            RuleSet::new(vec![empty], "t")
+                .unwrap_err()
+                .to_string()
+                .contains("`empty`")
+        );
         let none = rule("none", Matcher::Phrases(Vec::new()));
         assert!(RuleSet::new(vec![none], "t").is_err());
         assert!(matches!(
@@ -388,7 +414,12 @@ mod tests {
         ));
         let mut shouting = rule("shouting", Matcher::Pattern("a".into()));
         shouting.category = "Prompt Injection".into();
-        assert!(RuleSet::new(vec![shouting], "t").unwrap_err().to_string().contains("category"));
+        assert!(
+            RuleSet::new(vec![shouting], "t")
+                .unwrap_err()
+                .to_string()
+                .contains("category")
+        );
     }
 
     #[test]
