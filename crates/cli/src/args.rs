@@ -39,6 +39,8 @@ pub enum Command {
     Llm(LlmArgs),
     /// Run only the embeddings gRPC service.
     Embeddings(EmbeddingsArgs),
+    /// Run only the safety gRPC service: rules and PII redaction.
+    Safety(SafetyArgs),
     /// Create, list and revoke API keys in the embedded store or in Redis.
     Keys(KeysArgs),
 }
@@ -258,6 +260,23 @@ pub struct EmbeddingsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SafetyArgs {
+    /// Address the safety gRPC service listens on [default: 127.0.0.1:50053].
+    #[arg(long, short = 'l', env = "PASSERELLE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Rule file (TOML, or JSON when named *.json) that extends or replaces the built-in
+    /// prompt-injection and jailbreak rules; see docs/safety.md [default: the built-in rules].
+    #[arg(long, env = "PASSERELLE_SAFETY_RULES", value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Turn the rule layer off [default: on].
+    #[arg(long, env = "PASSERELLE_SAFETY_NO_RULES", conflicts_with = "rules")]
+    pub no_rules: bool,
+    /// Turn PII redaction off in checks; the Redact RPC still redacts [default: on].
+    #[arg(long, env = "PASSERELLE_SAFETY_NO_PII")]
+    pub no_pii: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct KeysArgs {
     /// Directory of the embedded store [default: ~/.local/share/passerelle].
     #[arg(long, env = "PASSERELLE_DATA_DIR")]
@@ -416,6 +435,8 @@ fn parse_usd(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -448,6 +469,29 @@ mod tests {
         };
         assert_eq!(serve.model.hub.offline, Some(true));
         assert_eq!(serve.gateway.require_auth, Some(false));
+    }
+
+    #[test]
+    fn safety_takes_rules_and_layer_switches() {
+        let cli = Cli::try_parse_from([
+            "passerelle",
+            "safety",
+            "--listen",
+            "127.0.0.1:50053",
+            "--rules",
+            "rules.toml",
+            "--no-pii",
+        ])
+        .unwrap();
+        let Command::Safety(safety) = cli.command else {
+            panic!("not safety")
+        };
+        assert_eq!(safety.rules.as_deref(), Some(Path::new("rules.toml")));
+        assert!(safety.no_pii && !safety.no_rules);
+        assert!(
+            Cli::try_parse_from(["passerelle", "safety", "--rules", "r.toml", "--no-rules"])
+                .is_err()
+        );
     }
 
     #[test]

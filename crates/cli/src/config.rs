@@ -18,6 +18,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_LLM_LISTEN: &str = "127.0.0.1:50051";
 /// Where `passerelle embeddings` listens for gRPC unless told otherwise.
 pub const DEFAULT_EMBEDDINGS_LISTEN: &str = "127.0.0.1:50052";
+/// Where `passerelle safety` listens for gRPC unless told otherwise.
+pub const DEFAULT_SAFETY_LISTEN: &str = "127.0.0.1:50053";
 /// The embedding model `passerelle embeddings` serves unless told otherwise.
 pub const DEFAULT_EMBEDDING_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 

@@ -1,5 +1,5 @@
 //! `passerelle`, the one binary: `serve` (gateway and llm service in one process), `gateway`,
-//! `llm`, and `keys` to manage API keys.
+//! `llm`, `embeddings`, `safety`, and `keys` to manage API keys.
 //!
 //! `args` declares the command line, `config` the TOML file, `settings` merges them into each
 //! component's configuration, `cpu` bounds candle's kernel threads, `commands` runs them, `shutdown` turns SIGINT/SIGTERM into a

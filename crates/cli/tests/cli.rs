@@ -334,3 +334,25 @@ fn configuration_mistakes_are_reported_not_ignored() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("neither an existing path"));
 }
+
+#[test]
+fn safety_refuses_a_bad_rule_file_naming_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rules]]\nid = \"acme.broken\"\ncategory = \"custom\"\npattern = \"(unclosed\"\n",
+    )
+    .unwrap();
+    let output = passerelle()
+        .args(["safety", "--listen", "127.0.0.1:0", "--rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot load the safety rules") && stderr.contains("rule `acme.broken`"),
+        "{stderr}"
+    );
+}

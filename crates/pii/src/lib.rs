@@ -1,6 +1,8 @@
 //! Finds and redacts personal data in free text: email addresses, phone numbers, payment card
-//! numbers and IBANs. Card numbers must pass the Luhn check and IBANs the ISO 13616 mod-97
-//! check, so order numbers and other long digit runs are left alone.
+//! numbers, IBANs and IP addresses (v4 and v6). Card numbers must pass the Luhn check and IBANs
+//! the ISO 13616 mod-97 check, so order numbers and other long digit runs are left alone; IP
+//! addresses must parse as such, and loopback and unspecified addresses, which identify nobody,
+//! are left alone.
 //!
 //! ```
 //! let redacted = passerelle_pii::redact("Mail jane.doe@example.com or call +33 6 12 34 56 78.");
@@ -8,7 +10,10 @@
 //! assert_eq!(redacted.spans.len(), 2);
 //! ```
 
-use std::sync::LazyLock;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::LazyLock,
+};
 
 use regex::Regex;
 use serde::Serialize;
@@ -21,6 +26,7 @@ pub enum PiiKind {
     Phone,
     CardNumber,
     Iban,
+    IpAddress,
 }
 
 impl PiiKind {
@@ -31,6 +37,19 @@ impl PiiKind {
             PiiKind::Phone => "[PHONE]",
             PiiKind::CardNumber => "[CARD]",
             PiiKind::Iban => "[IBAN]",
+            PiiKind::IpAddress => "[IP]",
+        }
+    }
+
+    /// The stable name of the kind, as it is serialised: `email`, `phone`, `card_number`,
+    /// `iban`, `ip_address`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PiiKind::Email => "email",
+            PiiKind::Phone => "phone",
+            PiiKind::CardNumber => "card_number",
+            PiiKind::Iban => "iban",
+            PiiKind::IpAddress => "ip_address",
         }
     }
 }
@@ -76,6 +95,15 @@ static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
             r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
             luhn_ok,
         ),
+        // Before the phone detector, which would read 192.168.100.200 as a number. The
+        // candidates are wider than addresses (a word with colons, a run of dotted numbers) so
+        // that `std::vec` or 1.2.3.4.5 fail as a whole instead of yielding a piece that parses.
+        detector(
+            PiiKind::IpAddress,
+            r"[0-9A-Za-z.:]*:[0-9A-Za-z.:]*[0-9A-Za-z]",
+            ipv6_ok,
+        ),
+        detector(PiiKind::IpAddress, r"\b[0-9]+(?:\.[0-9]+)+\b", ipv4_ok),
         detector(
             PiiKind::Email,
             r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
@@ -169,6 +197,20 @@ fn iban_checksum_ok(candidate: &str) -> bool {
     remainder == 1
 }
 
+/// A dotted-quad IPv4 address, octets without leading zeros, other than 0.0.0.0 and 127.x.
+fn ipv4_ok(candidate: &str) -> bool {
+    candidate
+        .parse::<Ipv4Addr>()
+        .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// Any textual IPv6 form (`::` compression, embedded IPv4), other than `::` and `::1`.
+fn ipv6_ok(candidate: &str) -> bool {
+    candidate
+        .parse::<Ipv6Addr>()
+        .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
 /// Phone numbers have 8 to 15 digits (E.164 allows 15); fewer is a price or a count. Dates
 /// have eight digits too, in shapes no phone plan uses.
 fn phone_digits_ok(candidate: &str) -> bool {
@@ -201,6 +243,56 @@ mod tests {
             [PiiKind::Iban]
         );
         assert_eq!(kinds("IBAN DE89370400440532013000"), [PiiKind::Iban]);
+    }
+
+    #[test]
+    fn finds_ip_addresses() {
+        assert_eq!(kinds("from 203.0.113.7 at noon"), [PiiKind::IpAddress]);
+        assert_eq!(kinds("gateway 192.168.100.200."), [PiiKind::IpAddress]);
+        assert_eq!(
+            kinds("host 2001:db8::8a2e:370:7334 up"),
+            [PiiKind::IpAddress]
+        );
+        assert_eq!(
+            kinds("full 2001:0db8:0000:0000:0000:ff00:0042:8329"),
+            [PiiKind::IpAddress]
+        );
+        assert_eq!(kinds("link fe80::1, ok"), [PiiKind::IpAddress]);
+        assert_eq!(kinds("mapped ::ffff:198.51.100.4"), [PiiKind::IpAddress]);
+        assert_eq!(
+            kinds("http://[2001:db8::1]:8080/ and http://10.1.2.3:80/"),
+            [PiiKind::IpAddress, PiiKind::IpAddress]
+        );
+        let text = "ssh admin@10.0.0.5 then ping 2001:db8::2";
+        let redacted = redact(text);
+        assert_eq!(redacted.text, "ssh admin@[IP] then ping [IP]");
+        assert_eq!(
+            &text[redacted.spans[1].start..redacted.spans[1].end],
+            "2001:db8::2"
+        );
+    }
+
+    #[test]
+    fn ip_look_alikes_are_left_alone() {
+        for text in [
+            "version 1.2.3 or 1.2.3.4.5",
+            "pi is 3.14159",
+            "octets 256.1.1.1 and 01.2.3.4",
+            "at 12:30:45 sharp",
+            "use std::collections::HashMap;",
+            "mac 00:1A:2B:3C:4D:5E",
+            "localhost:8080 and 127.0.0.1 and 0.0.0.0 and ::1",
+            "ratio 16:9, see a:b",
+        ] {
+            assert!(kinds(text).is_empty(), "{text}: {:?}", find(text));
+        }
+    }
+
+    #[test]
+    fn kinds_have_stable_names() {
+        assert_eq!(PiiKind::IpAddress.name(), "ip_address");
+        assert_eq!(PiiKind::CardNumber.name(), "card_number");
+        assert_eq!(PiiKind::IpAddress.placeholder(), "[IP]");
     }
 
     #[test]

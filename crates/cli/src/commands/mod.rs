@@ -4,6 +4,7 @@ mod embeddings;
 mod gateway;
 mod keys;
 mod llm;
+mod safety;
 mod serve;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(_) => "passerelle-gateway",
         Command::Llm(_) => "passerelle-llm",
         Command::Embeddings(_) => "passerelle-embeddings",
+        Command::Safety(_) => "passerelle-safety",
         Command::Keys(_) => "passerelle-keys",
     };
     let _telemetry =
@@ -33,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(args) => gateway::run(args, &file).await,
         Command::Llm(args) => llm::run(args, &file).await,
         Command::Embeddings(args) => embeddings::run(args, &file).await,
+        Command::Safety(args) => safety::run(args, &file).await,
         Command::Keys(args) => keys::run(args, &file).await,
     }
 }

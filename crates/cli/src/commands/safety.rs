@@ -1,0 +1,48 @@
+//! `passerelle safety`: the safety gRPC service alone.
+
+use anyhow::Context as _;
+
+use crate::{
+    args::SafetyArgs,
+    config::{self, FileConfig},
+    settings,
+    shutdown::Shutdown,
+};
+
+pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let listen = settings::listen(args.listen, file, config::DEFAULT_SAFETY_LISTEN)?;
+    let rules = match (&args.rules, args.no_rules) {
+        (_, true) => None,
+        (Some(path), false) => Some(
+            passerelle_safety::RuleSet::load(path)
+                .with_context(|| format!("cannot load the safety rules from {}", path.display()))?,
+        ),
+        (None, false) => Some(passerelle_safety::RuleSet::defaults()),
+    };
+    if let Some(rules) = &rules {
+        tracing::info!(
+            rules = rules.rules().len(),
+            source = rules.source(),
+            "safety rules loaded"
+        );
+    }
+    let service = passerelle_safety::SafetyServiceConfig {
+        rules,
+        pii: !args.no_pii,
+        ..Default::default()
+    };
+    let shutdown = Shutdown::on_signals();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    tracing::info!(listen = %bound, pii = service.pii, "safety service listening (gRPC)");
+    passerelle_safety::serve(
+        service,
+        listener,
+        prometheus::Registry::new(),
+        shutdown.wait(),
+    )
+    .await
+    .context("safety service failed")
+}

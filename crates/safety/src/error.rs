@@ -1,0 +1,71 @@
+//! The errors of this crate and their one mapping to `tonic::Status`.
+
+use passerelle_grpc_server::status::invalid_argument;
+use tonic::Status;
+
+use crate::rules::RulesError;
+
+/// Why a request or the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetyError {
+    /// The request is malformed or over a limit.
+    #[error("{message}")]
+    InvalidArgument { param: String, message: String },
+    #[error("model `{model}` is not served here (served: {served})")]
+    ModelNotFound { model: String, served: String },
+    /// The rule set could not be built: a startup error.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Serve(#[from] passerelle_grpc_server::ServeError),
+}
+
+impl SafetyError {
+    /// An `INVALID_ARGUMENT` about `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<SafetyError> for Status {
+    fn from(err: SafetyError) -> Self {
+        let message = err.to_string();
+        match err {
+            SafetyError::InvalidArgument { param, .. } => invalid_argument(&param, message),
+            SafetyError::ModelNotFound { .. } => Status::not_found(message),
+            SafetyError::Rules(_) | SafetyError::Metrics(_) | SafetyError::Serve(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use passerelle_grpc_server::status::PARAM_METADATA;
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn each_error_keeps_its_grpc_code() {
+        let status = Status::from(SafetyError::invalid("stage", "say which"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "say which");
+        assert_eq!(status.metadata().get(PARAM_METADATA).unwrap(), "stage");
+        let missing = Status::from(SafetyError::ModelNotFound {
+            model: "x".into(),
+            served: "rules".into(),
+        });
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(
+            Status::from(SafetyError::Rules(RulesError::DuplicateId("a".into()))).code(),
+            Code::Internal
+        );
+    }
+}

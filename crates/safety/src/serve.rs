@@ -1,0 +1,74 @@
+//! Serving the pipeline over gRPC. Nothing loads, so health reports SERVING from the start.
+
+use std::{future::Future, sync::Arc};
+
+use passerelle_grpc_server::{GrpcServer, ServerConfig};
+use passerelle_proto::safety::safety_server::SafetyServer;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::{
+    error::SafetyError,
+    layer::{CheckLayer, Pipeline},
+    pii::PiiLayer,
+    request::RequestLimits,
+    rules::{RuleSet, RulesLayer},
+    service::SafetyService,
+};
+
+/// What `serve` runs.
+#[derive(Debug, Clone)]
+pub struct SafetyServiceConfig {
+    /// The rule layer's rules; `None` turns the layer off.
+    pub rules: Option<RuleSet>,
+    /// Whether `Check` redacts personal data (`Redact` always does).
+    pub pii: bool,
+    /// Bounds on one request.
+    pub limits: RequestLimits,
+}
+
+impl Default for SafetyServiceConfig {
+    /// The built-in rules and PII redaction, with the default limits.
+    fn default() -> Self {
+        Self {
+            rules: Some(RuleSet::defaults()),
+            pii: true,
+            limits: RequestLimits::default(),
+        }
+    }
+}
+
+impl SafetyServiceConfig {
+    /// The enabled layers, cheapest first: rules, then PII.
+    pub fn pipeline(&self) -> Pipeline {
+        let mut layers: Vec<Arc<dyn CheckLayer>> = Vec::new();
+        if let Some(rules) = &self.rules {
+            layers.push(Arc::new(RulesLayer::new(rules.clone())));
+        }
+        if self.pii {
+            layers.push(Arc::new(PiiLayer));
+        }
+        Pipeline::new(layers)
+    }
+}
+
+/// Serves the `Safety` service on `listener` until `shutdown` resolves, its metrics on
+/// `registry`.
+pub async fn serve(
+    config: SafetyServiceConfig,
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SafetyError> {
+    let service = SafetyService::new(config.pipeline(), config.limits, &registry)?;
+    let server = GrpcServer::new(ServerConfig::default());
+    let health = server.health();
+    let max_message_bytes = server.max_message_bytes();
+    let service = SafetyServer::new(service)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let server = server.add_service(service).await;
+    health.set_serving::<SafetyServer<SafetyService>>().await;
+    server.serve(listener, shutdown).await?;
+    Ok(())
+}
