@@ -188,7 +188,7 @@ pub struct GatewayOptions {
     /// [default: false].
     #[arg(long, env = "PASSERELLE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
     pub trust_forwarded_for: Option<bool>,
-    /// Store every prompt and answer, with emails, phone numbers, card numbers and IBANs
+    /// Store every prompt and answer, with emails, phone numbers, card numbers, IBANs and IP addresses
     /// redacted, for review and access requests [default: false].
     #[arg(long, env = "PASSERELLE_LOG_PROMPTS", num_args = 0..=1, default_missing_value = "true")]
     pub log_prompts: Option<bool>,

@@ -55,7 +55,7 @@ pub struct GatewayConfig {
     pub trust_forwarded_for: bool,
     /// Per-model prices for usage cost. Default none (everything costs 0).
     pub prices: crate::pricing::PriceList,
-    /// Store each prompt and answer, with emails, phone numbers, card numbers and IBANs
+    /// Store each prompt and answer, with emails, phone numbers, card numbers, IBANs and IP addresses
     /// redacted, for review and access requests. Default false: no prompt is stored.
     pub log_prompts: bool,
     /// After shutdown is signalled, how long in-flight requests and streams may run before
