@@ -168,6 +168,10 @@ pub struct GatewayOptions {
     /// Concurrent requests per key or JWT subject [default: none].
     #[arg(long, env = "PASSERELLE_RATE_LIMIT_CONCURRENCY")]
     pub rate_limit_concurrency: Option<u32>,
+    /// Halve the rpm and tpm of a key or subject for every 3 prompts the safety filter refused
+    /// in the last 10 minutes, down to a sixteenth [default: false].
+    #[arg(long, env = "PASSERELLE_RATE_LIMIT_ADAPTIVE", num_args = 0..=1, default_missing_value = "true")]
+    pub rate_limit_adaptive: Option<bool>,
     /// Accept HS256 JWTs signed with this secret (at least 32 bytes) [default: none].
     #[arg(long, env = "PASSERELLE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -217,6 +221,12 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub embedding: EmbeddingArgs,
+    /// Rule file for the safety filter (see docs/safety.md) [default: the built-in rules].
+    #[arg(long, env = "PASSERELLE_SAFETY_RULES", value_name = "FILE")]
+    pub safety_rules: Option<PathBuf>,
+    /// Run without the safety filter: prompts are not checked [default: checked].
+    #[arg(long, env = "PASSERELLE_NO_SAFETY", conflicts_with = "safety_rules")]
+    pub no_safety: bool,
     #[command(flatten)]
     pub gateway: GatewayOptions,
 }
@@ -232,6 +242,9 @@ pub struct GatewayArgs {
     /// The embeddings service's gRPC endpoint, when one runs [default: none].
     #[arg(long, env = "PASSERELLE_EMBEDDINGS_ENDPOINT")]
     pub embeddings_endpoint: Option<String>,
+    /// The safety service's gRPC endpoint; prompts are checked with it [default: none].
+    #[arg(long, env = "PASSERELLE_SAFETY_ENDPOINT")]
+    pub safety_endpoint: Option<String>,
     #[command(flatten)]
     pub gateway: GatewayOptions,
 }

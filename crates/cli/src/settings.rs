@@ -271,7 +271,11 @@ fn rate_limiter(
             failure_policy: policy,
             ..RedisLimiterConfig::new(url)
         }),
-        adaptive: None,
+        adaptive: args
+            .rate_limit_adaptive
+            .or(file.rate_limit_adaptive)
+            .unwrap_or(false)
+            .then(passerelle_gateway::ratelimit::AdaptiveConfig::default),
     })
 }
 

@@ -20,6 +20,8 @@ pub struct GatewayConfig {
     /// Answer repeated questions from the semantic cache in the embeddings service. Needs
     /// `embeddings_endpoint`. Default off.
     pub semantic_cache: Option<crate::SemanticCacheConfig>,
+    /// Check prompts with the safety service before answers are released. Default off.
+    pub safety: Option<crate::safety::SafetyConfig>,
     /// Watch prompt embeddings for drift (`/admin/drift`). Needs `embeddings_endpoint`.
     /// Default off.
     pub drift: Option<crate::DriftConfig>,
@@ -80,6 +82,7 @@ impl Default for GatewayConfig {
             embeddings_endpoint: None,
             semantic_cache: None,
             drift: None,
+            safety: None,
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(2),

@@ -62,6 +62,9 @@ pub enum ApiError {
     /// No stored API key has this id or display prefix.
     #[error("No API key with id or prefix `{id}`.")]
     KeyNotFound { id: String },
+    /// The safety filter refused the prompt.
+    #[error("The prompt was refused by the content filter ({}: {}).", .0.layer, .0.category)]
+    ContentFiltered(crate::safety::Refusal),
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     RouteNotFound { method: String, path: String },
@@ -224,6 +227,9 @@ impl ApiError {
                 param: Some("id".to_owned()),
                 ..Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("key_not_found"))
             },
+            E::ContentFiltered(_) => {
+                Rendering::new(S::BAD_REQUEST, INVALID_REQUEST, Some("content_filter"))
+            }
             E::RouteNotFound { .. } => {
                 Rendering::new(S::NOT_FOUND, INVALID_REQUEST, Some("unknown_url"))
             }

@@ -38,6 +38,7 @@ pub mod pricing;
 pub mod ratelimit;
 pub mod retrieval;
 mod routes;
+pub mod safety;
 pub mod semantic_cache;
 mod sse;
 pub mod state;

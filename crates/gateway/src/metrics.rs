@@ -43,6 +43,7 @@ struct Inner {
     cache_saved_tokens: IntCounterVec,
     feedback: IntCounterVec,
     satisfaction: Gauge,
+    safety_blocked: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -107,6 +108,13 @@ impl GatewayMetrics {
                 Opts::new("passerelle_feedback_total", "Ratings received, by rating."),
                 &["rating"],
             )?,
+            safety_blocked: IntCounterVec::new(
+                Opts::new(
+                    "passerelle_safety_blocked_total",
+                    "Requests refused by the safety filter, by stage, layer and category.",
+                ),
+                &["stage", "layer", "category"],
+            )?,
             satisfaction: Gauge::new(
                 "passerelle_feedback_satisfaction_ratio",
                 "Share of thumbs-up among the ratings of the last 24 hours, all replicas \
@@ -124,9 +132,17 @@ impl GatewayMetrics {
         registry.register(Box::new(inner.cache_saved_tokens.clone()))?;
         registry.register(Box::new(inner.feedback.clone()))?;
         registry.register(Box::new(inner.satisfaction.clone()))?;
+        registry.register(Box::new(inner.safety_blocked.clone()))?;
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+
+    pub(crate) fn safety_blocked(&self, stage: &str, layer: &str, category: &str) {
+        self.inner
+            .safety_blocked
+            .with_label_values(&[stage, layer, category])
+            .inc();
     }
 
     /// `rating`: `up` or `down`.

@@ -17,6 +17,7 @@ use crate::ledger::Ledger;
 use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
 use crate::ratelimit::{RateLimitSetupError, RateLimiter};
+use crate::safety::SafetyBackend;
 use crate::semantic_cache::SemanticCache;
 
 /// Why the gateway could not be assembled.
@@ -90,6 +91,7 @@ pub struct AppState {
     embeddings: Option<EmbeddingsBackend>,
     semantic_cache: Option<SemanticCache>,
     drift: Option<DriftMonitor>,
+    safety: Option<SafetyBackend>,
     catalog: ModelCatalog,
     keys: Arc<Keyring>,
     key_cache: Arc<KeyCache>,
@@ -144,6 +146,16 @@ impl AppState {
             }
             None => None,
         };
+        let safety = match &config.safety {
+            Some(safety) => {
+                check_endpoint(&safety.endpoint)?;
+                Some(
+                    SafetyBackend::connect_lazy(safety, &config)
+                        .map_err(|e| GatewayError::invalid_endpoint(&safety.endpoint, e))?,
+                )
+            }
+            None => None,
+        };
         let metrics = GatewayMetrics::register(registry)?;
         let semantic_cache = match (&config.semantic_cache, &embeddings) {
             (None, _) => None,
@@ -166,6 +178,7 @@ impl AppState {
         Ok(Self {
             semantic_cache,
             drift,
+            safety,
             catalog: ModelCatalog::new(llm.clone(), embeddings.clone(), config.models_cache_ttl),
             embeddings,
             admission: Admission::new(config.max_concurrent_requests),
@@ -228,6 +241,10 @@ impl AppState {
 
     pub(crate) fn semantic_cache(&self) -> Option<&SemanticCache> {
         self.semantic_cache.as_ref()
+    }
+
+    pub(crate) fn safety(&self) -> Option<&SafetyBackend> {
+        self.safety.as_ref()
     }
 
     pub(crate) fn drift(&self) -> Option<&DriftMonitor> {

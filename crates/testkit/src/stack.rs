@@ -31,6 +31,8 @@ pub struct StackOptions {
     pub embedding_model: Option<PathBuf>,
     /// The id clients name the embedding model by.
     pub embedding_model_id: String,
+    /// Run the safety service (built-in rules, PII) and check prompts with it.
+    pub safety: bool,
 }
 
 impl StackOptions {
@@ -44,6 +46,7 @@ impl StackOptions {
             queue_capacity: 16,
             embedding_model: None,
             embedding_model_id: "all-MiniLM-L6-v2".to_owned(),
+            safety: false,
         }
     }
 }
@@ -135,6 +138,24 @@ impl Stack {
             None => None,
         };
 
+        let safety = if options.safety {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let endpoint = format!("http://{}", listener.local_addr()?);
+            let registry = registry.clone();
+            let shutdown = shutdown();
+            tasks.push(tokio::spawn(async move {
+                let config = passerelle_safety::SafetyServiceConfig::default();
+                if let Err(err) =
+                    passerelle_safety::serve(config, listener, registry, shutdown).await
+                {
+                    eprintln!("testkit: safety service failed: {err}");
+                }
+            }));
+            Some(passerelle_gateway::safety::SafetyConfig::new(endpoint))
+        } else {
+            options.gateway.safety.clone()
+        };
+
         let data_dir = tempfile::Builder::new()
             .prefix("passerelle-stack-")
             .tempdir()?;
@@ -143,6 +164,7 @@ impl Stack {
         let config = GatewayConfig {
             llm_endpoint: llm_endpoint.clone(),
             embeddings_endpoint: embeddings_endpoint.clone(),
+            safety,
             ..options.gateway
         };
         let state = AppState::new(

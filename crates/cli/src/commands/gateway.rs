@@ -20,7 +20,11 @@ pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
     let embeddings_endpoint = args
         .embeddings_endpoint
         .or_else(|| file.embeddings_endpoint.clone());
-    let gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
+    let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
+    gateway.config.safety = args
+        .safety_endpoint
+        .or_else(|| file.safety_endpoint.clone())
+        .map(passerelle_gateway::safety::SafetyConfig::new);
     let shutdown = Shutdown::on_signals();
     let registry = prometheus::Registry::new();
     let state = super::gateway_state(gateway, &registry).await?;

@@ -9,9 +9,14 @@ use crate::{
     shutdown::Shutdown,
 };
 
-pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let listen = settings::listen(args.listen, file, config::DEFAULT_SAFETY_LISTEN)?;
-    let rules = match (&args.rules, args.no_rules) {
+/// The service's layers: the rules from `rules` (else the built-in ones) unless `no_rules`, and
+/// PII redaction unless `no_pii`.
+pub fn service_config(
+    rules: Option<&std::path::Path>,
+    no_rules: bool,
+    no_pii: bool,
+) -> anyhow::Result<passerelle_safety::SafetyServiceConfig> {
+    let rules = match (rules, no_rules) {
         (_, true) => None,
         (Some(path), false) => Some(
             passerelle_safety::RuleSet::load(path)
@@ -26,11 +31,16 @@ pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
             "safety rules loaded"
         );
     }
-    let service = passerelle_safety::SafetyServiceConfig {
+    Ok(passerelle_safety::SafetyServiceConfig {
         rules,
-        pii: !args.no_pii,
+        pii: !no_pii,
         ..Default::default()
-    };
+    })
+}
+
+pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let listen = settings::listen(args.listen, file, config::DEFAULT_SAFETY_LISTEN)?;
+    let service = service_config(args.rules.as_deref(), args.no_rules, args.no_pii)?;
     let shutdown = Shutdown::on_signals();
     let listener = tokio::net::TcpListener::bind(listen)
         .await

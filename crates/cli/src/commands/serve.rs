@@ -1,5 +1,6 @@
-//! `passerelle serve`: the gateway, the llm service and (when an embedding model is configured)
-//! the embeddings service in one process. The services listen on loopback ports and the gateway
+//! `passerelle serve`: the gateway, the llm service, the safety service (rule layer and PII;
+//! unless `--no-safety`) and (when an embedding model is configured) the embeddings service in
+//! one process. The services listen on loopback ports and the gateway
 //! reaches them through the same gRPC clients a split deployment uses, so both deployments run
 //! the same code path.
 
@@ -69,7 +70,37 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         }
     };
 
-    let gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
+    // The rule layer is on unless turned off: it costs microseconds a prompt.
+    let no_safety = args.no_safety || file.no_safety.unwrap_or(false);
+    let (safety_endpoint, safety) = if no_safety {
+        (None, None)
+    } else {
+        let rules = args
+            .safety_rules
+            .as_deref()
+            .or(file.safety_rules.as_deref());
+        let config = super::safety::service_config(rules, false, false)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind a loopback port for the safety service")?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(passerelle_safety::serve(
+            config,
+            listener,
+            registry.clone(),
+            shutdown.wait(),
+        ));
+        (Some(endpoint), Some(task))
+    };
+    let safety = async move {
+        match safety {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+
+    let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
+    gateway.config.safety = safety_endpoint.map(passerelle_gateway::safety::SafetyConfig::new);
     let state = super::gateway_state(gateway, &registry).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -85,6 +116,9 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         result = embeddings => result
             .context("embeddings service panicked")?
             .context("embeddings service failed")?,
+        result = safety => result
+            .context("safety service panicked")?
+            .context("safety service failed")?,
     }
     Ok(())
 }

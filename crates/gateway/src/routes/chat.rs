@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::labelled;
 use crate::answer::Answer;
-use crate::auth::Principal;
+use crate::auth::{ClientAddr, Principal};
 use crate::error::ApiError;
 use crate::extract::{AppJson, RequestId};
 use crate::meter::{Endpoint, Meter};
@@ -16,19 +16,25 @@ use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::chat_response::{ChatChunks, ChatCompletion};
 use crate::openai::{ResponseMeta, response_id};
 use crate::retrieval;
+use crate::safety::{self, InputCheck};
 use crate::sse;
 use crate::state::AppState;
+
+const ROUTE: &str = "/v1/chat/completions";
 
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
+    client: ClientAddr,
     RequestId(request_id): RequestId,
     body: Result<AppJson<ChatCompletionRequest>, ApiError>,
 ) -> Response {
     let started_at = Instant::now();
     let requested = body.as_ref().ok().map(|AppJson(b)| b.model.clone());
     let result = match body {
-        Ok(AppJson(body)) => respond(&state, &principal, body, &request_id, started_at).await,
+        Ok(AppJson(body)) => {
+            respond(&state, &principal, &client, body, &request_id, started_at).await
+        }
         Err(err) => Err(err),
     };
     labelled(&state, requested.as_deref(), result)
@@ -37,6 +43,7 @@ pub(crate) async fn create(
 async fn respond(
     state: &AppState,
     principal: &Principal,
+    client: &ClientAddr,
     body: ChatCompletionRequest,
     request_id: &str,
     started_at: Instant,
@@ -53,9 +60,14 @@ async fn respond(
     let id = response_id("chatcmpl");
     let meter =
         Meter::new(state, principal, Endpoint::Chat, &id, started_at).with_prompt(&plan.request);
-    let answer = Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref())
-        .await?
-        .metered(meter);
+    let check = InputCheck::of(state, &plan.request)?;
+    let start = async {
+        let answer =
+            Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref())
+                .await?;
+        Ok(answer.metered(meter))
+    };
+    let answer = safety::screened(state, principal, client, ROUTE, check, start).await?;
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
     let meta = ResponseMeta::new(id, answer.model());

@@ -8,26 +8,32 @@ use axum::response::{IntoResponse, Response};
 
 use super::labelled;
 use crate::answer::Answer;
-use crate::auth::Principal;
+use crate::auth::{ClientAddr, Principal};
 use crate::error::ApiError;
 use crate::extract::{AppJson, RequestId};
 use crate::meter::{Endpoint, Meter};
 use crate::openai::completion_response::{TextChunks, TextCompletion};
 use crate::openai::completions::CompletionRequest;
 use crate::openai::{ResponseMeta, response_id};
+use crate::safety::{self, InputCheck};
 use crate::sse;
 use crate::state::AppState;
+
+const ROUTE: &str = "/v1/completions";
 
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
+    client: ClientAddr,
     RequestId(request_id): RequestId,
     body: Result<AppJson<CompletionRequest>, ApiError>,
 ) -> Response {
     let started_at = Instant::now();
     let requested = body.as_ref().ok().map(|AppJson(b)| b.model.clone());
     let result = match body {
-        Ok(AppJson(body)) => respond(&state, &principal, body, &request_id, started_at).await,
+        Ok(AppJson(body)) => {
+            respond(&state, &principal, &client, body, &request_id, started_at).await
+        }
         Err(err) => Err(err),
     };
     labelled(&state, requested.as_deref(), result)
@@ -36,6 +42,7 @@ pub(crate) async fn create(
 async fn respond(
     state: &AppState,
     principal: &Principal,
+    client: &ClientAddr,
     body: CompletionRequest,
     request_id: &str,
     started_at: Instant,
@@ -45,9 +52,12 @@ async fn respond(
     let id = response_id("cmpl");
     let meter = Meter::new(state, principal, Endpoint::Completions, &id, started_at)
         .with_prompt(&plan.request);
-    let answer = Answer::start(state, principal, plan.request, started_at)
-        .await?
-        .metered(meter);
+    let check = InputCheck::of(state, &plan.request)?;
+    let start = async {
+        let answer = Answer::start(state, principal, plan.request, started_at).await?;
+        Ok(answer.metered(meter))
+    };
+    let answer = safety::screened(state, principal, client, ROUTE, check, start).await?;
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
     let meta = ResponseMeta::new(id, answer.model());

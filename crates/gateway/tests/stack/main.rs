@@ -10,6 +10,7 @@ mod documents;
 mod drift;
 mod embeddings;
 mod errors;
+mod safety;
 mod semantic_cache;
 mod shared_redis;
 mod support;

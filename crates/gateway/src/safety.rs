@@ -1,0 +1,192 @@
+//! The gateway's side of the safety service: the prompt of every chat and completion is checked
+//! while its generation starts, and nothing of the answer is released before the verdict. An
+//! unsafe prompt cancels the generation and gets 400 `content_filter`; the refusal is audited
+//! (layer, category, rule; never the text) and counted against the caller's adaptive rate limit.
+
+use std::future::Future;
+use std::time::Duration;
+
+use passerelle_proto::common::ChatMessage;
+use passerelle_proto::llm::GenerateRequest;
+use passerelle_proto::llm::prompt::Kind;
+use passerelle_proto::safety::safety_client::SafetyClient;
+use passerelle_proto::safety::{CheckRequest, CheckResponse, Layer, Stage, Verdict};
+use passerelle_store::{AuditAction, NewAuditEvent};
+
+use crate::GatewayConfig;
+use crate::auth::{ClientAddr, Principal};
+use crate::backend::{self, BackendError, TracedChannel};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Where the safety service listens and what it checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyConfig {
+    /// The safety service, as an `http://host:port` URI.
+    pub endpoint: String,
+    /// Check prompts before their answers are released. Default true.
+    pub check_input: bool,
+    /// Longest a check may take; past it the request fails with 503 rather than passing
+    /// unchecked. Default 5 s.
+    pub timeout: Duration,
+}
+
+impl SafetyConfig {
+    /// Input checks against the service at `endpoint`.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            check_input: true,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A cheap handle on the safety service.
+#[derive(Clone)]
+pub(crate) struct SafetyBackend {
+    client: SafetyClient<TracedChannel>,
+    config: SafetyConfig,
+}
+
+impl SafetyBackend {
+    pub(crate) fn connect_lazy(
+        config: &SafetyConfig,
+        gateway: &GatewayConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = backend::connect_lazy(&config.endpoint, gateway)?;
+        Ok(Self {
+            client: SafetyClient::new(channel),
+            config: config.clone(),
+        })
+    }
+
+    async fn check(&self, request: CheckRequest) -> Result<CheckResponse, BackendError> {
+        let timeout = self.config.timeout;
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        let response = tokio::time::timeout(timeout, self.client.clone().check(request))
+            .await
+            .map_err(|_| BackendError::DeadlineExceeded)??;
+        Ok(response.into_inner())
+    }
+}
+
+/// Why a prompt was refused, as the client and the audit log see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `rules`, `injection`, `pii` or `llama_guard`.
+    pub layer: &'static str,
+    /// The violated category, e.g. `prompt_injection` or `S1`.
+    pub category: String,
+    /// The rule that matched, for the rule layer.
+    pub rule_id: Option<String>,
+}
+
+impl Refusal {
+    fn from_verdict(response: &CheckResponse) -> Self {
+        let layer = match response.decided_by() {
+            Layer::Rules => "rules",
+            Layer::Injection => "injection",
+            Layer::Pii => "pii",
+            Layer::LlamaGuard => "llama_guard",
+            Layer::Unspecified => "unspecified",
+        };
+        Self {
+            layer,
+            category: response
+                .categories
+                .first()
+                .map_or_else(|| "unspecified".to_owned(), |c| c.code.clone()),
+            rule_id: (!response.rule_id.is_empty()).then(|| response.rule_id.clone()),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match &self.rule_id {
+            Some(rule) => format!(
+                "safety layer={} category={} rule={rule}",
+                self.layer, self.category
+            ),
+            None => format!("safety layer={} category={}", self.layer, self.category),
+        }
+    }
+}
+
+/// The input check of one request, ready to run.
+pub(crate) struct InputCheck {
+    backend: SafetyBackend,
+    request: CheckRequest,
+}
+
+impl InputCheck {
+    /// The check `request` needs, or `None` when input checks are off. A prompt of token ids
+    /// cannot be read, so it is refused rather than let through unchecked.
+    pub(crate) fn of(
+        state: &AppState,
+        request: &GenerateRequest,
+    ) -> Result<Option<Self>, ApiError> {
+        let Some(backend) = state.safety().filter(|b| b.config.check_input) else {
+            return Ok(None);
+        };
+        let messages = match request.prompt.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(Kind::Chat(chat)) => chat.messages.clone(),
+            Some(Kind::Text(text)) => vec![ChatMessage {
+                role: "user".to_owned(),
+                content: text.clone(),
+                ..ChatMessage::default()
+            }],
+            Some(Kind::Tokens(_)) => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "Token-id prompts cannot be checked by this gateway's safety filter; send text.",
+                ));
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(Self {
+            backend: backend.clone(),
+            request: CheckRequest {
+                messages,
+                stage: Stage::Input.into(),
+                request_id: request.request_id.clone(),
+                ..CheckRequest::default()
+            },
+        }))
+    }
+}
+
+/// Runs `check` alongside `start` (the generation starting) and returns what `start` made only
+/// once the prompt is known to be safe. When it is not, what `start` made is dropped, which
+/// cancels the generation.
+pub(crate) async fn screened<T>(
+    state: &AppState,
+    principal: &Principal,
+    client: &ClientAddr,
+    route: &str,
+    check: Option<InputCheck>,
+    start: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, ApiError> {
+    let Some(check) = check else {
+        return Ok(start.await?);
+    };
+    let (verdict, started) = tokio::join!(check.backend.check(check.request), start);
+    let verdict = verdict?;
+    if verdict.verdict() == Verdict::Unsafe {
+        drop(started);
+        let refusal = Refusal::from_verdict(&verdict);
+        state
+            .metrics()
+            .safety_blocked("input", refusal.layer, &refusal.category);
+        let event = NewAuditEvent::now(principal.id(), AuditAction::RequestBlocked)
+            .target(route)
+            .detail(refusal.detail());
+        state.audit(match &client.0 {
+            Some(addr) => event.client_addr(addr),
+            None => event,
+        });
+        state.limiter().note_violation(&principal.tenant()).await;
+        return Err(ApiError::ContentFiltered(refusal));
+    }
+    Ok(started?)
+}
