@@ -196,7 +196,6 @@ impl CacheHandle {
         }
         Ok(embedded.vectors.pop())
     }
-
 }
 
 impl Core {
@@ -226,7 +225,10 @@ impl Core {
 
     /// Stores entries other replicas wrote, each for what remains of its lifetime, except
     /// those already expired.
-    pub(super) async fn apply(&self, entries: Vec<SharedEntry>) -> Result<Applied, EmbeddingsError> {
+    pub(super) async fn apply(
+        &self,
+        entries: Vec<SharedEntry>,
+    ) -> Result<Applied, EmbeddingsError> {
         let now_ms = unix_millis(SystemTime::now());
         self.run(move |cache, now| {
             let mut applied = Applied::default();
@@ -268,8 +270,9 @@ pub(super) struct Applied {
 
 /// Milliseconds since the Unix epoch (0 for a clock set before it).
 pub(super) fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 fn limits(config: &CacheConfig) -> Limits {
