@@ -12,14 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{config, engine, minilm_dir};
+use common::{MODEL_ID, config, engine, minilm_dir};
 use passerelle_embeddings::{
-    CacheConfig, EmbeddingHandle,
-    cache::CacheRedisConfig,
+    CacheConfig, EmbeddingHandle, EmbeddingsError, EmbeddingsServiceConfig,
     cache::{
-        CacheHandle, Hit,
+        CacheHandle, CacheRedisConfig, Hit,
         request::{LookupQuery, StoreCommand},
     },
+};
+use passerelle_proto::embeddings::{
+    CacheLookupRequest, CacheStoreRequest, embeddings_client::EmbeddingsClient,
 };
 use passerelle_testkit::redis::RedisServer;
 use prometheus::Registry;
@@ -240,4 +242,88 @@ async fn without_redis_the_cache_keeps_working_locally_and_catches_up_after() {
         (a.cache.redis_healthy() == Some(true)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_bad_redis_url_is_refused_at_start() {
+    let engine = engine(config(minilm_dir())).await;
+    let config = CacheConfig {
+        redis: Some(CacheRedisConfig::new("not a url")),
+        ..CacheConfig::default()
+    };
+    let err = CacheHandle::new(config, engine, &Registry::new()).unwrap_err();
+    assert!(matches!(err, EmbeddingsError::CacheRedis(_)), "{err:?}");
+}
+
+/// Two whole services, as two replicas would run them, over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_redis_share_answers_over_grpc() {
+    let redis = RedisServer::start().unwrap();
+    let mut stops = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let config = EmbeddingsServiceConfig {
+            model_path: minilm_dir().to_path_buf(),
+            model_id: MODEL_ID.to_owned(),
+            threads: Some(2),
+            cache: CacheConfig {
+                redis: Some(CacheRedisConfig::new(redis.url())),
+                ..CacheConfig::default()
+            },
+            ..EmbeddingsServiceConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(passerelle_embeddings::serve(
+            config,
+            listener,
+            Registry::new(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        stops.push((stop, task));
+        clients.push(EmbeddingsClient::connect(endpoint).await.unwrap());
+    }
+    let answer = r#"{"id":"chatcmpl-1","choices":[]}"#;
+    // The store answers UNAVAILABLE while the model loads.
+    eventually("a store once the model is loaded", || {
+        let mut client = clients[0].clone();
+        async move {
+            client
+                .cache_store(CacheStoreRequest {
+                    namespace: "tenant-a/abc123".to_owned(),
+                    model: "llama".to_owned(),
+                    prompt: ASKED.to_owned(),
+                    response_json: answer.to_owned(),
+                    ttl_seconds: 60,
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let hit = eventually("a hit on the other service", || {
+        let mut client = clients[1].clone();
+        async move {
+            let found = client
+                .cache_lookup(CacheLookupRequest {
+                    namespace: "tenant-a/abc123".to_owned(),
+                    model: "llama".to_owned(),
+                    prompt: PARAPHRASE.to_owned(),
+                    min_similarity: 0.0,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            found.hit.then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(hit.response_json, answer);
+    for (stop, task) in stops {
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
 }
