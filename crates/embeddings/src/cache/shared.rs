@@ -3,8 +3,9 @@
 //!
 //! - Writing: [`SharedLog::publish`] hands the entry to a bounded outbox and returns; a writer
 //!   task `XADD`s batches of them with `MAXLEN ~ max_entries`, so the stream stays about as
-//!   large as one replica's cache. A full outbox or a failed write drops the entries (counted):
-//!   the local cache has them anyway.
+//!   large as one replica's cache. A batch that failed because Redis is unreachable is retried
+//!   until it is written; entries that do not fit the outbox meanwhile, or that Redis refuses
+//!   outright, are dropped (counted): the local cache has them anyway.
 //! - Following: a task reads the stream from its start in pages (`XREAD COUNT`), which replays
 //!   what other replicas and earlier runs stored, then keeps reading with `BLOCK` from the
 //!   last id it saw. Expired entries are skipped; the rest are stored for what remains of
@@ -189,19 +190,35 @@ async fn write(
             pipe.ignore();
         }
         let count = batch.len() as u64;
-        match bounded(TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
-            Ok(()) => {
-                health.up();
-                health.count("written", count);
-                backoff.reset();
-            }
-            Err(err) => {
-                health.down(&err);
-                health.count("dropped", count);
-                tokio::time::sleep(backoff.next()).await;
+        // A batch that failed for want of Redis waits for it, holding up the outbox, which
+        // then drops what does not fit: an outage costs the entries past the outbox's size,
+        // not all of them. A retried write may land twice, which is harmless (the same key
+        // replaces itself).
+        loop {
+            match bounded(TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+                Ok(()) => {
+                    health.up();
+                    health.count("written", count);
+                    backoff.reset();
+                    break;
+                }
+                Err(err) if transient(&err) => {
+                    health.down(&err);
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, entries = count, "Redis refused semantic cache entries");
+                    health.count("dropped", count);
+                    break;
+                }
             }
         }
     }
+}
+
+/// Whether `err` may go away by itself (a lost connection, a server still loading).
+fn transient(err: &redis::RedisError) -> bool {
+    !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
 }
 
 /// Replays the stream, then follows it.
