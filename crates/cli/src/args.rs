@@ -270,6 +270,11 @@ pub struct EmbeddingsArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub hub: HubArgs,
+    /// Redis the replicas of this service share their semantic cache through, which also
+    /// keeps it across restarts, e.g. redis://127.0.0.1:6379/ [default: none: this process
+    /// only].
+    #[arg(long, env = "PASSERELLE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -471,6 +476,24 @@ mod tests {
         assert_eq!(serve.model.model.as_deref(), Some("./m.gguf"));
         assert_eq!(serve.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(serve.model.threads, Some(2));
+    }
+
+    #[test]
+    fn embeddings_takes_a_redis_url_for_its_cache() {
+        let cli = Cli::try_parse_from([
+            "passerelle",
+            "embeddings",
+            "--redis-url",
+            "redis://127.0.0.1:6379/",
+        ])
+        .unwrap();
+        let Command::Embeddings(embeddings) = cli.command else {
+            panic!("not embeddings")
+        };
+        assert_eq!(
+            embeddings.redis_url.as_deref(),
+            Some("redis://127.0.0.1:6379/")
+        );
     }
 
     #[test]

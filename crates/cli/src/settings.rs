@@ -29,6 +29,8 @@ pub struct EmbeddingSettings {
     pub model_id: Option<String>,
     pub matryoshka: bool,
     pub cache_max_entries: usize,
+    /// Redis the semantic cache is shared through, if any.
+    pub redis_url: Option<String>,
     /// Where the document store keeps its documents.
     pub documents_dir: PathBuf,
     pub threads: Option<usize>,
@@ -110,6 +112,8 @@ pub fn embedding(
             .semantic_cache_max_entries
             .or(file.semantic_cache_max_entries)
             .unwrap_or(passerelle_embeddings::CacheConfig::default().max_entries),
+        // Set by the command: `embeddings` has its own flag, `serve` passes the gateway's.
+        redis_url: None,
         documents_dir: args
             .documents_dir
             .clone()

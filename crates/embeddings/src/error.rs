@@ -92,6 +92,10 @@ pub enum EmbeddingsError {
     /// A vector that does not fit its cache namespace: a bug, since one engine embeds them all.
     #[error("semantic cache: {0}")]
     Cache(#[from] crate::cache::index::DimensionMismatch),
+    /// The semantic cache's Redis log could not be set up (a bad URL, no runtime); failures
+    /// once running are only logged, never returned.
+    #[error("semantic cache Redis: {0}")]
+    CacheRedis(String),
     /// A cache step panicked (the cache starts afresh on the next call).
     #[error("semantic cache: {0}")]
     CacheTask(String),
@@ -145,6 +149,7 @@ impl From<EmbeddingsError> for Status {
             | EmbeddingsError::Embed(_)
             | EmbeddingsError::Cache(_)
             | EmbeddingsError::CacheTask(_)
+            | EmbeddingsError::CacheRedis(_)
             | EmbeddingsError::DocumentFiles(_)
             | EmbeddingsError::DocumentsTask(_)
             | EmbeddingsError::Metrics(_)

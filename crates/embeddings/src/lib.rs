@@ -12,7 +12,8 @@
 //!   health flipped to SERVING once the model is warm.
 //! - [`cache`]: the semantic cache behind `CacheLookup` / `CacheStore`: exact match on the
 //!   normalised prompt, then nearest neighbour by embedding (exact scan or HNSW), per
-//!   namespace, bounded by entry count (LRU) and TTL.
+//!   namespace, bounded by entry count (LRU) and TTL; optionally shared between replicas (and
+//!   kept across restarts) through a Redis Stream.
 //! - [`documents`]: the document store behind `IngestDocument`, `ListDocuments`, `GetDocument`,
 //!   `DeleteDocument` and `Retrieve`: texts chunked by the model's tokenizer, embedded, kept
 //!   per namespace in memory and optionally on disk, and searched by exact cosine scan.

@@ -12,7 +12,7 @@ use crate::{
 pub async fn run(args: EmbeddingsArgs, file: &FileConfig) -> anyhow::Result<()> {
     let listen = settings::listen(args.listen, file, config::DEFAULT_EMBEDDINGS_LISTEN)?;
     let threads = settings::threads(args.threads, file)?;
-    let embedding = settings::embedding(
+    let mut embedding = settings::embedding(
         &args.embedding,
         file,
         threads,
@@ -20,6 +20,7 @@ pub async fn run(args: EmbeddingsArgs, file: &FileConfig) -> anyhow::Result<()> 
         Some(config::DEFAULT_EMBEDDING_MODEL),
     )
     .context("an embedding model is always configured here")?;
+    embedding.redis_url = args.redis_url.or_else(|| file.redis_url.clone());
     let shutdown = Shutdown::on_signals();
     let service = super::embeddings_config(&embedding).await?;
     let listener = tokio::net::TcpListener::bind(listen)

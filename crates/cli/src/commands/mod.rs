@@ -71,6 +71,10 @@ async fn embeddings_config(
         matryoshka: embedding.matryoshka,
         cache: passerelle_embeddings::CacheConfig {
             max_entries: embedding.cache_max_entries,
+            redis: embedding
+                .redis_url
+                .clone()
+                .map(passerelle_embeddings::cache::CacheRedisConfig::new),
             ..Default::default()
         },
         documents: passerelle_embeddings::DocumentsConfig {

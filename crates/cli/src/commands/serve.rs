@@ -48,6 +48,13 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
             ) {
                 embedding.documents_dir = data_dir.join("documents");
             }
+            // The gateways' Redis also carries the semantic cache, so that every replica's
+            // embeddings service answers from the same entries.
+            embedding.redis_url = args
+                .gateway
+                .redis_url
+                .clone()
+                .or_else(|| file.redis_url.clone());
             let config = super::embeddings_config(&embedding).await?;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

@@ -11,7 +11,7 @@
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use prometheus::Registry;
@@ -20,43 +20,69 @@ use super::{
     CacheConfig,
     metrics::{CacheMetrics, LookupResult},
     prompt::PromptKey,
+    record::SharedEntry,
     request::{LookupQuery, StoreCommand},
     semantic::{EntryId, Hit, Limits, SemanticCache},
+    shared::SharedLog,
 };
 use crate::{engine::EmbeddingHandle, error::EmbeddingsError, request::EmbedOptions};
 
 /// A cloneable handle on one service's semantic cache.
 #[derive(Debug, Clone)]
 pub struct CacheHandle {
+    core: Core,
+    engine: EmbeddingHandle,
+    /// The Redis log, when configured; its tasks stop when the last handle goes.
+    shared: Option<Arc<SharedLog>>,
+}
+
+/// The cache, its configuration and metrics: what the Redis follower needs to apply other
+/// replicas' entries, without the handle whose last drop stops that follower.
+#[derive(Debug, Clone)]
+pub(super) struct Core {
     cache: Arc<Mutex<SemanticCache>>,
     config: CacheConfig,
-    engine: EmbeddingHandle,
     metrics: CacheMetrics,
 }
 
 impl CacheHandle {
     /// An empty cache whose prompts `engine` embeds; metrics are registered on `registry`.
+    /// With `config.redis` set, it also replays and follows the shared log in the background
+    /// (which needs a tokio runtime) and appends what it stores to it.
     pub fn new(
         config: CacheConfig,
         engine: EmbeddingHandle,
         registry: &Registry,
     ) -> Result<Self, EmbeddingsError> {
         let metrics = CacheMetrics::register(registry)?;
-        Ok(Self {
+        let core = Core {
             cache: Arc::new(Mutex::new(SemanticCache::new(limits(&config)))),
             config,
-            engine,
             metrics,
+        };
+        let shared = match &core.config.redis {
+            Some(redis) => Some(Arc::new(SharedLog::start(
+                redis,
+                engine.model_id(),
+                core.clone(),
+                registry,
+            )?)),
+            None => None,
+        };
+        Ok(Self {
+            core,
+            engine,
+            shared,
         })
     }
 
     pub fn config(&self) -> &CacheConfig {
-        &self.config
+        &self.core.config
     }
 
     /// Entries held now.
     pub fn len(&self) -> usize {
-        lock(&self.cache, &self.config).len()
+        lock(&self.core.cache, &self.core.config).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,16 +95,18 @@ impl CacheHandle {
         let key = PromptKey::of(&query.prompt);
         let namespace = query.namespace.clone();
         let exact = self
+            .core
             .run(move |cache, now| cache.lookup_exact(&namespace, &key, now))
             .await?;
         if let Some(hit) = exact {
-            self.metrics
+            self.core
+                .metrics
                 .lookup(LookupResult::HitExact, Some(hit.similarity));
             return Ok(Some(hit));
         }
         let Some(vector) = self.embed(query.prompt).await? else {
             // Truncated: its embedding stands for only part of it, so only an exact match may answer.
-            self.metrics.lookup(LookupResult::Miss, None);
+            self.core.metrics.lookup(LookupResult::Miss, None);
             return Ok(None);
         };
         let LookupQuery {
@@ -87,13 +115,14 @@ impl CacheHandle {
             ..
         } = query;
         let nearest = self
+            .core
             .run(move |cache, now| cache.lookup_nearest(&namespace, &vector, min_similarity, now))
             .await?;
         let result = match nearest.hit {
             Some(_) => LookupResult::HitSemantic,
             None => LookupResult::Miss,
         };
-        self.metrics.lookup(result, nearest.best_similarity);
+        self.core.metrics.lookup(result, nearest.best_similarity);
         Ok(nearest.hit)
     }
 
@@ -109,7 +138,25 @@ impl CacheHandle {
             ..
         } = command;
         let response_json: Arc<str> = response_json.into();
+        // What the log needs is kept before the cache takes the vector and the answer.
+        let shared = self.shared.as_ref().map(|log| {
+            let created_ms = unix_millis(SystemTime::now());
+            (
+                log,
+                SharedEntry {
+                    replica: log.replica(),
+                    namespace: namespace.clone(),
+                    prompt: key,
+                    vector: vector.clone(),
+                    response_json: Arc::clone(&response_json),
+                    created_ms,
+                    expires_ms: created_ms
+                        .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+                },
+            )
+        });
         let stored = self
+            .core
             .run(move |cache, now| {
                 cache.store(
                     namespace,
@@ -120,13 +167,21 @@ impl CacheHandle {
                     now,
                 )
             })
-            .await?;
-        Ok(stored?)
+            .await??;
+        if let Some((log, entry)) = shared {
+            log.publish(entry);
+        }
+        Ok(stored)
     }
 
     /// Removes expired entries now rather than at the next call.
     pub async fn sweep(&self) -> Result<usize, EmbeddingsError> {
-        self.run(|cache, now| cache.sweep(now)).await
+        self.core.run(|cache, now| cache.sweep(now)).await
+    }
+
+    /// Whether the last exchange with the Redis log went through; `None` without Redis.
+    pub fn redis_healthy(&self) -> Option<bool> {
+        self.shared.as_ref().map(|log| log.healthy())
     }
 
     /// The prompt's unit vector, or `None` when the model truncated it.
@@ -141,9 +196,16 @@ impl CacheHandle {
         }
         Ok(embedded.vectors.pop())
     }
+}
+
+impl Core {
+    /// The entry bound, which the Redis log's length follows.
+    pub(super) fn max_entries(&self) -> usize {
+        self.config.max_entries
+    }
 
     /// Runs `step` under the lock on the blocking pool, then updates the metrics it moved.
-    async fn run<R: Send + 'static>(
+    pub(super) async fn run<R: Send + 'static>(
         &self,
         step: impl FnOnce(&mut SemanticCache, Instant) -> R + Send + 'static,
     ) -> Result<R, EmbeddingsError> {
@@ -160,6 +222,57 @@ impl CacheHandle {
         .await
         .map_err(|err| EmbeddingsError::CacheTask(err.to_string()))
     }
+
+    /// Stores entries other replicas wrote, each for what remains of its lifetime, except
+    /// those already expired.
+    pub(super) async fn apply(
+        &self,
+        entries: Vec<SharedEntry>,
+    ) -> Result<Applied, EmbeddingsError> {
+        let now_ms = unix_millis(SystemTime::now());
+        self.run(move |cache, now| {
+            let mut applied = Applied::default();
+            for entry in entries {
+                let Some(left) = entry.expires_ms.checked_sub(now_ms).filter(|&ms| ms > 0) else {
+                    applied.expired += 1;
+                    continue;
+                };
+                let result = cache.store(
+                    entry.namespace,
+                    entry.prompt,
+                    entry.vector.as_deref(),
+                    entry.response_json,
+                    Some(Duration::from_millis(left)),
+                    now,
+                );
+                match result {
+                    Ok(_) => applied.stored += 1,
+                    // Another embedding model under the same key prefix and model id, or a bug.
+                    Err(err) => {
+                        applied.refused += 1;
+                        tracing::warn!(error = %err, "skipped a shared cache entry");
+                    }
+                }
+            }
+            applied
+        })
+        .await
+    }
+}
+
+/// What [`Core::apply`] did with a page of the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Applied {
+    pub stored: u64,
+    pub expired: u64,
+    pub refused: u64,
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+pub(super) fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 fn limits(config: &CacheConfig) -> Limits {

@@ -17,6 +17,16 @@ impl PromptKey {
     pub fn of(prompt: &str) -> Self {
         Self(Sha256::digest(normalise(prompt).as_bytes()).into())
     }
+
+    /// A key computed elsewhere (another replica's, read back from the shared log).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The digest itself.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 /// Trims `prompt` and collapses each run of whitespace into one space.
