@@ -61,6 +61,25 @@ impl SafetyBackend {
         })
     }
 
+    /// Checks one text as a user's message, for `/v1/moderations`.
+    pub(crate) async fn moderate(
+        &self,
+        text: String,
+        request_id: &str,
+    ) -> Result<CheckResponse, BackendError> {
+        self.check(CheckRequest {
+            messages: vec![ChatMessage {
+                role: "user".to_owned(),
+                content: text,
+                ..ChatMessage::default()
+            }],
+            stage: Stage::Input.into(),
+            request_id: request_id.to_owned(),
+            ..CheckRequest::default()
+        })
+        .await
+    }
+
     async fn check(&self, request: CheckRequest) -> Result<CheckResponse, BackendError> {
         let timeout = self.config.timeout;
         let mut request = tonic::Request::new(request);

@@ -54,6 +54,7 @@ fn route_access(route: &str) -> RouteAccess {
         "/v1/chat/completions" => metered(Scope::Chat),
         "/v1/completions" => metered(Scope::Completions),
         "/v1/embeddings" => metered(Scope::Embeddings),
+        "/v1/moderations" => metered(Scope::Moderation),
         r if r.starts_with("/v1/documents") => metered(Scope::Documents),
         r if r.starts_with("/admin/") || r.starts_with("/v1/users/") => open(Some(Scope::Admin)),
         // Models, own usage, feedback: any caller.

@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod models;
+pub(crate) mod moderations;
 pub(crate) mod usage;
 pub(crate) mod users;
 

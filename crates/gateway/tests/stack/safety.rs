@@ -130,3 +130,61 @@ async fn unsafe_prompts_are_refused_audited_and_slow_their_sender_down() {
     assert_eq!(after.status(), StatusCode::OK);
     assert_eq!(after.headers()["x-ratelimit-limit-requests"], "5");
 }
+
+#[tokio::test]
+async fn moderations_answer_in_openais_shape() {
+    let served = Served::start_with(Format::Gguf, |options| options.safety = true).await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let body =
+        json!({"model": "omni-moderation-latest", "input": ["How do bridges carry load?", ATTACK]});
+    let response = post(&served, "/v1/moderations", key, &body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["id"].as_str().unwrap().starts_with("modr-"));
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["flagged"], false);
+    assert_eq!(results[0]["categories"]["prompt_injection"], false);
+    assert_eq!(results[0]["category_scores"]["prompt_injection"], 0.0);
+    assert_eq!(results[1]["flagged"], true);
+    assert_eq!(results[1]["categories"]["prompt_injection"], true);
+    assert!(
+        results[1]["category_scores"]["prompt_injection"]
+            .as_f64()
+            .unwrap()
+            > 0.5
+    );
+
+    for (bad, param) in [
+        (json!({"input": []}), "input"),
+        (json!({"input": ["ok", ""]}), "input[1]"),
+    ] {
+        let response = post(&served, "/v1/moderations", key, &bad).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["param"], param);
+    }
+
+    // A key without the moderation scope may not call it.
+    let mut new = NewKey::new("chat only", "carol");
+    new.scopes = BTreeSet::from([Scope::Chat]);
+    let (_, chat_only) = served.stack.store().create(new).await.unwrap();
+    let refused = post(
+        &served,
+        "/v1/moderations",
+        chat_only.expose(),
+        &json!({"input": "hi"}),
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn without_a_safety_service_moderation_is_disabled() {
+    let served = Served::start(Format::Gguf).await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let response = post(&served, "/v1/moderations", key, &json!({"input": "hi"})).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "feature_disabled");
+}
