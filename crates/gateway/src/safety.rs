@@ -10,6 +10,7 @@ use passerelle_proto::common::ChatMessage;
 use passerelle_proto::llm::GenerateRequest;
 use passerelle_proto::llm::prompt::Kind;
 use passerelle_proto::safety::safety_client::SafetyClient;
+use passerelle_proto::safety::safety_server;
 use passerelle_proto::safety::{CheckRequest, CheckResponse, Layer, Stage, Verdict};
 use passerelle_store::{AuditAction, NewAuditEvent};
 
@@ -46,7 +47,9 @@ impl SafetyConfig {
 #[derive(Clone)]
 pub(crate) struct SafetyBackend {
     client: SafetyClient<TracedChannel>,
+    channel: TracedChannel,
     config: SafetyConfig,
+    control_timeout: Duration,
 }
 
 impl SafetyBackend {
@@ -56,9 +59,21 @@ impl SafetyBackend {
     ) -> Result<Self, tonic::transport::Error> {
         let channel = backend::connect_lazy(&config.endpoint, gateway)?;
         Ok(Self {
-            client: SafetyClient::new(channel),
+            client: SafetyClient::new(channel.clone()),
+            channel,
             config: config.clone(),
+            control_timeout: gateway.control_timeout,
         })
+    }
+
+    /// Whether the service reports SERVING over `grpc.health.v1`.
+    pub(crate) async fn readiness(&self) -> backend::Readiness {
+        backend::readiness(
+            &self.channel,
+            safety_server::SERVICE_NAME,
+            self.control_timeout,
+        )
+        .await
     }
 
     /// Checks one text as a user's message, for `/v1/moderations`.

@@ -33,6 +33,8 @@ struct Dependencies {
     llm: DependencyStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     embeddings: Option<DependencyStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    safety: Option<DependencyStatus>,
     rate_limiter: LimiterStatus,
     store: DependencyStatus,
 }
@@ -127,15 +129,26 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
             None => None,
         }
     };
-    let (llm, embeddings, (rate_limiter, limiter_impact), (store, store_impact)) = tokio::join!(
+    // Prompts are never let through unchecked, so a configured safety service is required.
+    let safety = async {
+        match state.safety() {
+            Some(safety) => Some(DependencyStatus::from(safety.readiness().await)),
+            None => None,
+        }
+    };
+    let (llm, embeddings, safety, (rate_limiter, limiter_impact), (store, store_impact)) = tokio::join!(
         async { DependencyStatus::from(state.llm().readiness().await) },
         embeddings,
+        safety,
         limiter(&state),
         store(&state),
     );
     let impact = [
         llm.impact(),
         embeddings
+            .as_ref()
+            .map_or(Impact::None, DependencyStatus::impact),
+        safety
             .as_ref()
             .map_or(Impact::None, DependencyStatus::impact),
         limiter_impact,
@@ -150,6 +163,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
         dependencies: Some(Dependencies {
             llm,
             embeddings,
+            safety,
             rate_limiter,
             store,
         }),

@@ -135,6 +135,13 @@ async fn unsafe_prompts_are_refused_audited_and_slow_their_sender_down() {
 async fn moderations_answer_in_openais_shape() {
     let served = Served::start_with(Format::Gguf, |options| options.safety = true).await;
     let key = passerelle_testkit::stack::Stack::API_KEY;
+    let ready: Value = reqwest::get(served.stack.url("/health/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["dependencies"]["safety"]["ready"], true, "{ready}");
     let body =
         json!({"model": "omni-moderation-latest", "input": ["How do bridges carry load?", ATTACK]});
     let response = post(&served, "/v1/moderations", key, &body).await;
