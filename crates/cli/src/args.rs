@@ -172,6 +172,10 @@ pub struct GatewayOptions {
     /// in the last 10 minutes, down to a sixteenth [default: false].
     #[arg(long, env = "PASSERELLE_RATE_LIMIT_ADAPTIVE", num_args = 0..=1, default_missing_value = "true")]
     pub rate_limit_adaptive: Option<bool>,
+    /// What the safety filter checks, when one runs: `both` (prompts and answers), `input`,
+    /// `output` or `none` [default: both].
+    #[arg(long, env = "PASSERELLE_SAFETY_CHECKS", value_name = "WHAT")]
+    pub safety_checks: Option<String>,
     /// Accept HS256 JWTs signed with this secret (at least 32 bytes) [default: none].
     #[arg(long, env = "PASSERELLE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

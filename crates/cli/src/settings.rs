@@ -283,6 +283,34 @@ fn rate_limiter(
     })
 }
 
+/// The gateway's use of the safety service at `endpoint`, if one runs.
+pub fn safety(
+    args: &GatewayOptions,
+    file: &FileConfig,
+    endpoint: Option<String>,
+) -> anyhow::Result<Option<passerelle_gateway::safety::SafetyConfig>> {
+    let (check_input, check_output) = match args
+        .safety_checks
+        .as_deref()
+        .or(file.safety_checks.as_deref())
+    {
+        None | Some("both") => (true, true),
+        Some("input") => (true, false),
+        Some("output") => (false, true),
+        Some("none") => (false, false),
+        Some(other) => {
+            anyhow::bail!("safety_checks must be both, input, output or none, got {other:?}")
+        }
+    };
+    Ok(
+        endpoint.map(|endpoint| passerelle_gateway::safety::SafetyConfig {
+            check_input,
+            check_output,
+            ..passerelle_gateway::safety::SafetyConfig::new(endpoint)
+        }),
+    )
+}
+
 fn jwt(
     args: &GatewayOptions,
     file: &FileConfig,

@@ -12,6 +12,7 @@ use crate::auth::Principal;
 use crate::generation::{Collected, CollectedChoice, Generation, Progress, model_label};
 use crate::llm::{BackendError, Delta, Finished, Usage};
 use crate::meter::{Meter, Served};
+use crate::output_screen::{OutputScreen, Screened};
 use crate::semantic_cache::{Hit, StoredAnswer};
 use crate::state::AppState;
 
@@ -27,6 +28,8 @@ pub(crate) struct Answer {
     meter: Option<Meter>,
     /// The first choice's text so far, kept only for a meter that logs prompts.
     completion: String,
+    /// The safety checks of the text as it is produced.
+    screen: Option<OutputScreen>,
 }
 
 enum Source {
@@ -106,7 +109,14 @@ impl Answer {
             cache,
             meter: None,
             completion: String::new(),
+            screen: None,
         }
+    }
+
+    /// Checks the answer's text with `screen` as it is produced.
+    pub(crate) fn screened(mut self, screen: OutputScreen) -> Self {
+        self.screen = Some(screen);
+        self
     }
 
     /// Accounts the answer with `meter` when it is dropped.
@@ -141,9 +151,27 @@ impl Answer {
 
     /// The next delta or finish; `None` once every choice has finished.
     pub(crate) async fn next(&mut self) -> Option<Result<Progress, BackendError>> {
-        let progress = match &mut self.source {
-            Source::Live(generation) => generation.next().await,
-            Source::Cached(replay) => replay.events.pop_front().map(Ok),
+        let progress = loop {
+            if let Some(screen) = &mut self.screen {
+                if let Some(finished) = screen.ended_by_filter() {
+                    break Some(Ok(Progress::Finished(finished)));
+                }
+                // Every choice was cut short: the rest of the generation is not wanted.
+                if screen.all_ended() {
+                    return None;
+                }
+            }
+            let progress = match &mut self.source {
+                Source::Live(generation) => generation.next().await,
+                Source::Cached(replay) => replay.events.pop_front().map(Ok),
+            };
+            match (progress, &mut self.screen) {
+                (Some(Ok(progress)), Some(screen)) => match screen.screen(progress).await {
+                    Screened::Pass(progress) => break Some(Ok(progress)),
+                    Screened::Drop => continue,
+                },
+                (progress, _) => break progress,
+            }
         };
         if let Some(Ok(Progress::Delta(delta))) = &progress
             && delta.index == 0

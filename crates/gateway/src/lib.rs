@@ -34,6 +34,7 @@ pub mod llm;
 mod meter;
 pub mod metrics;
 pub mod openai;
+mod output_screen;
 pub mod pricing;
 pub mod ratelimit;
 pub mod retrieval;

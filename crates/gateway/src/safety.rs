@@ -1,7 +1,8 @@
 //! The gateway's side of the safety service: the prompt of every chat and completion is checked
 //! while its generation starts, and nothing of the answer is released before the verdict. An
-//! unsafe prompt cancels the generation and gets 400 `content_filter`; the refusal is audited
-//! (layer, category, rule; never the text) and counted against the caller's adaptive rate limit.
+//! unsafe prompt cancels the generation and gets 400 `content_filter`; the answer is checked as
+//! it is produced (`output_screen`). A refusal is audited (layer, category, rule; never the
+//! text) and counted against the caller's adaptive rate limit.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,9 +16,11 @@ use passerelle_proto::safety::{CheckRequest, CheckResponse, Layer, Stage, Verdic
 use passerelle_store::{AuditAction, NewAuditEvent};
 
 use crate::GatewayConfig;
+use crate::answer::Answer;
 use crate::auth::{ClientAddr, Principal};
 use crate::backend::{self, BackendError, TracedChannel};
 use crate::error::ApiError;
+use crate::output_screen::OutputScreen;
 use crate::state::AppState;
 
 /// Where the safety service listens and what it checks.
@@ -27,6 +30,8 @@ pub struct SafetyConfig {
     pub endpoint: String,
     /// Check prompts before their answers are released. Default true.
     pub check_input: bool,
+    /// Check answers, streamed ones in windows as they are generated. Default true.
+    pub check_output: bool,
     /// Longest a check may take; past it the request fails with 503 rather than passing
     /// unchecked. Default 5 s.
     pub timeout: Duration,
@@ -38,6 +43,7 @@ impl SafetyConfig {
         Self {
             endpoint: endpoint.into(),
             check_input: true,
+            check_output: true,
             timeout: Duration::from_secs(5),
         }
     }
@@ -95,7 +101,7 @@ impl SafetyBackend {
         .await
     }
 
-    async fn check(&self, request: CheckRequest) -> Result<CheckResponse, BackendError> {
+    pub(crate) async fn check(&self, request: CheckRequest) -> Result<CheckResponse, BackendError> {
         let timeout = self.config.timeout;
         let mut request = tonic::Request::new(request);
         request.set_timeout(timeout);
@@ -118,7 +124,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn from_verdict(response: &CheckResponse) -> Self {
+    pub(crate) fn from_verdict(response: &CheckResponse) -> Self {
         let layer = match response.decided_by() {
             Layer::Rules => "rules",
             Layer::Injection => "injection",
@@ -147,20 +153,73 @@ impl Refusal {
     }
 }
 
-/// The input check of one request, ready to run.
-pub(crate) struct InputCheck {
-    backend: SafetyBackend,
-    request: CheckRequest,
+/// Who to hold to account for a refusal: the audit log's actor, address and route, and the
+/// principal whose adaptive limit a refusal lowers.
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    state: AppState,
+    principal: Principal,
+    client: Option<String>,
+    route: &'static str,
 }
 
-impl InputCheck {
-    /// The check `request` needs, or `None` when input checks are off. A prompt of token ids
+impl Reporter {
+    pub(crate) fn new(
+        state: &AppState,
+        principal: &Principal,
+        client: &ClientAddr,
+        route: &'static str,
+    ) -> Self {
+        Self {
+            state: state.clone(),
+            principal: principal.clone(),
+            client: client.0.clone(),
+            route,
+        }
+    }
+
+    /// Counts and audits (layer, category and rule; never the text) a refusal at once, and
+    /// returns the noting of the violation for the adaptive rate limit, to await or spawn.
+    /// `stage`: `input` or `output`.
+    pub(crate) fn refused(
+        &self,
+        stage: &'static str,
+        refusal: &Refusal,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.state
+            .metrics()
+            .safety_blocked(stage, refusal.layer, &refusal.category);
+        let event = NewAuditEvent::now(self.principal.id(), AuditAction::RequestBlocked)
+            .target(self.route)
+            .detail(format!("{} stage={stage}", refusal.detail()));
+        self.state.audit(match &self.client {
+            Some(addr) => event.client_addr(addr),
+            None => event,
+        });
+        let limiter = self.state.limiter().clone();
+        let tenant = self.principal.tenant();
+        async move { limiter.note_violation(&tenant).await }
+    }
+}
+
+/// The safety checks of one request: its prompt, read once, and what to check.
+pub(crate) struct Screening {
+    backend: SafetyBackend,
+    messages: Vec<ChatMessage>,
+    request_id: String,
+}
+
+impl Screening {
+    /// The checks `request` needs, or `None` without a safety service. A prompt of token ids
     /// cannot be read, so it is refused rather than let through unchecked.
     pub(crate) fn of(
         state: &AppState,
         request: &GenerateRequest,
     ) -> Result<Option<Self>, ApiError> {
-        let Some(backend) = state.safety().filter(|b| b.config.check_input) else {
+        let Some(backend) = state
+            .safety()
+            .filter(|b| b.config.check_input || b.config.check_output)
+        else {
             return Ok(None);
         };
         let messages = match request.prompt.as_ref().and_then(|p| p.kind.as_ref()) {
@@ -180,47 +239,52 @@ impl InputCheck {
         };
         Ok(Some(Self {
             backend: backend.clone(),
-            request: CheckRequest {
-                messages,
-                stage: Stage::Input.into(),
-                request_id: request.request_id.clone(),
-                ..CheckRequest::default()
-            },
+            messages,
+            request_id: request.request_id.clone(),
         }))
     }
 }
 
-/// Runs `check` alongside `start` (the generation starting) and returns what `start` made only
-/// once the prompt is known to be safe. When it is not, what `start` made is dropped, which
-/// cancels the generation.
-pub(crate) async fn screened<T>(
-    state: &AppState,
-    principal: &Principal,
-    client: &ClientAddr,
-    route: &str,
-    check: Option<InputCheck>,
-    start: impl Future<Output = Result<T, BackendError>>,
-) -> Result<T, ApiError> {
-    let Some(check) = check else {
+/// Runs the input check alongside `start` (the generation starting) and returns the answer
+/// only once the prompt is known to be safe, with the output screen attached. When the prompt
+/// is unsafe the answer is dropped, which cancels the generation.
+pub(crate) async fn screened(
+    reporter: Reporter,
+    screening: Option<Screening>,
+    start: impl Future<Output = Result<Answer, BackendError>>,
+) -> Result<Answer, ApiError> {
+    let Some(screening) = screening else {
         return Ok(start.await?);
     };
-    let (verdict, started) = tokio::join!(check.backend.check(check.request), start);
-    let verdict = verdict?;
-    if verdict.verdict() == Verdict::Unsafe {
-        drop(started);
-        let refusal = Refusal::from_verdict(&verdict);
-        state
-            .metrics()
-            .safety_blocked("input", refusal.layer, &refusal.category);
-        let event = NewAuditEvent::now(principal.id(), AuditAction::RequestBlocked)
-            .target(route)
-            .detail(refusal.detail());
-        state.audit(match &client.0 {
-            Some(addr) => event.client_addr(addr),
-            None => event,
-        });
-        state.limiter().note_violation(&principal.tenant()).await;
-        return Err(ApiError::ContentFiltered(refusal));
+    let config = &screening.backend.config;
+    let answer = if config.check_input {
+        let request = CheckRequest {
+            messages: screening.messages.clone(),
+            stage: Stage::Input.into(),
+            request_id: screening.request_id.clone(),
+            ..CheckRequest::default()
+        };
+        let (verdict, started) = tokio::join!(screening.backend.check(request), start);
+        let verdict = verdict?;
+        if verdict.verdict() == Verdict::Unsafe {
+            drop(started);
+            let refusal = Refusal::from_verdict(&verdict);
+            reporter.refused("input", &refusal).await;
+            return Err(ApiError::ContentFiltered(refusal));
+        }
+        started?
+    } else {
+        start.await?
+    };
+    if !config.check_output {
+        return Ok(answer);
     }
-    Ok(started?)
+    let choices = answer.choices();
+    Ok(answer.screened(OutputScreen::new(
+        screening.backend,
+        screening.request_id,
+        screening.messages,
+        choices,
+        reporter,
+    )))
 }

@@ -31,8 +31,9 @@ pub struct StackOptions {
     pub embedding_model: Option<PathBuf>,
     /// The id clients name the embedding model by.
     pub embedding_model_id: String,
-    /// Run the safety service (built-in rules, PII) and check prompts with it.
-    pub safety: bool,
+    /// Run a safety service with this configuration and check prompts and answers with it
+    /// (`Some(Default::default())`: the built-in rules and PII).
+    pub safety: Option<passerelle_safety::SafetyServiceConfig>,
 }
 
 impl StackOptions {
@@ -46,7 +47,7 @@ impl StackOptions {
             queue_capacity: 16,
             embedding_model: None,
             embedding_model_id: "all-MiniLM-L6-v2".to_owned(),
-            safety: false,
+            safety: None,
         }
     }
 }
@@ -138,13 +139,12 @@ impl Stack {
             None => None,
         };
 
-        let safety = if options.safety {
+        let safety = if let Some(config) = options.safety.clone() {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let endpoint = format!("http://{}", listener.local_addr()?);
             let registry = registry.clone();
             let shutdown = shutdown();
             tasks.push(tokio::spawn(async move {
-                let config = passerelle_safety::SafetyServiceConfig::default();
                 if let Err(err) =
                     passerelle_safety::serve(config, listener, registry, shutdown).await
                 {

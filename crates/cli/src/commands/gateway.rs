@@ -21,10 +21,10 @@ pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
         .embeddings_endpoint
         .or_else(|| file.embeddings_endpoint.clone());
     let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
-    gateway.config.safety = args
+    let safety_endpoint = args
         .safety_endpoint
-        .or_else(|| file.safety_endpoint.clone())
-        .map(passerelle_gateway::safety::SafetyConfig::new);
+        .or_else(|| file.safety_endpoint.clone());
+    gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
     let shutdown = Shutdown::on_signals();
     let registry = prometheus::Registry::new();
     let state = super::gateway_state(gateway, &registry).await?;

@@ -107,7 +107,7 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     };
 
     let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
-    gateway.config.safety = safety_endpoint.map(passerelle_gateway::safety::SafetyConfig::new);
+    gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
     let state = super::gateway_state(gateway, &registry).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -16,7 +16,7 @@ use crate::openai::chat::ChatCompletionRequest;
 use crate::openai::chat_response::{ChatChunks, ChatCompletion};
 use crate::openai::{ResponseMeta, response_id};
 use crate::retrieval;
-use crate::safety::{self, InputCheck};
+use crate::safety::{self, Reporter, Screening};
 use crate::sse;
 use crate::state::AppState;
 
@@ -60,14 +60,15 @@ async fn respond(
     let id = response_id("chatcmpl");
     let meter =
         Meter::new(state, principal, Endpoint::Chat, &id, started_at).with_prompt(&plan.request);
-    let check = InputCheck::of(state, &plan.request)?;
+    let screening = Screening::of(state, &plan.request)?;
     let start = async {
         let answer =
             Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref())
                 .await?;
         Ok(answer.metered(meter))
     };
-    let answer = safety::screened(state, principal, client, ROUTE, check, start).await?;
+    let reporter = Reporter::new(state, principal, client, ROUTE);
+    let answer = safety::screened(reporter, screening, start).await?;
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
     let meta = ResponseMeta::new(id, answer.model());

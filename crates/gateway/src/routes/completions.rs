@@ -15,7 +15,7 @@ use crate::meter::{Endpoint, Meter};
 use crate::openai::completion_response::{TextChunks, TextCompletion};
 use crate::openai::completions::CompletionRequest;
 use crate::openai::{ResponseMeta, response_id};
-use crate::safety::{self, InputCheck};
+use crate::safety::{self, Reporter, Screening};
 use crate::sse;
 use crate::state::AppState;
 
@@ -52,12 +52,13 @@ async fn respond(
     let id = response_id("cmpl");
     let meter = Meter::new(state, principal, Endpoint::Completions, &id, started_at)
         .with_prompt(&plan.request);
-    let check = InputCheck::of(state, &plan.request)?;
+    let screening = Screening::of(state, &plan.request)?;
     let start = async {
         let answer = Answer::start(state, principal, plan.request, started_at).await?;
         Ok(answer.metered(meter))
     };
-    let answer = safety::screened(state, principal, client, ROUTE, check, start).await?;
+    let reporter = Reporter::new(state, principal, client, ROUTE);
+    let answer = safety::screened(reporter, screening, start).await?;
     let label = answer.model_label().to_owned();
     let cache_headers = answer.cache_headers();
     let meta = ResponseMeta::new(id, answer.model());

@@ -31,7 +31,7 @@ fn chat(content: &str) -> Value {
 #[tokio::test]
 async fn unsafe_prompts_are_refused_audited_and_slow_their_sender_down() {
     let served = Served::start_with(Format::Gguf, |options| {
-        options.safety = true;
+        options.safety = Some(Default::default());
         options.gateway.rate_limiter.adaptive = Some(AdaptiveConfig {
             threshold: 1,
             ..AdaptiveConfig::default()
@@ -133,7 +133,10 @@ async fn unsafe_prompts_are_refused_audited_and_slow_their_sender_down() {
 
 #[tokio::test]
 async fn moderations_answer_in_openais_shape() {
-    let served = Served::start_with(Format::Gguf, |options| options.safety = true).await;
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(Default::default());
+    })
+    .await;
     let key = passerelle_testkit::stack::Stack::API_KEY;
     let ready: Value = reqwest::get(served.stack.url("/health/ready"))
         .await
@@ -194,4 +197,68 @@ async fn without_a_safety_service_moderation_is_disabled() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "feature_disabled");
+}
+
+/// A safety service whose one rule flags every answer that has a letter or digit in it.
+fn flag_every_answer() -> passerelle_safety::SafetyServiceConfig {
+    let rule = passerelle_safety::Rule {
+        id: "test.any_answer".to_owned(),
+        category: "test_output".to_owned(),
+        stages: passerelle_safety::Stages::Output,
+        matcher: passerelle_safety::Matcher::Pattern(r"\w".to_owned()),
+    };
+    passerelle_safety::SafetyServiceConfig {
+        rules: Some(passerelle_safety::RuleSet::new(vec![rule], "test").unwrap()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn unsafe_answers_end_with_content_filter_streamed_or_not() {
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(flag_every_answer());
+    })
+    .await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let long = |stream: bool| {
+        json!({
+            "model": MODEL_ID,
+            "messages": [{"role": "user", "content": "Write a long story."}],
+            "max_tokens": 2000,
+            "temperature": 0,
+            "logit_bias": served.eos_bias(-100),
+            "stream": stream,
+        })
+    };
+
+    let plain = post(&served, "/v1/chat/completions", key, &long(false)).await;
+    assert_eq!(plain.status(), StatusCode::OK);
+    let plain: Value = plain.json().await.unwrap();
+    assert_eq!(
+        plain["choices"][0]["finish_reason"], "content_filter",
+        "{plain}"
+    );
+
+    // Streamed: a window is found unsafe long before max_tokens, and the stream ends there.
+    let streamed = post(&served, "/v1/chat/completions", key, &long(true)).await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let events =
+        crate::support::json_events(&crate::support::parse_sse(&streamed.text().await.unwrap()));
+    let finish: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["choices"][0]["finish_reason"])
+        .filter(|r| !r.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("content_filter")]);
+    let deltas = events
+        .iter()
+        .filter(|e| e["choices"][0]["delta"]["content"].is_string())
+        .count();
+    assert!(deltas < 1000, "the stream ran on for {deltas} deltas");
+
+    let blocked = served.stack.metric(
+        "passerelle_safety_blocked_total",
+        &[("stage", "output"), ("category", "test_output")],
+    );
+    assert!(blocked >= 2.0, "{blocked}");
 }
