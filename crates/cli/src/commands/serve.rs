@@ -4,7 +4,10 @@
 //! reaches them through the same gRPC clients a split deployment uses, so both deployments run
 //! the same code path.
 
+use std::future::Future;
+
 use anyhow::Context as _;
+use tokio::task::JoinHandle;
 
 use crate::{
     args::ServeArgs,
@@ -20,16 +23,10 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
 
     let llm_config = super::llm_config(&model).await?;
-    let llm_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot bind a loopback port for the llm service")?;
-    let llm_endpoint = format!("http://{}", llm_listener.local_addr()?);
-    let llm = tokio::spawn(passerelle_llm::serve(
-        llm_config,
-        llm_listener,
-        registry.clone(),
-        shutdown.wait(),
-    ));
+    let (llm_endpoint, llm) = on_loopback("llm", |listener| {
+        passerelle_llm::serve(llm_config, listener, registry.clone(), shutdown.wait())
+    })
+    .await?;
 
     let embedding = settings::embedding(
         &args.embedding,
@@ -56,25 +53,13 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
                 .clone()
                 .or_else(|| file.redis_url.clone());
             let config = super::embeddings_config(&embedding).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("cannot bind a loopback port for the embeddings service")?;
-            let endpoint = format!("http://{}", listener.local_addr()?);
-            let task = tokio::spawn(passerelle_embeddings::serve(
-                config,
-                listener,
-                registry.clone(),
-                shutdown.wait(),
-            ));
+            let (endpoint, task) = on_loopback("embeddings", |listener| {
+                passerelle_embeddings::serve(config, listener, registry.clone(), shutdown.wait())
+            })
+            .await?;
             (Some(endpoint), Some(task))
         }
         None => (None, None),
-    };
-    let embeddings = async move {
-        match embeddings {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
     };
 
     // The rule layer is on unless turned off: it costs microseconds a prompt.
@@ -87,23 +72,11 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
             .as_deref()
             .or(file.safety_rules.as_deref());
         let config = super::safety::service_config(rules, false, false)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("cannot bind a loopback port for the safety service")?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let task = tokio::spawn(passerelle_safety::serve(
-            config,
-            listener,
-            registry.clone(),
-            shutdown.wait(),
-        ));
+        let (endpoint, task) = on_loopback("safety", |listener| {
+            passerelle_safety::serve(config, listener, registry.clone(), shutdown.wait())
+        })
+        .await?;
         (Some(endpoint), Some(task))
-    };
-    let safety = async move {
-        match safety {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
     };
 
     let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
@@ -120,12 +93,36 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     tokio::select! {
         result = gateway => result.context("gateway failed")?,
         result = llm => result.context("llm service panicked")?.context("llm service failed")?,
-        result = embeddings => result
+        result = until_it_ends(embeddings) => result
             .context("embeddings service panicked")?
             .context("embeddings service failed")?,
-        result = safety => result
+        result = until_it_ends(safety) => result
             .context("safety service panicked")?
             .context("safety service failed")?,
     }
     Ok(())
+}
+
+/// Runs the service `serve` makes on a loopback port; its endpoint and task.
+async fn on_loopback<F, E>(
+    service: &str,
+    serve: impl FnOnce(tokio::net::TcpListener) -> F,
+) -> anyhow::Result<(String, JoinHandle<Result<(), E>>)>
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .with_context(|| format!("cannot bind a loopback port for the {service} service"))?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    Ok((endpoint, tokio::spawn(serve(listener))))
+}
+
+/// The end of an optional service's task; never, when it does not run.
+async fn until_it_ends<T>(task: Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
