@@ -176,6 +176,10 @@ pub struct GatewayOptions {
     /// `output` or `none` [default: both].
     #[arg(long, env = "PASSERELLE_SAFETY_CHECKS", value_name = "WHAT")]
     pub safety_checks: Option<String>,
+    /// Answer a prompt the safety filter refuses with this assistant message (finish reason
+    /// content_filter) instead of a 400 error [default: none, a 400 error].
+    #[arg(long, env = "PASSERELLE_SAFETY_REFUSAL_MESSAGE")]
+    pub safety_refusal_message: Option<String>,
     /// Accept HS256 JWTs signed with this secret (at least 32 bytes) [default: none].
     #[arg(long, env = "PASSERELLE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

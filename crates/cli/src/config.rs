@@ -52,6 +52,7 @@ pub struct FileConfig {
     pub rate_limit_concurrency: Option<u32>,
     pub rate_limit_adaptive: Option<bool>,
     pub safety_checks: Option<String>,
+    pub safety_refusal_message: Option<String>,
     pub safety_endpoint: Option<String>,
     pub safety_rules: Option<PathBuf>,
     pub no_safety: Option<bool>,

@@ -10,10 +10,10 @@ use passerelle_proto::llm::GenerateRequest;
 
 use crate::auth::Principal;
 use crate::generation::{Collected, CollectedChoice, Generation, Progress, model_label};
-use crate::llm::{BackendError, Delta, Finished, Usage};
+use crate::llm::{BackendError, Delta, FinishReason, Finished, Usage};
 use crate::meter::{Meter, Served};
 use crate::output_screen::{OutputScreen, Screened};
-use crate::semantic_cache::{Hit, StoredAnswer};
+use crate::semantic_cache::{Hit, StoredAnswer, StoredChoice};
 use crate::state::AppState;
 
 /// Response header saying whether the semantic cache answered: `hit` or `miss`.
@@ -101,6 +101,31 @@ impl Answer {
             ),
             None => Self::new(Source::Live(Box::new(generation)), CacheStatus::NotUsed),
         })
+    }
+
+    /// The operator's refusal message in place of an answer to an unsafe prompt: every choice
+    /// says `message` and ends with `content_filter`; nothing was generated.
+    pub(crate) fn refusal(state: &AppState, model: &str, choices: u32, message: &str) -> Self {
+        let answer = StoredAnswer {
+            model: model.to_owned(),
+            choices: (0..choices.max(1))
+                .map(|_| StoredChoice {
+                    text: message.to_owned(),
+                    finish_reason: FinishReason::ContentFilter,
+                })
+                .collect(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        let hit = Hit {
+            similarity: 1.0,
+            answer,
+        };
+        let label = model_label(state, model);
+        Self::new(
+            Source::Cached(Replay::new(hit, label)),
+            CacheStatus::NotUsed,
+        )
     }
 
     fn new(source: Source, cache: CacheStatus) -> Self {

@@ -32,6 +32,9 @@ pub struct SafetyConfig {
     pub check_input: bool,
     /// Check answers, streamed ones in windows as they are generated. Default true.
     pub check_output: bool,
+    /// Answer an unsafe prompt with this message as the assistant's reply (finish reason
+    /// `content_filter`) instead of a 400 error. Default none.
+    pub refusal_message: Option<String>,
     /// Longest a check may take; past it the request fails with 503 rather than passing
     /// unchecked. Default 5 s.
     pub timeout: Duration,
@@ -44,6 +47,7 @@ impl SafetyConfig {
             endpoint: endpoint.into(),
             check_input: true,
             check_output: true,
+            refusal_message: None,
             timeout: Duration::from_secs(5),
         }
     }
@@ -207,6 +211,7 @@ pub(crate) struct Screening {
     backend: SafetyBackend,
     messages: Vec<ChatMessage>,
     request_id: String,
+    model: String,
 }
 
 impl Screening {
@@ -241,6 +246,7 @@ impl Screening {
             backend: backend.clone(),
             messages,
             request_id: request.request_id.clone(),
+            model: request.model.clone(),
         }))
     }
 }
@@ -267,10 +273,17 @@ pub(crate) async fn screened(
         let (verdict, started) = tokio::join!(screening.backend.check(request), start);
         let verdict = verdict?;
         if verdict.verdict() == Verdict::Unsafe {
+            let (model, choices) = match &started {
+                Ok(answer) => (answer.model().to_owned(), answer.choices()),
+                Err(_) => (screening.model.clone(), 1),
+            };
             drop(started);
             let refusal = Refusal::from_verdict(&verdict);
             reporter.refused("input", &refusal).await;
-            return Err(ApiError::ContentFiltered(refusal));
+            return match &config.refusal_message {
+                Some(message) => Ok(Answer::refusal(&reporter.state, &model, choices, message)),
+                None => Err(ApiError::ContentFiltered(refusal)),
+            };
         }
         started?
     } else {

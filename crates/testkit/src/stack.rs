@@ -151,7 +151,12 @@ impl Stack {
                     eprintln!("testkit: safety service failed: {err}");
                 }
             }));
-            Some(passerelle_gateway::safety::SafetyConfig::new(endpoint))
+            // The stack's service at the endpoint, with the test's other settings.
+            let defaults = passerelle_gateway::safety::SafetyConfig::new(endpoint.clone());
+            Some(passerelle_gateway::safety::SafetyConfig {
+                endpoint,
+                ..options.gateway.safety.clone().unwrap_or(defaults)
+            })
         } else {
             options.gateway.safety.clone()
         };

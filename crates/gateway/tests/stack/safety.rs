@@ -262,3 +262,38 @@ async fn unsafe_answers_end_with_content_filter_streamed_or_not() {
     );
     assert!(blocked >= 2.0, "{blocked}");
 }
+
+#[tokio::test]
+async fn a_configured_refusal_message_answers_unsafe_prompts() {
+    const REFUSAL: &str = "I can't help with that.";
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(Default::default());
+        let mut safety = passerelle_gateway::safety::SafetyConfig::new("http://unused");
+        safety.refusal_message = Some(REFUSAL.to_owned());
+        options.gateway.safety = Some(safety);
+    })
+    .await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let answer = post(&served, "/v1/chat/completions", key, &chat(ATTACK)).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], REFUSAL);
+    assert_eq!(answer["choices"][0]["finish_reason"], "content_filter");
+
+    let mut streaming = chat(ATTACK);
+    streaming["stream"] = json!(true);
+    let streamed = post(&served, "/v1/chat/completions", key, &streaming).await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let events =
+        crate::support::json_events(&crate::support::parse_sse(&streamed.text().await.unwrap()));
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, REFUSAL);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["choices"][0]["finish_reason"] == "content_filter")
+    );
+}
