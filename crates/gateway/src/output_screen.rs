@@ -43,6 +43,8 @@ pub(crate) struct OutputScreen {
 #[derive(Default)]
 struct ChoiceText {
     text: String,
+    /// Characters in `text`.
+    chars: usize,
     /// Characters already sent for checking.
     checked_chars: usize,
     /// Checks sent and not yet answered.
@@ -112,9 +114,9 @@ impl OutputScreen {
             return Screened::Drop;
         }
         choice.text.push_str(&delta.text);
-        let chars = choice.text.chars().count();
-        if chars - choice.checked_chars >= WINDOW_CHARS {
-            choice.checked_chars = chars;
+        choice.chars += delta.text.chars().count();
+        if choice.chars - choice.checked_chars >= WINDOW_CHARS {
+            choice.checked_chars = choice.chars;
             let text = choice.text.clone();
             self.send(index, text);
         }
