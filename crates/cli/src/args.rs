@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use passerelle_store::{Budget, BudgetPeriod, KeyLimits, NewKey, Scope};
+use passerelle_store::{Budget, BudgetPeriod, KeyLimits, NewKey, SafetyChecks, Scope};
 use passerelle_telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -367,6 +367,10 @@ pub struct CreateKeyArgs {
     /// The period the budget covers: daily, monthly or total [default: none].
     #[arg(long, requires = "budget_usd")]
     pub budget_period: Option<BudgetPeriod>,
+    /// What the safety filter checks for this key: both, input, output or none
+    /// [default: the gateway's --safety-checks].
+    #[arg(long, value_name = "WHAT")]
+    pub safety: Option<SafetyChecks>,
 }
 
 impl CreateKeyArgs {
@@ -395,6 +399,7 @@ impl CreateKeyArgs {
                     period,
                 }),
         };
+        new.safety = self.safety;
         new
     }
 }

@@ -212,21 +212,29 @@ pub(crate) struct Screening {
     messages: Vec<ChatMessage>,
     request_id: String,
     model: String,
+    check_input: bool,
+    check_output: bool,
 }
 
 impl Screening {
-    /// The checks `request` needs, or `None` without a safety service. A prompt of token ids
+    /// The checks `request` needs: the caller's key decides which stages, else the gateway's
+    /// setting; `None` without a safety service or with nothing to check. A prompt of token ids
     /// cannot be read, so it is refused rather than let through unchecked.
     pub(crate) fn of(
         state: &AppState,
+        principal: &Principal,
         request: &GenerateRequest,
     ) -> Result<Option<Self>, ApiError> {
-        let Some(backend) = state
-            .safety()
-            .filter(|b| b.config.check_input || b.config.check_output)
-        else {
+        let Some(backend) = state.safety() else {
             return Ok(None);
         };
+        let (check_input, check_output) = match principal.safety_checks() {
+            Some(checks) => (checks.input(), checks.output()),
+            None => (backend.config.check_input, backend.config.check_output),
+        };
+        if !check_input && !check_output {
+            return Ok(None);
+        }
         let messages = match request.prompt.as_ref().and_then(|p| p.kind.as_ref()) {
             Some(Kind::Chat(chat)) => chat.messages.clone(),
             Some(Kind::Text(text)) => vec![ChatMessage {
@@ -247,6 +255,8 @@ impl Screening {
             messages,
             request_id: request.request_id.clone(),
             model: request.model.clone(),
+            check_input,
+            check_output,
         }))
     }
 }
@@ -263,7 +273,7 @@ pub(crate) async fn screened(
         return Ok(start.await?);
     };
     let config = &screening.backend.config;
-    let answer = if config.check_input {
+    let answer = if screening.check_input {
         let request = CheckRequest {
             messages: screening.messages.clone(),
             stage: Stage::Input.into(),
@@ -289,7 +299,7 @@ pub(crate) async fn screened(
     } else {
         start.await?
     };
-    if !config.check_output {
+    if !screening.check_output {
         return Ok(answer);
     }
     let choices = answer.choices();

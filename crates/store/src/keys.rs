@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::StoreError;
-use crate::policy::{KeyLimits, Scope, scope_names};
+use crate::policy::{KeyLimits, SafetyChecks, Scope, scope_names};
 pub(crate) use crate::time::unix_now;
 
 /// Every generated secret starts with this, so leaked keys are recognisable by secret scanners.
@@ -45,6 +45,8 @@ pub struct KeyRecord {
     pub expires_at: Option<u64>,
     /// Rates, concurrency and budget for this key.
     pub limits: KeyLimits,
+    /// What the safety filter checks for this key; `None`: the gateway's setting.
+    pub safety: Option<SafetyChecks>,
 }
 
 /// How records are read back: records written before owners and scopes existed lack them,
@@ -66,6 +68,8 @@ struct StoredRecord {
     expires_at: Option<u64>,
     #[serde(default)]
     limits: KeyLimits,
+    #[serde(default)]
+    safety: Option<SafetyChecks>,
 }
 
 impl From<StoredRecord> for KeyRecord {
@@ -81,6 +85,7 @@ impl From<StoredRecord> for KeyRecord {
             models: stored.models,
             expires_at: stored.expires_at,
             limits: stored.limits,
+            safety: stored.safety,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct NewKey {
     pub expires_at: Option<u64>,
     /// Rates, concurrency and budget.
     pub limits: KeyLimits,
+    /// What the safety filter checks; `None`: the gateway's setting.
+    pub safety: Option<SafetyChecks>,
 }
 
 impl NewKey {
@@ -143,6 +150,7 @@ impl NewKey {
             models: None,
             expires_at: None,
             limits: KeyLimits::default(),
+            safety: None,
         }
     }
 
@@ -185,6 +193,7 @@ impl NewKey {
             models,
             expires_at: self.expires_at,
             limits: self.limits,
+            safety: self.safety,
         })
     }
 }

@@ -38,7 +38,7 @@ pub use feedback::{FeedbackCounts, FeedbackRecord, FeedbackStore, MAX_COMMENT_CH
 pub use health::StoreHealth;
 pub use keyring::Keyring;
 pub use keys::{ApiKeySecret, KeyRecord, KeyStore, KeyVerifier, NewKey};
-pub use policy::{Budget, BudgetPeriod, KeyLimits, Scope};
+pub use policy::{Budget, BudgetPeriod, KeyLimits, SafetyChecks, Scope};
 pub use prompts::{PromptLog, PromptRecord};
 pub use redis_store::{RedisOptions, RedisStore};
 pub use static_keys::{STATIC_OWNER, StaticKeys};

@@ -1,4 +1,5 @@
-//! What a key may do: its [`Scope`]s and its [`KeyLimits`] (rates, concurrency, budget).
+//! What a key may do: its [`Scope`]s, its [`KeyLimits`] (rates, concurrency, budget) and the
+//! [`SafetyChecks`] its requests get.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -8,6 +9,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 use crate::time::{DAY_SECS, month_start};
+
+/// Which stages of a key's requests the safety filter checks, when one runs. Serialized
+/// lowercase; a key without one gets the gateway's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SafetyChecks {
+    /// Prompts and answers.
+    Both,
+    /// Prompts only.
+    Input,
+    /// Answers only.
+    Output,
+    /// Neither: for trusted internal callers such as evaluation jobs.
+    None,
+}
+
+impl SafetyChecks {
+    /// Whether prompts are checked.
+    pub fn input(self) -> bool {
+        matches!(self, SafetyChecks::Both | SafetyChecks::Input)
+    }
+
+    /// Whether answers are checked.
+    pub fn output(self) -> bool {
+        matches!(self, SafetyChecks::Both | SafetyChecks::Output)
+    }
+}
+
+impl FromStr for SafetyChecks {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "both" => Ok(SafetyChecks::Both),
+            "input" => Ok(SafetyChecks::Input),
+            "output" => Ok(SafetyChecks::Output),
+            "none" => Ok(SafetyChecks::None),
+            other => Err(StoreError::InvalidInput(format!(
+                "safety checks are both, input, output or none, not {other:?}"
+            ))),
+        }
+    }
+}
 
 /// A family of endpoints a key may call. Serialized lowercase (`"chat"`, `"admin"`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -61,6 +61,7 @@ impl StaticKeys {
                     models: None,
                     expires_at: None,
                     limits: KeyLimits::default(),
+                    safety: None,
                 };
                 (hash, record)
             })

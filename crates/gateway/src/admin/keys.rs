@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use passerelle_store::keys::validate_label;
-use passerelle_store::{Budget, BudgetPeriod, KeyLimits, KeyRecord, NewKey, Scope};
+use passerelle_store::{Budget, BudgetPeriod, KeyLimits, KeyRecord, NewKey, SafetyChecks, Scope};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -47,6 +47,10 @@ pub struct CreateKeyRequest {
     /// Spending cap.
     #[serde(default)]
     pub budget: Option<BudgetRequest>,
+    /// What the safety filter checks for this key: `both`, `input`, `output` or `none`;
+    /// absent: the gateway's setting.
+    #[serde(default)]
+    pub safety: Option<String>,
 }
 
 /// A budget as the API takes it: dollars and a period name.
@@ -98,6 +102,17 @@ impl CreateKeyRequest {
             max_concurrent: positive("max_concurrent", self.max_concurrent)?,
             budget: self.budget.map(BudgetRequest::into_budget).transpose()?,
         };
+        new.safety = self
+            .safety
+            .map(|checks| {
+                checks.parse().map_err(|_| {
+                    ApiError::invalid_param(
+                        "safety",
+                        "`safety` must be both, input, output or none.",
+                    )
+                })
+            })
+            .transpose()?;
         Ok(new)
     }
 }
@@ -205,6 +220,8 @@ pub struct KeyOut {
     /// `null` allows every model.
     pub models: Option<Vec<String>>,
     pub limits: LimitsOut,
+    /// What the safety filter checks; `null`: the gateway's setting.
+    pub safety: Option<SafetyChecks>,
 }
 
 /// A key's limits; `null` means none of that kind.
@@ -257,6 +274,7 @@ impl KeyOut {
             scopes: record.scopes.into_iter().collect(),
             models: record.models.map(|models| models.into_iter().collect()),
             limits,
+            safety: record.safety,
         }
     }
 }
@@ -324,6 +342,16 @@ mod tests {
                 period: BudgetPeriod::Monthly
             })
         );
+    }
+
+    #[test]
+    fn safety_checks_are_parsed_or_refused_by_name() {
+        let new = request(serde_json::json!({"name": "ci", "safety": "output"})).unwrap();
+        assert_eq!(new.safety, Some(SafetyChecks::Output));
+        let new = request(serde_json::json!({"name": "ci"})).unwrap();
+        assert_eq!(new.safety, None);
+        let err = request(serde_json::json!({"name": "ci", "safety": "sometimes"})).unwrap_err();
+        assert!(matches!(err, ApiError::InvalidRequest { param: Some(p), .. } if p == "safety"));
     }
 
     #[test]
@@ -408,6 +436,7 @@ mod tests {
             models: None,
             expires_at: Some(100),
             limits: new.limits,
+            safety: Some(SafetyChecks::Output),
         };
         let json = serde_json::to_value(KeyOut::new(record.clone(), 99)).unwrap();
         assert_eq!(json["status"], "active");

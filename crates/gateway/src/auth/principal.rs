@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use passerelle_store::{Budget, KeyRecord, Scope};
+use passerelle_store::{Budget, KeyRecord, SafetyChecks, Scope};
 
 use crate::error::ApiError;
 use crate::ratelimit::Limits;
@@ -115,6 +115,15 @@ impl Principal {
     pub fn budget(&self) -> Option<Budget> {
         match &self.inner.credential {
             Credential::ApiKey(record) => record.limits.budget,
+            _ => None,
+        }
+    }
+
+    /// What the safety filter checks for this caller, when its key says; else the gateway's
+    /// setting applies.
+    pub fn safety_checks(&self) -> Option<SafetyChecks> {
+        match &self.inner.credential {
+            Credential::ApiKey(record) => record.safety,
             _ => None,
         }
     }

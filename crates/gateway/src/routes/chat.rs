@@ -60,7 +60,7 @@ async fn respond(
     let id = response_id("chatcmpl");
     let meter =
         Meter::new(state, principal, Endpoint::Chat, &id, started_at).with_prompt(&plan.request);
-    let screening = Screening::of(state, &plan.request)?;
+    let screening = Screening::of(state, principal, &plan.request)?;
     let start = async {
         let answer =
             Answer::start_scoped(state, principal, plan.request, started_at, scope.as_deref())

@@ -52,7 +52,7 @@ async fn respond(
     let id = response_id("cmpl");
     let meter = Meter::new(state, principal, Endpoint::Completions, &id, started_at)
         .with_prompt(&plan.request);
-    let screening = Screening::of(state, &plan.request)?;
+    let screening = Screening::of(state, principal, &plan.request)?;
     let start = async {
         let answer = Answer::start(state, principal, plan.request, started_at).await?;
         Ok(answer.metered(meter))

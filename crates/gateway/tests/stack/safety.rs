@@ -297,3 +297,46 @@ async fn a_configured_refusal_message_answers_unsafe_prompts() {
             .any(|e| e["choices"][0]["finish_reason"] == "content_filter")
     );
 }
+
+#[tokio::test]
+async fn a_key_can_carry_its_own_safety_checks() {
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(Default::default());
+    })
+    .await;
+    let mut new = NewKey::new("eval job", "evals");
+    new.safety = Some(passerelle_store::SafetyChecks::None);
+    let (_, trusted) = served.stack.store().create(new).await.unwrap();
+    let passed = post(
+        &served,
+        "/v1/chat/completions",
+        trusted.expose(),
+        &chat(ATTACK),
+    )
+    .await;
+    assert_eq!(passed.status(), StatusCode::OK, "checks off for this key");
+
+    let mut new = NewKey::new("answers only", "bob");
+    new.safety = Some(passerelle_store::SafetyChecks::Output);
+    let (_, output_only) = served.stack.store().create(new).await.unwrap();
+    let passed = post(
+        &served,
+        "/v1/chat/completions",
+        output_only.expose(),
+        &chat(ATTACK),
+    )
+    .await;
+    assert_eq!(
+        passed.status(),
+        StatusCode::OK,
+        "prompts unchecked for this key"
+    );
+
+    let default = passerelle_testkit::stack::Stack::API_KEY;
+    let refused = post(&served, "/v1/chat/completions", default, &chat(ATTACK)).await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::BAD_REQUEST,
+        "the gateway's setting"
+    );
+}

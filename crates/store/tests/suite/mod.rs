@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use passerelle_store::{
     AuditAction, Budget, BudgetPeriod, FeedbackCounts, FeedbackRecord, KeyLimits, KeyRecord,
-    NewAuditEvent, NewKey, PromptRecord, Rating, Scope, Store, StoreError, UsageBucket, UsageQuery,
-    UsageRecord, pseudonym, unix_now,
+    NewAuditEvent, NewKey, PromptRecord, Rating, SafetyChecks, Scope, Store, StoreError,
+    UsageBucket, UsageQuery, UsageRecord, pseudonym, unix_now,
 };
 
 /// One `#[tokio::test]` per suite function, each on a fresh store from `$fixture::new()`.
@@ -138,7 +138,9 @@ pub async fn scopes_models_and_limits_round_trip(store: &dyn Store) {
             period: BudgetPeriod::Monthly,
         }),
     };
+    new.safety = Some(SafetyChecks::Output);
     let (record, secret) = store.create(new.clone()).await.unwrap();
+    assert_eq!(record.safety, Some(SafetyChecks::Output));
     assert_eq!(record.scopes, new.scopes);
     assert_eq!(record.models, new.models);
     assert_eq!(record.limits, new.limits);
