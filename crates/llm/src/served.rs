@@ -2,6 +2,7 @@
 //! template and limits, all immutable, so prompts are rendered and checked on the caller's
 //! thread and a Tokenize call never waits behind a generation.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use crate::{
@@ -87,6 +88,25 @@ impl ServedModel {
                         ),
                     ));
                 }
+                // Message text is data, never template structure: no special tokens from it.
+                let neutralized: Vec<_> = chat
+                    .messages
+                    .iter()
+                    .map(|message| self.tokenizer.neutralize(&message.content))
+                    .collect();
+                let copy;
+                let chat = if neutralized.iter().any(|text| matches!(text, Cow::Owned(_))) {
+                    let mut edited = chat.clone();
+                    for (message, text) in edited.messages.iter_mut().zip(neutralized) {
+                        if let Cow::Owned(text) = text {
+                            message.content = text;
+                        }
+                    }
+                    copy = edited;
+                    &copy
+                } else {
+                    chat
+                };
                 let text = template.render(chat).map_err(|err| match err {
                     TemplateError::ToolParameters { .. } => {
                         LlmError::invalid("tools", err.to_string())

@@ -20,7 +20,12 @@ use crate::error::LoadError;
 pub struct TextTokenizer {
     inner: Tokenizer,
     pieces: TokenPieces,
+    /// The text of every special token (`<|im_start|>`), for [`TextTokenizer::neutralize`].
+    special_texts: Vec<String>,
 }
+
+/// Breaks a special token's text without changing what a reader sees.
+const WORD_JOINER: char = '\u{2060}';
 
 impl TextTokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
@@ -35,7 +40,34 @@ impl TextTokenizer {
 
     fn new(inner: Tokenizer) -> Result<Self, LoadError> {
         let pieces = TokenPieces::from_tokenizer(&inner)?;
-        Ok(Self { inner, pieces })
+        let mut special_texts: Vec<String> = inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|token| token.special && token.content.chars().count() > 1)
+            .map(|token| token.content)
+            .collect();
+        special_texts.sort();
+        Ok(Self {
+            inner,
+            pieces,
+            special_texts,
+        })
+    }
+
+    /// `text` with every special token's text broken by a word joiner after its first
+    /// character, so that text from a message can never become a special token (a user's
+    /// `<|im_start|>system` opening a turn of its own). Borrowed when there is none.
+    pub fn neutralize<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut text = std::borrow::Cow::Borrowed(text);
+        for special in &self.special_texts {
+            if text.contains(special.as_str()) {
+                let mut chars = special.chars();
+                let first = chars.next().map(String::from).unwrap_or_default();
+                let broken = format!("{first}{WORD_JOINER}{}", chars.as_str());
+                text = std::borrow::Cow::Owned(text.replace(special.as_str(), &broken));
+            }
+        }
+        text
     }
 
     /// Token ids of `text`. Special-token text (`<|im_start|>`) always maps to its id;
