@@ -13,7 +13,7 @@ use crate::generation::{Collected, CollectedChoice, Generation, Progress, model_
 use crate::llm::{BackendError, Delta, FinishReason, Finished, Usage};
 use crate::meter::{Meter, Served};
 use crate::output_screen::{OutputScreen, Screened};
-use crate::semantic_cache::{Hit, StoredAnswer, StoredChoice};
+use crate::semantic_cache::{StoredAnswer, StoredChoice};
 use crate::state::AppState;
 
 /// Response header saying whether the semantic cache answered: `hit` or `miss`.
@@ -91,7 +91,10 @@ impl Answer {
             let status = CacheStatus::Hit {
                 similarity: hit.similarity,
             };
-            return Ok(Self::new(Source::Cached(Replay::new(hit, label)), status));
+            return Ok(Self::new(
+                Source::Cached(Replay::new(hit.answer, label)),
+                status,
+            ));
         }
         let generation = Generation::start(state, request, started_at).await?;
         Ok(match cached {
@@ -117,13 +120,9 @@ impl Answer {
             prompt_tokens: 0,
             completion_tokens: 0,
         };
-        let hit = Hit {
-            similarity: 1.0,
-            answer,
-        };
         let label = model_label(state, model);
         Self::new(
-            Source::Cached(Replay::new(hit, label)),
+            Source::Cached(Replay::new(answer, label)),
             CacheStatus::NotUsed,
         )
     }
@@ -279,8 +278,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(hit: Hit, label: String) -> Self {
-        let answer = hit.answer;
+    fn new(answer: StoredAnswer, label: String) -> Self {
         let choices = u32::try_from(answer.choices.len()).unwrap_or(u32::MAX);
         let last = answer.choices.len().saturating_sub(1);
         let mut events = VecDeque::new();

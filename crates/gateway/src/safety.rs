@@ -193,13 +193,12 @@ impl Reporter {
         self.state
             .metrics()
             .safety_blocked(stage, refusal.layer, &refusal.category);
-        let event = NewAuditEvent::now(self.principal.id(), AuditAction::RequestBlocked)
-            .target(self.route)
-            .detail(format!("{} stage={stage}", refusal.detail()));
-        self.state.audit(match &self.client {
-            Some(addr) => event.client_addr(addr),
-            None => event,
-        });
+        self.state.audit(
+            NewAuditEvent::now(self.principal.id(), AuditAction::RequestBlocked)
+                .target(self.route)
+                .detail(format!("{} stage={stage}", refusal.detail()))
+                .client_addr_if_known(self.client.as_deref()),
+        );
         let limiter = self.state.limiter().clone();
         let tenant = self.principal.tenant();
         async move { limiter.note_violation(&tenant).await }

@@ -74,6 +74,14 @@ impl NewAuditEvent {
         self
     }
 
+    /// Sets the client address when one is known.
+    pub fn client_addr_if_known(self, addr: Option<&str>) -> Self {
+        match addr {
+            Some(addr) => self.client_addr(addr),
+            None => self,
+        }
+    }
+
     /// Sets the detail.
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());

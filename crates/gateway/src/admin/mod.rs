@@ -28,10 +28,6 @@ impl AdminAudit {
 
     /// An event of `action` by the caller, from its address, at the current time.
     pub fn event(&self, action: AuditAction) -> NewAuditEvent {
-        let event = NewAuditEvent::now(&self.actor, action);
-        match &self.client {
-            Some(addr) => event.client_addr(addr),
-            None => event,
-        }
+        NewAuditEvent::now(&self.actor, action).client_addr_if_known(self.client.as_deref())
     }
 }

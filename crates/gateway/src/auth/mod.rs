@@ -124,13 +124,10 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
 }
 
 fn blocked(principal: &Principal, route: &str, client: Option<&str>, why: String) -> NewAuditEvent {
-    let event = NewAuditEvent::now(principal.id(), AuditAction::RequestBlocked)
+    NewAuditEvent::now(principal.id(), AuditAction::RequestBlocked)
         .target(route)
-        .detail(why);
-    match client {
-        Some(addr) => event.client_addr(addr),
-        None => event,
-    }
+        .detail(why)
+        .client_addr_if_known(client)
 }
 
 /// The caller's address, for the audit log: the peer, or the first `X-Forwarded-For` hop when
