@@ -275,8 +275,8 @@ async fn dropping_the_response_stream_cancels_the_generation() {
 async fn a_model_that_fails_to_load_is_reported_and_never_serving() {
     use candle_core::quantized::gguf_file;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("llama.gguf");
-    let architecture = gguf_file::Value::String("llama".into());
+    let path = dir.path().join("gemma.gguf");
+    let architecture = gguf_file::Value::String("gemma".into());
     gguf_file::write(
         &mut std::fs::File::create(&path).unwrap(),
         &[("general.architecture", &architecture)],
@@ -288,7 +288,7 @@ async fn a_model_that_fails_to_load_is_reported_and_never_serving() {
     let config = LlmServiceConfig {
         model_path: path,
         model_id: MODEL_ID.to_owned(),
-        source: "llama.gguf".to_owned(),
+        source: "gemma.gguf".to_owned(),
         threads: Some(1),
         queue_capacity: 1,
     };
@@ -329,7 +329,7 @@ async fn a_model_that_fails_to_load_is_reported_and_never_serving() {
     };
     assert_eq!(info.state, ModelState::Failed as i32);
     assert!(
-        info.error.contains("unsupported architecture `llama`"),
+        info.error.contains("unsupported architecture `gemma`"),
         "{}",
         info.error
     );

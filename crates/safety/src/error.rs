@@ -20,6 +20,9 @@ pub enum SafetyError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Serve(#[from] passerelle_grpc_server::ServeError),
+    /// A model layer failed to run on a request.
+    #[error("{0}")]
+    Model(String),
 }
 
 impl SafetyError {
@@ -38,9 +41,10 @@ impl From<SafetyError> for Status {
         match err {
             SafetyError::InvalidArgument { param, .. } => invalid_argument(&param, message),
             SafetyError::ModelNotFound { .. } => Status::not_found(message),
-            SafetyError::Rules(_) | SafetyError::Metrics(_) | SafetyError::Serve(_) => {
-                Status::internal(message)
-            }
+            SafetyError::Rules(_)
+            | SafetyError::Metrics(_)
+            | SafetyError::Serve(_)
+            | SafetyError::Model(_) => Status::internal(message),
         }
     }
 }

@@ -4,12 +4,13 @@
 //! - [`verdict`]: what a check looks at ([`CheckInput`], [`Stage`]) and concludes
 //!   ([`Verdict`], [`Violation`], [`Redaction`]).
 //! - [`layer`]: the [`CheckLayer`] trait every layer implements and the [`Pipeline`] that
-//!   orders them. The rule and PII layers exist; the prompt-injection classifier and Llama
-//!   Guard 3 will plug in as further layers.
+//!   orders them.
 //! - [`rules`]: the rule layer: phrase lists and patterns with ids, categories and stages,
 //!   compiled into one `RegexSet` per stage; the built-in prompt-injection and jailbreak rules;
 //!   rule files. [`normalize`] is the text the rules see.
 //! - [`pii`]: the PII layer over `passerelle-pii`.
+//! - [`llama_guard`]: Llama Guard 3 on candle (GGUF or safetensors through `passerelle-llm`),
+//!   its prompt rendered as the model's published template does.
 //! - [`request`], [`service`], [`serve`]: limits and validation, the
 //!   `passerelle.safety.v1.Safety` gRPC service (`Check`, `Redact`, `ListModels`) and serving
 //!   it with health, reflection and metrics.
@@ -19,6 +20,7 @@
 
 pub mod error;
 pub mod layer;
+pub mod llama_guard;
 mod metrics;
 pub mod normalize;
 pub mod pii;
@@ -30,6 +32,7 @@ pub mod verdict;
 
 pub use error::SafetyError;
 pub use layer::{CheckLayer, LayerInfo, Pipeline};
+pub use llama_guard::{LlamaGuard, LlamaGuardConfig, LlamaGuardError, LlamaGuardLayer};
 pub use pii::PiiLayer;
 pub use request::RequestLimits;
 pub use rules::{Matcher, Rule, RuleSet, RulesError, RulesLayer, Stages};

@@ -20,7 +20,7 @@ use crate::{
         sequence::{Reply, Sequence, Step},
     },
     error::{LlmError, LoadError},
-    model::{self, ModelFiles, Qwen2},
+    model::{self, CausalLm, ModelFiles},
     plan::GenerationPlan,
     served::ServedModel,
 };
@@ -111,7 +111,7 @@ impl Worker {
 fn load_and_warm_up(
     files: &ModelFiles,
     model_id: &str,
-) -> Result<(Qwen2, Arc<ServedModel>), LoadError> {
+) -> Result<(CausalLm, Arc<ServedModel>), LoadError> {
     let started = Instant::now();
     let model::LoadedModel { mut model, assets } = model::load(files, &Device::Cpu)?;
     let warm_up_token = assets.eos_token_ids.first().copied().unwrap_or(0);
@@ -127,7 +127,7 @@ fn load_and_warm_up(
 
 /// Runs one request to its end. The KV cache is cleared first: one sequence at a time.
 fn generate(
-    model: &mut Qwen2,
+    model: &mut CausalLm,
     served: &ServedModel,
     job: Job,
     pool: &ThreadPool,

@@ -3,11 +3,11 @@
 use std::{collections::BTreeSet, fs::File, path::Path};
 
 use candle_core::{Device, quantized::gguf_file};
-use candle_transformers::models::quantized_qwen2::ModelWeights;
+use candle_transformers::models::quantized_qwen2;
 
 use crate::{
     error::LoadError,
-    model::{ModelAssets, ModelFormat},
+    model::{Architecture, ModelAssets, ModelFormat, Weights, llama::Llama},
     sampler::SamplingDefaults,
     tokenizer::{TextTokenizer, bad_metadata, metadata},
 };
@@ -27,7 +27,7 @@ const END_OF_GENERATION_TEXTS: [&str; 9] = [
     "<|eom_id|>",
 ];
 
-pub(super) fn load(path: &Path, device: &Device) -> Result<(ModelWeights, ModelAssets), LoadError> {
+pub(super) fn load(path: &Path, device: &Device) -> Result<(Weights, ModelAssets), LoadError> {
     let mut file = File::open(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
@@ -40,15 +40,16 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<(ModelWeights, ModelA
     let architecture = metadata(md, "general.architecture")?
         .to_string()
         .map_err(|e| bad_metadata("general.architecture", e))?;
-    if architecture != "qwen2" {
+    let Some(arch) = Architecture::from_name(architecture) else {
         return Err(LoadError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             found: architecture.clone(),
         });
-    }
-    let context_length = metadata(md, "qwen2.context_length")?
+    };
+    let context_key = format!("{}.context_length", arch.as_str());
+    let context_length = metadata(md, &context_key)?
         .to_u32()
-        .map_err(|e| bad_metadata("qwen2.context_length", e))? as usize;
+        .map_err(|e| bad_metadata(&context_key, e))? as usize;
     let vocab_size = content
         .tensor_infos
         .get("token_embd.weight")
@@ -83,9 +84,17 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<(ModelWeights, ModelA
             .filter(|id| tokenizer.pieces().is_special(*id)),
     );
 
-    let weights = ModelWeights::from_gguf(content, &mut file, device)?;
+    let weights = match arch {
+        Architecture::Qwen2 => Weights::QwenGguf(Box::new(
+            quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?,
+        )),
+        Architecture::Llama => Weights::Llama(Box::new(Llama::from_gguf(
+            content, &mut file, device,
+        )?)),
+    };
     let assets = ModelAssets {
         format: ModelFormat::Gguf,
+        architecture: arch,
         context_length,
         vocab_size,
         tokenizer,

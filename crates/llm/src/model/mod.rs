@@ -1,11 +1,13 @@
-//! Model files on disk and the Qwen2 forward pass over them.
+//! Model files on disk and the decoder forward pass over them.
 //!
-//! [`ModelFiles`] resolves a local path; [`load`] reads it into a [`Qwen2`] (candle's
-//! `quantized_qwen2` for GGUF, `qwen2` for safetensors) plus the [`ModelAssets`] that prompts
-//! and stopping need: tokenizer, chat template, end-of-sequence ids and sampling defaults.
+//! [`ModelFiles`] resolves a local path; [`load`] reads it into a [`CausalLm`] plus the
+//! [`ModelAssets`] that prompts and stopping need: tokenizer, chat template, end-of-sequence ids
+//! and sampling defaults. Qwen2 runs on candle's `quantized_qwen2` (GGUF) and `qwen2`
+//! (safetensors); Llama on [`llama::Llama`], one implementation for both formats.
 
 mod files;
 mod gguf;
+pub mod llama;
 mod safetensors;
 
 use std::collections::BTreeSet;
@@ -17,37 +19,65 @@ pub use files::{ModelFiles, ModelFormat};
 
 use crate::{error::LoadError, sampler::SamplingDefaults, tokenizer::TextTokenizer};
 
-/// A Qwen2 decoder with its KV cache.
-pub struct Qwen2 {
+/// A decoder-only language model with its KV cache.
+pub struct CausalLm {
     weights: Weights,
     device: Device,
 }
 
 enum Weights {
-    Gguf(Box<quantized_qwen2::ModelWeights>),
-    Safetensors(Box<qwen2::ModelForCausalLM>),
+    QwenGguf(Box<quantized_qwen2::ModelWeights>),
+    QwenSafetensors(Box<qwen2::ModelForCausalLM>),
+    Llama(Box<llama::Llama>),
 }
 
-impl std::fmt::Debug for Qwen2 {
+/// The decoder architectures served, by their `config.json` `model_type` and GGUF
+/// `general.architecture` (the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Qwen2,
+    Llama,
+}
+
+impl Architecture {
+    /// Recognises a declared architecture name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "qwen2" => Some(Self::Qwen2),
+            "llama" => Some(Self::Llama),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qwen2 => "qwen2",
+            Self::Llama => "llama",
+        }
+    }
+}
+
+impl std::fmt::Debug for CausalLm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let format = match self.weights {
-            Weights::Gguf(_) => ModelFormat::Gguf,
-            Weights::Safetensors(_) => ModelFormat::Safetensors,
+        let architecture = match self.weights {
+            Weights::QwenGguf(_) | Weights::QwenSafetensors(_) => Architecture::Qwen2,
+            Weights::Llama(_) => Architecture::Llama,
         };
-        f.debug_struct("Qwen2")
-            .field("format", &format)
+        f.debug_struct("CausalLm")
+            .field("architecture", &architecture)
             .finish_non_exhaustive()
     }
 }
 
-impl Qwen2 {
+impl CausalLm {
     /// Runs `tokens` at positions `pos..pos + tokens.len()` (extending the KV cache) and returns
     /// the logits of the last position.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let input = || Tensor::new(tokens, &self.device)?.unsqueeze(0);
         let logits = match &mut self.weights {
-            Weights::Gguf(model) => model.forward(&input, pos)?,
-            Weights::Safetensors(model) => model.forward(&input, pos)?,
+            Weights::QwenGguf(model) => model.forward(&input()?, pos)?,
+            Weights::QwenSafetensors(model) => model.forward(&input()?, pos)?,
+            Weights::Llama(model) => model.forward(tokens, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
     }
@@ -55,8 +85,9 @@ impl Qwen2 {
     /// Forgets every cached position; the next forward starts a new sequence at 0.
     pub fn clear_kv_cache(&mut self) {
         match &mut self.weights {
-            Weights::Gguf(model) => model.clear_kv_cache(),
-            Weights::Safetensors(model) => model.clear_kv_cache(),
+            Weights::QwenGguf(model) => model.clear_kv_cache(),
+            Weights::QwenSafetensors(model) => model.clear_kv_cache(),
+            Weights::Llama(model) => model.clear_kv_cache(),
         }
     }
 }
@@ -65,6 +96,7 @@ impl Qwen2 {
 #[derive(Debug)]
 pub struct ModelAssets {
     pub format: ModelFormat,
+    pub architecture: Architecture,
     /// Longest sequence, prompt and completion together.
     pub context_length: usize,
     /// Width of the logits (embedding rows), at least the tokenizer's size.
@@ -82,25 +114,19 @@ pub struct ModelAssets {
 /// A loaded model: weights and assets.
 #[derive(Debug)]
 pub struct LoadedModel {
-    pub model: Qwen2,
+    pub model: CausalLm,
     pub assets: ModelAssets,
 }
 
-/// Loads `files` onto `device`. Only the qwen2 architecture is accepted; anything else is
-/// refused with the architecture that was found.
+/// Loads `files` onto `device`. Qwen2 and Llama are accepted; anything else is refused with
+/// the architecture that was found.
 pub fn load(files: &ModelFiles, device: &Device) -> Result<LoadedModel, LoadError> {
     let (weights, assets) = match files {
-        ModelFiles::Gguf { path } => {
-            let (model, assets) = gguf::load(path, device)?;
-            (Weights::Gguf(Box::new(model)), assets)
-        }
-        ModelFiles::Safetensors { .. } => {
-            let (model, assets) = safetensors::load(files, device)?;
-            (Weights::Safetensors(Box::new(model)), assets)
-        }
+        ModelFiles::Gguf { path } => gguf::load(path, device)?,
+        ModelFiles::Safetensors { .. } => safetensors::load(files, device)?,
     };
     Ok(LoadedModel {
-        model: Qwen2 {
+        model: CausalLm {
             weights,
             device: device.clone(),
         },

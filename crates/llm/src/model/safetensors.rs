@@ -1,4 +1,4 @@
-//! Loading a Hugging Face Qwen2 directory: `config.json`, memory-mapped safetensors weights
+//! Loading a Hugging Face Qwen2 or Llama directory: `config.json`, memory-mapped safetensors weights
 //! (converted to F32 for the CPU), `tokenizer.json`, `tokenizer_config.json` and the optional
 //! `generation_config.json`.
 
@@ -14,7 +14,10 @@ use serde::Deserialize;
 
 use crate::{
     error::LoadError,
-    model::{ModelAssets, ModelFiles, ModelFormat},
+    model::{
+        Architecture, ModelAssets, ModelFiles, ModelFormat, Weights,
+        llama::{Llama, Llama3Scaling, LlamaConfig, RopeLayout},
+    },
     sampler::SamplingDefaults,
     tokenizer::TextTokenizer,
 };
@@ -68,6 +71,88 @@ impl HfConfig {
             hidden_act: self.hidden_act.unwrap_or(Activation::Silu),
         }
     }
+}
+
+/// The `config.json` fields Llama uses.
+#[derive(Debug, Deserialize)]
+struct HfLlamaConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RopeParameters>,
+    /// Where `transformers` 5 writes `rope_theta` and the scaling together.
+    rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RopeParameters {
+    rope_type: Option<String>,
+    /// The older spelling of `rope_type`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+impl HfLlamaConfig {
+    fn into_parts(self) -> Result<(LlamaConfig, Option<Llama3Scaling>), String> {
+        if self.attention_bias || self.mlp_bias {
+            return Err("Llama checkpoints with biases are not supported".to_owned());
+        }
+        let rope = self.rope_scaling.or(self.rope_parameters);
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| rope.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10_000.0);
+        let scaling = match rope {
+            None => None,
+            Some(r) => match r.rope_type.as_deref().or(r.kind.as_deref()) {
+                None | Some("default") => None,
+                Some("llama3") => Some(Llama3Scaling {
+                    factor: r.factor.ok_or("llama3 rope scaling without `factor`")?,
+                    low_freq_factor: r.low_freq_factor.unwrap_or(1.0),
+                    high_freq_factor: r.high_freq_factor.unwrap_or(4.0),
+                    original_max_position_embeddings: r
+                        .original_max_position_embeddings
+                        .unwrap_or(8192),
+                }),
+                Some(other) => return Err(format!("rope scaling `{other}` is not supported")),
+            },
+        };
+        let config = LlamaConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_layout: RopeLayout::Halves,
+        };
+        Ok((config, scaling))
+    }
+}
+
+/// The sizes every architecture's `config.json` has.
+#[derive(Debug, Deserialize)]
+struct ContextAndVocab {
+    max_position_embeddings: usize,
+    vocab_size: usize,
 }
 
 /// A special token in `tokenizer_config.json`: a string or an `AddedToken` object.
@@ -151,12 +236,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError
     })
 }
 
-/// Refuses anything but Qwen2, naming what `config.json` declares.
-fn check_architecture(path: &Path) -> Result<(), LoadError> {
+/// The architecture `config.json` declares; anything but Qwen2 and Llama is refused by name.
+fn check_architecture(path: &Path) -> Result<Architecture, LoadError> {
     let json: serde_json::Value = read_json(path)?;
     let model_type = json.get("model_type").and_then(|v| v.as_str());
-    if model_type == Some("qwen2") {
-        return Ok(());
+    if let Some(arch) = model_type.and_then(Architecture::from_name) {
+        return Ok(arch);
     }
     let architectures = json
         .get("architectures")
@@ -183,7 +268,7 @@ fn check_architecture(path: &Path) -> Result<(), LoadError> {
 pub(super) fn load(
     files: &ModelFiles,
     device: &Device,
-) -> Result<(ModelForCausalLM, ModelAssets), LoadError> {
+) -> Result<(Weights, ModelAssets), LoadError> {
     let ModelFiles::Safetensors {
         dir,
         config,
@@ -195,11 +280,12 @@ pub(super) fn load(
     else {
         unreachable!("safetensors::load is only called for safetensors files");
     };
-    check_architecture(config)?;
-    let hf_config: HfConfig = read_json(config)?;
-    let context_length = hf_config.max_position_embeddings;
-    let vocab_size = hf_config.vocab_size;
-    let config = hf_config.into_candle();
+    let config_path = config;
+    let architecture = check_architecture(config_path)?;
+    let (context_length, vocab_size) = {
+        let sizes: ContextAndVocab = read_json(config_path)?;
+        (sizes.max_position_embeddings, sizes.vocab_size)
+    };
 
     let tokenizer = TextTokenizer::from_file(tokenizer)?;
     let tokenizer_config: TokenizerConfig = read_json(tokenizer_config)?;
@@ -225,9 +311,31 @@ pub(super) fn load(
 
     let weights: Vec<PathBuf> = weights.clone();
     let vb = passerelle_model_runtime::weights::mmap_safetensors(&weights, DType::F32, device)?;
-    let model = ModelForCausalLM::new(&config, vb)?;
+    let model = match architecture {
+        Architecture::Qwen2 => {
+            let hf_config: HfConfig = read_json(config_path)?;
+            Weights::QwenSafetensors(Box::new(ModelForCausalLM::new(
+                &hf_config.into_candle(),
+                vb,
+            )?))
+        }
+        Architecture::Llama => {
+            let hf_config: HfLlamaConfig = read_json(config_path)?;
+            let (config, scaling) =
+                hf_config
+                    .into_parts()
+                    .map_err(|reason| LoadError::NotAModel {
+                        path: config_path.clone(),
+                        reason,
+                    })?;
+            Weights::Llama(Box::new(Llama::from_safetensors(
+                config, scaling, vb, device,
+            )?))
+        }
+    };
     let assets = ModelAssets {
         format: ModelFormat::Safetensors,
+        architecture,
         context_length,
         vocab_size,
         tokenizer,
@@ -271,16 +379,16 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(
             &path,
-            r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}"#,
+            r#"{"model_type": "mistral", "architectures": ["MistralForCausalLM"]}"#,
         )
         .unwrap();
         let err = check_architecture(&path).unwrap_err();
         assert!(
-            err.to_string().contains("llama (LlamaForCausalLM)"),
+            err.to_string().contains("mistral (MistralForCausalLM)"),
             "{err}"
         );
         std::fs::write(&path, r#"{"model_type": "qwen2"}"#).unwrap();
-        check_architecture(&path).unwrap();
+        assert_eq!(check_architecture(&path).unwrap(), Architecture::Qwen2);
     }
 
     #[test]

@@ -22,6 +22,34 @@ use crate::error::LoadError;
 /// Qwen2's pre-tokenizer regex (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
 const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Llama 3's pre-tokenizer regex (`LLAMA_VOCAB_PRE_TYPE_LLAMA3`): like Qwen2's, but digits go
+/// in runs of up to three.
+const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The byte-level BPE pre-tokenizers supported, by `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreTokenizer {
+    Qwen2,
+    Llama3,
+}
+
+impl PreTokenizer {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "qwen2" => Some(Self::Qwen2),
+            "llama-bpe" | "llama3" | "llama-v3" => Some(Self::Llama3),
+            _ => None,
+        }
+    }
+
+    fn regex(self) -> &'static str {
+        match self {
+            Self::Qwen2 => QWEN2_SPLIT_REGEX,
+            Self::Llama3 => LLAMA3_SPLIT_REGEX,
+        }
+    }
+}
+
 /// llama.cpp `llama_token_type` values: control and user-defined tokens become added tokens;
 /// unused ones (embedding padding) are left out, so nothing encodes to them and they decode to
 /// nothing, as in llama.cpp and in the `tokenizer.json` such files are converted from.
@@ -56,8 +84,8 @@ fn string_array(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, L
         .collect()
 }
 
-/// Builds the tokenizer a GGUF file describes. Only byte-level BPE (`gpt2`) with Qwen2's
-/// pre-tokenizer is supported; anything else is refused by name.
+/// Builds the tokenizer a GGUF file describes. Only byte-level BPE (`gpt2`) with Qwen2's or
+/// Llama 3's pre-tokenizer is supported; anything else is refused by name.
 pub fn tokenizer_from_gguf(md: &HashMap<String, Value>) -> Result<Tokenizer, LoadError> {
     let model = metadata(md, "tokenizer.ggml.model")?
         .to_string()
@@ -74,11 +102,11 @@ pub fn tokenizer_from_gguf(md: &HashMap<String, Value>) -> Result<Tokenizer, Loa
             .as_str(),
         None => "(missing)",
     };
-    if pre != "qwen2" {
+    let Some(pre) = PreTokenizer::from_name(pre) else {
         return Err(LoadError::UnsupportedTokenizer(format!(
-            "GGUF tokenizer.ggml.pre `{pre}` (only `qwen2` is supported)"
+            "GGUF tokenizer.ggml.pre `{pre}` (only `qwen2` and `llama-bpe` are supported)"
         )));
-    }
+    };
 
     let tokens = string_array(md, "tokenizer.ggml.tokens")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
@@ -119,12 +147,14 @@ pub fn tokenizer_from_gguf(md: &HashMap<String, Value>) -> Result<Tokenizer, Loa
         .map_err(LoadError::Tokenizer)?;
     let mut tokenizer = Tokenizer::new(bpe);
     // Qwen2's own tokenizer.json normalises to NFC; llama.cpp skips that step, but the GGUF names
-    // Qwen2's pipeline and both must encode the same text alike.
-    tokenizer
-        .with_normalizer(Some(NFC))
-        .map_err(LoadError::Tokenizer)?;
+    // Qwen2's pipeline and both must encode the same text alike. Llama 3's has no normaliser.
+    if pre == PreTokenizer::Qwen2 {
+        tokenizer
+            .with_normalizer(Some(NFC))
+            .map_err(LoadError::Tokenizer)?;
+    }
     let split = Split::new(
-        SplitPattern::Regex(QWEN2_SPLIT_REGEX.to_owned()),
+        SplitPattern::Regex(pre.regex().to_owned()),
         SplitDelimiterBehavior::Isolated,
         false,
     )
@@ -176,10 +206,10 @@ mod tests {
         assert!(err.to_string().contains("`llama`"), "{err}");
         let err = tokenizer_from_gguf(&md(&[
             ("tokenizer.ggml.model", Value::String("gpt2".into())),
-            ("tokenizer.ggml.pre", Value::String("llama-bpe".into())),
+            ("tokenizer.ggml.pre", Value::String("gemma".into())),
         ]))
         .unwrap_err();
-        assert!(err.to_string().contains("`llama-bpe`"), "{err}");
+        assert!(err.to_string().contains("`gemma`"), "{err}");
     }
 
     #[test]

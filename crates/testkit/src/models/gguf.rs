@@ -30,7 +30,7 @@ fn file_type(dtype: WeightDtype) -> u32 {
 
 /// The storage type of one tensor: vectors stay F32 as in llama.cpp; matrices take `dtype`,
 /// falling back from Q4_K to Q8_0 when rows are not a multiple of 256.
-fn tensor_dtype(shape: &[usize], dtype: WeightDtype) -> Result<GgmlDType, TestkitError> {
+pub(crate) fn tensor_dtype(shape: &[usize], dtype: WeightDtype) -> Result<GgmlDType, TestkitError> {
     if shape.len() < 2 {
         return Ok(GgmlDType::F32);
     }
