@@ -4,12 +4,13 @@
 //! - [`verdict`]: what a check looks at ([`CheckInput`], [`Stage`]) and concludes
 //!   ([`Verdict`], [`Violation`], [`Redaction`]).
 //! - [`layer`]: the [`CheckLayer`] trait every layer implements and the [`Pipeline`] that
-//!   orders them. The rule and PII layers exist; the prompt-injection classifier and Llama
-//!   Guard 3 will plug in as further layers.
+//!   orders them. The rule, PII and prompt-injection classifier layers exist; Llama Guard 3
+//!   will plug in as a further layer.
 //! - [`rules`]: the rule layer: phrase lists and patterns with ids, categories and stages,
 //!   compiled into one `RegexSet` per stage; the built-in prompt-injection and jailbreak rules;
 //!   rule files. [`normalize`] is the text the rules see.
 //! - [`pii`]: the PII layer over `passerelle-pii`.
+//! - [`injection`]: the prompt-injection classifier (DeBERTa-v3 on candle) and its layer.
 //! - [`request`], [`service`], [`serve`]: limits and validation, the
 //!   `passerelle.safety.v1.Safety` gRPC service (`Check`, `Redact`, `ListModels`) and serving
 //!   it with health, reflection and metrics.
@@ -18,6 +19,7 @@
 //! in one `From` impl.
 
 pub mod error;
+pub mod injection;
 pub mod layer;
 mod metrics;
 pub mod normalize;
@@ -29,6 +31,10 @@ pub mod service;
 pub mod verdict;
 
 pub use error::SafetyError;
+pub use injection::{
+    ClassifierOptions, InjectionClassifier, InjectionConfig, InjectionError, InjectionLayer,
+    TextScore,
+};
 pub use layer::{CheckLayer, LayerInfo, Pipeline};
 pub use pii::PiiLayer;
 pub use request::RequestLimits;
