@@ -10,7 +10,7 @@
 //!   for input checks.
 
 mod error;
-pub mod files;
+mod files;
 mod layer;
 mod model;
 pub mod windows;
