@@ -236,7 +236,34 @@ pub struct ServeArgs {
     #[arg(long, env = "PASSERELLE_NO_SAFETY", conflicts_with = "safety_rules")]
     pub no_safety: bool,
     #[command(flatten)]
+    pub safety_models: SafetyModelArgs,
+    #[command(flatten)]
     pub gateway: GatewayOptions,
+}
+
+/// The model layers of the safety filter, both off unless a model is named.
+#[derive(Debug, Args, Default)]
+pub struct SafetyModelArgs {
+    /// Llama Guard 3 for the safety filter: a GGUF file, a Hugging Face directory or a hub id
+    /// (`repo` or `repo:file.gguf`) [default: none, the layer is off].
+    #[arg(long, env = "PASSERELLE_SAFETY_MODEL", value_name = "MODEL")]
+    pub safety_model: Option<String>,
+    /// Flag content when Llama Guard's probability of `unsafe` is at least this, in [0, 1]
+    /// [default: when `unsafe` is its most likely answer].
+    #[arg(long, env = "PASSERELLE_SAFETY_THRESHOLD")]
+    pub safety_threshold: Option<f32>,
+    /// Hazard categories Llama Guard checks, by code, comma-separated (S1 to S14)
+    /// [default: S1-S13, the template's].
+    #[arg(long, env = "PASSERELLE_SAFETY_CATEGORIES", value_delimiter = ',')]
+    pub safety_categories: Vec<String>,
+    /// Prompt-injection classifier (a DeBERTa-v3 sequence classifier): a directory or hub id
+    /// [default: none, the layer is off].
+    #[arg(long, env = "PASSERELLE_INJECTION_MODEL", value_name = "MODEL")]
+    pub injection_model: Option<String>,
+    /// Flag a prompt when the classifier's injection probability is at least this, in (0, 1]
+    /// [default: 0.5].
+    #[arg(long, env = "PASSERELLE_INJECTION_THRESHOLD")]
+    pub injection_threshold: Option<f32>,
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +327,10 @@ pub struct SafetyArgs {
     /// Turn PII redaction off in checks; the Redact RPC still redacts [default: on].
     #[arg(long, env = "PASSERELLE_SAFETY_NO_PII")]
     pub no_pii: bool,
+    #[command(flatten)]
+    pub models: SafetyModelArgs,
+    #[command(flatten)]
+    pub hub: HubArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,14 @@
 //! The errors of this crate and their one mapping to `tonic::Status`.
 
-use passerelle_grpc_server::status::invalid_argument;
-use tonic::Status;
+use std::time::Duration;
 
-use crate::rules::RulesError;
+use passerelle_grpc_server::status::{invalid_argument, retryable};
+use tonic::{Code, Status};
+
+use crate::{injection::InjectionError, rules::RulesError};
+
+/// How long a client should wait before retrying a check refused for load.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a request or the service failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +21,9 @@ pub enum SafetyError {
     /// The rule set could not be built: a startup error.
     #[error(transparent)]
     Rules(#[from] RulesError),
+    /// The injection classifier could not be loaded, is overloaded or failed.
+    #[error("injection classifier: {0}")]
+    Injection(#[from] InjectionError),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
@@ -23,6 +31,9 @@ pub enum SafetyError {
     /// A model layer failed to run on a request.
     #[error("{0}")]
     Model(String),
+    /// The Llama Guard model could not be loaded: a startup error.
+    #[error(transparent)]
+    LlamaGuard(#[from] crate::llama_guard::LlamaGuardError),
 }
 
 impl SafetyError {
@@ -41,10 +52,16 @@ impl From<SafetyError> for Status {
         match err {
             SafetyError::InvalidArgument { param, .. } => invalid_argument(&param, message),
             SafetyError::ModelNotFound { .. } => Status::not_found(message),
+            SafetyError::Injection(InjectionError::QueueFull { .. }) => {
+                retryable(Code::ResourceExhausted, message, RETRY_AFTER)
+            }
+            SafetyError::Injection(InjectionError::Stopped) => Status::unavailable(message),
+            SafetyError::Injection(_) => Status::internal(message),
             SafetyError::Rules(_)
             | SafetyError::Metrics(_)
             | SafetyError::Serve(_)
-            | SafetyError::Model(_) => Status::internal(message),
+            | SafetyError::Model(_)
+            | SafetyError::LlamaGuard(_) => Status::internal(message),
         }
     }
 }
@@ -70,6 +87,13 @@ mod tests {
         assert_eq!(
             Status::from(SafetyError::Rules(RulesError::DuplicateId("a".into()))).code(),
             Code::Internal
+        );
+        let busy = Status::from(SafetyError::from(InjectionError::QueueFull { capacity: 2 }));
+        assert_eq!(busy.code(), Code::ResourceExhausted);
+        assert!(passerelle_grpc_server::status::retry_after(&busy).is_some());
+        assert_eq!(
+            Status::from(SafetyError::from(InjectionError::Stopped)).code(),
+            Code::Unavailable
         );
     }
 }

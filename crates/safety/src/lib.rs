@@ -11,6 +11,7 @@
 //! - [`pii`]: the PII layer over `passerelle-pii`.
 //! - [`llama_guard`]: Llama Guard 3 on candle (GGUF or safetensors through `passerelle-llm`),
 //!   its prompt rendered as the model's published template does.
+//! - [`injection`]: the prompt-injection classifier (DeBERTa-v3 on candle) and its layer.
 //! - [`request`], [`service`], [`serve`]: limits and validation, the
 //!   `passerelle.safety.v1.Safety` gRPC service (`Check`, `Redact`, `ListModels`) and serving
 //!   it with health, reflection and metrics.
@@ -19,6 +20,7 @@
 //! in one `From` impl.
 
 pub mod error;
+pub mod injection;
 pub mod layer;
 pub mod llama_guard;
 mod metrics;
@@ -31,8 +33,14 @@ pub mod service;
 pub mod verdict;
 
 pub use error::SafetyError;
+pub use injection::{
+    ClassifierOptions, InjectionClassifier, InjectionConfig, InjectionError, InjectionLayer,
+    TextScore,
+};
 pub use layer::{CheckLayer, LayerInfo, Pipeline};
-pub use llama_guard::{LlamaGuard, LlamaGuardConfig, LlamaGuardError, LlamaGuardLayer};
+pub use llama_guard::{
+    GuardOptions, LlamaGuard, LlamaGuardConfig, LlamaGuardError, LlamaGuardLayer,
+};
 pub use pii::PiiLayer;
 pub use request::RequestLimits;
 pub use rules::{Matcher, Rule, RuleSet, RulesError, RulesLayer, Stages};

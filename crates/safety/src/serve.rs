@@ -1,4 +1,5 @@
-//! Serving the pipeline over gRPC. Nothing loads, so health reports SERVING from the start.
+//! Serving the pipeline over gRPC. Health reports SERVING once the layers are built, which
+//! takes the injection classifier's loading and warm-up when it is configured.
 
 use std::{future::Future, sync::Arc};
 
@@ -9,7 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::{
     error::SafetyError,
+    injection::{InjectionConfig, InjectionLayer},
     layer::{CheckLayer, Pipeline},
+    llama_guard::{LlamaGuardConfig, LlamaGuardLayer},
     pii::PiiLayer,
     request::RequestLimits,
     rules::{RuleSet, RulesLayer},
@@ -23,6 +26,10 @@ pub struct SafetyServiceConfig {
     pub rules: Option<RuleSet>,
     /// Whether `Check` redacts personal data (`Redact` always does).
     pub pii: bool,
+    /// The prompt-injection classifier; `None` (the default) turns the layer off.
+    pub injection: Option<InjectionConfig>,
+    /// Llama Guard 3; `None` (the default) turns the layer off.
+    pub llama_guard: Option<LlamaGuardConfig>,
     /// Bounds on one request.
     pub limits: RequestLimits,
 }
@@ -33,14 +40,17 @@ impl Default for SafetyServiceConfig {
         Self {
             rules: Some(RuleSet::defaults()),
             pii: true,
+            injection: None,
+            llama_guard: None,
             limits: RequestLimits::default(),
         }
     }
 }
 
 impl SafetyServiceConfig {
-    /// The enabled layers, cheapest first: rules, then PII.
-    pub fn pipeline(&self) -> Pipeline {
+    /// The enabled layers, cheapest first: rules, PII, the injection classifier, then Llama
+    /// Guard; the models are loaded here (blocking, seconds each).
+    pub fn pipeline(&self) -> Result<Pipeline, SafetyError> {
         let mut layers: Vec<Arc<dyn CheckLayer>> = Vec::new();
         if let Some(rules) = &self.rules {
             layers.push(Arc::new(RulesLayer::new(rules.clone())));
@@ -48,7 +58,13 @@ impl SafetyServiceConfig {
         if self.pii {
             layers.push(Arc::new(PiiLayer));
         }
-        Pipeline::new(layers)
+        if let Some(injection) = &self.injection {
+            layers.push(Arc::new(InjectionLayer::load(injection)?));
+        }
+        if let Some(llama_guard) = &self.llama_guard {
+            layers.push(Arc::new(LlamaGuardLayer::load(llama_guard)?));
+        }
+        Ok(Pipeline::new(layers))
     }
 }
 
@@ -60,7 +76,13 @@ pub async fn serve(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SafetyError> {
-    let service = SafetyService::new(config.pipeline(), config.limits, &registry)?;
+    let limits = config.limits;
+    let pipeline = tokio::task::spawn_blocking(move || config.pipeline())
+        .await
+        .map_err(|err| {
+            SafetyError::from(crate::injection::InjectionError::Panic(err.to_string()))
+        })??;
+    let service = SafetyService::new(pipeline, limits, &registry)?;
     let server = GrpcServer::new(ServerConfig::default());
     let health = server.health();
     let max_message_bytes = server.max_message_bytes();

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use passerelle_safety::{
-    CheckInput, CheckLayer, LayerKind, LayerOutcome, LlamaGuard, LlamaGuardConfig,
+    CheckInput, CheckLayer, LayerKind, LayerOutcome, LlamaGuard,
     LlamaGuardLayer, Message, Stage,
-    llama_guard::{Conversation, HazardCategory, default_categories, render},
+    llama_guard::{GuardOptions, Conversation, HazardCategory, default_categories, render},
 };
 use passerelle_testkit::{WeightDtype, models::convert_llama_to_gguf};
 use serde_json::Value;
@@ -205,9 +205,9 @@ fn layer(threshold: Option<f32>) -> LlamaGuardLayer {
     let guard = LlamaGuard::load(&model_dir(), &Device::Cpu).unwrap();
     LlamaGuardLayer::new(
         guard,
-        LlamaGuardConfig {
+        GuardOptions {
             threshold,
-            ..LlamaGuardConfig::default()
+            ..GuardOptions::default()
         },
     )
 }
@@ -252,9 +252,9 @@ async fn output_checks_and_category_filters() {
 #[test]
 fn the_greedy_reading_is_reproducible_and_long_prompts_are_shortened() {
     let mut guard = LlamaGuard::load(&model_dir(), &Device::Cpu).unwrap();
-    let config = LlamaGuardConfig {
+    let config = GuardOptions {
         max_prompt_tokens: 260,
-        ..LlamaGuardConfig::default()
+        ..GuardOptions::default()
     };
     let long = "word ".repeat(2000);
     let conversation =

@@ -71,7 +71,14 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
             .safety_rules
             .as_deref()
             .or(file.safety_rules.as_deref());
-        let config = super::safety::service_config(rules, false, false)?;
+        let config = super::safety::service_config(
+            rules,
+            false,
+            false,
+            &args.safety_models,
+            &settings::hub(&args.model.hub, file),
+        )
+        .await?;
         let (endpoint, task) = on_loopback("safety", |listener| {
             passerelle_safety::serve(config, listener, registry.clone(), shutdown.wait())
         })

@@ -10,10 +10,14 @@
 
 pub mod prompt;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use candle_core::Device;
+use passerelle_model_runtime::DeviceChoice;
 use passerelle_llm::{
     ModelFiles,
     model::{self, Architecture, CausalLm},
@@ -34,9 +38,29 @@ const MAX_CATEGORY_TOKENS: usize = 16;
 /// Whitespace tokens skipped before the decision token.
 const MAX_LEADING_WHITESPACE: usize = 2;
 
-/// How the layer is set up.
+/// How the service runs the Llama Guard layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaGuardConfig {
+    /// A GGUF file or a Hugging Face directory.
+    pub model: PathBuf,
+    pub options: GuardOptions,
+    pub device: DeviceChoice,
+}
+
+impl LlamaGuardConfig {
+    /// The model at `model` with the default options, on the CPU.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            options: GuardOptions::default(),
+            device: DeviceChoice::Cpu,
+        }
+    }
+}
+
+/// How the model judges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardOptions {
     /// The categories the model is asked about, in prompt order.
     pub categories: Vec<HazardCategory>,
     /// `None`: unsafe when `unsafe` is the model's most likely first word, as Meta's reference
@@ -47,7 +71,7 @@ pub struct LlamaGuardConfig {
     pub max_prompt_tokens: usize,
 }
 
-impl Default for LlamaGuardConfig {
+impl Default for GuardOptions {
     fn default() -> Self {
         Self {
             categories: default_categories(),
@@ -62,6 +86,8 @@ impl Default for LlamaGuardConfig {
 pub enum LlamaGuardError {
     #[error(transparent)]
     Load(#[from] passerelle_llm::LoadError),
+    #[error(transparent)]
+    Device(#[from] passerelle_model_runtime::DeviceError),
     #[error("a Llama Guard model is a Llama; this one is {0}")]
     NotLlama(&'static str),
     #[error("the model's vocabulary has no `{0}` token, so it is not a Llama Guard model")]
@@ -175,7 +201,7 @@ impl LlamaGuard {
     pub fn assess(
         &mut self,
         conversation: Conversation,
-        config: &LlamaGuardConfig,
+        config: &GuardOptions,
         categories: &[HazardCategory],
     ) -> Result<Assessment, LlamaGuardError> {
         let ids = self.prompt_ids(conversation, categories, config.max_prompt_tokens)?;
@@ -276,12 +302,20 @@ fn parse_categories(answer: &str, asked: &[HazardCategory]) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct LlamaGuardLayer {
     guard: Arc<Mutex<LlamaGuard>>,
-    config: Arc<LlamaGuardConfig>,
+    config: Arc<GuardOptions>,
     info: LayerInfo,
 }
 
 impl LlamaGuardLayer {
-    pub fn new(guard: LlamaGuard, config: LlamaGuardConfig) -> Self {
+    /// Loads the model `config` names (blocking: seconds for a 1B model).
+    pub fn load(config: &LlamaGuardConfig) -> Result<Self, LlamaGuardError> {
+        let device = config.device.open()?;
+        let guard = LlamaGuard::load(&config.model, &device)?;
+        tracing::info!(source = %guard.source, format = %guard.format, "Llama Guard loaded");
+        Ok(Self::new(guard, config.options.clone()))
+    }
+
+    pub fn new(guard: LlamaGuard, config: GuardOptions) -> Self {
         let info = LayerInfo {
             id: LayerKind::LlamaGuard.label().to_owned(),
             format: guard.format.clone(),
