@@ -7,6 +7,8 @@
 #   PASSERELLE_REDIS_PASSWORD_FILE          puts the password into PASSERELLE_REDIS_URL
 #                                           (redis://host:6379/0 -> redis://:secret@host:6379/0)
 #   HF_TOKEN_FILE                           links $HF_HOME/token to it, where the hub client looks
+#   PASSERELLE_<NAME>= (empty)              unset, so compose's `${VAR:-}` means "not set"
+#                                           (passerelle would reject an empty number)
 #
 # Secrets never appear in the image, in `docker inspect` or on a command line.
 set -eu
@@ -19,6 +21,10 @@ read_secret() {
     fi
     cat "$1"
 }
+
+for name in $(env | sed -n 's/^\(PASSERELLE_[A-Z0-9_]*\)=$/\1/p'); do
+    unset "$name"
+done
 
 for assignment in $(env | sed -n 's/^\(PASSERELLE_[A-Z0-9_]*\)_FILE=.*/\1/p'); do
     [ "$assignment" = PASSERELLE_REDIS_PASSWORD ] && continue
@@ -48,4 +54,4 @@ fi
 if [ "${1:-}" = passerelle ]; then
     shift
 fi
-exec /usr/local/bin/passerelle "$@"
+exec "${PASSERELLE_BIN:-/usr/local/bin/passerelle}" "$@"
