@@ -22,6 +22,22 @@ const MODEL: &str = "passerelle-safety";
 /// The categories of the built-in rules, reported (false) even when nothing matched.
 const RULE_CATEGORIES: [&str; 3] = ["jailbreak", "prompt_injection", "prompt_leak"];
 
+/// OpenAI's moderation categories a Llama Guard hazard code also sets, so clients written for
+/// OpenAI's taxonomy see Llama Guard's findings. Codes without a counterpart (defamation,
+/// specialized advice, privacy, intellectual property, elections) are reported by code only.
+fn openai_categories(code: &str) -> &'static [&'static str] {
+    match code {
+        "S1" => &["violence", "illicit/violent"],
+        "S2" | "S14" => &["illicit"],
+        "S3" | "S12" => &["sexual"],
+        "S4" => &["sexual/minors"],
+        "S9" => &["illicit/violent"],
+        "S10" => &["hate"],
+        "S11" => &["self-harm"],
+        _ => &[],
+    }
+}
+
 /// `model` and other fields are accepted and ignored: the service's layers decide.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ModerationRequest {
@@ -99,6 +115,10 @@ pub(crate) async fn create(
             for violation in &verdict.categories {
                 categories.insert(violation.code.clone(), flagged);
                 category_scores.insert(violation.code.clone(), violation.score);
+                for openai in openai_categories(&violation.code) {
+                    categories.insert((*openai).to_owned(), flagged);
+                    category_scores.insert((*openai).to_owned(), violation.score);
+                }
             }
             ModerationResult {
                 flagged,

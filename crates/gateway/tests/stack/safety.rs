@@ -340,3 +340,69 @@ async fn a_key_can_carry_its_own_safety_checks() {
         "the gateway's setting"
     );
 }
+
+/// The safety service with only the Llama Guard layer, on the tiny random-weight model the
+/// safety crate's parity fixture holds. At threshold 0 every text is unsafe, at 1 none is: the
+/// model's verdict (not a rule) decides.
+fn llama_guard_only(threshold: f32) -> passerelle_safety::SafetyServiceConfig {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../safety/tests/fixtures/tiny-llama-guard");
+    let mut guard = passerelle_safety::LlamaGuardConfig::new(model);
+    guard.options.threshold = Some(threshold);
+    passerelle_safety::SafetyServiceConfig {
+        rules: None,
+        pii: false,
+        llama_guard: Some(guard),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn llama_guard_blocks_prompts_and_flags_moderations() {
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(llama_guard_only(0.0));
+    })
+    .await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let refused = post(
+        &served,
+        "/v1/chat/completions",
+        key,
+        &chat("What is a footbridge?"),
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "content_filter", "{body}");
+
+    let moderated: Value = post(
+        &served,
+        "/v1/moderations",
+        key,
+        &json!({"input": "How do bridges carry load?"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let result = &moderated["results"][0];
+    assert_eq!(result["flagged"], true, "{moderated}");
+    assert_eq!(
+        served.stack.metric(
+            "passerelle_safety_blocked_total",
+            &[("stage", "input"), ("layer", "llama_guard")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn llama_guard_passes_what_it_judges_safe() {
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(llama_guard_only(1.0 + f32::EPSILON));
+    })
+    .await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let answer = post(&served, "/v1/chat/completions", key, &chat(ATTACK)).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+}
