@@ -123,6 +123,20 @@ struct Block {
     cache: Option<(Tensor, Tensor)>,
 }
 
+/// The keys and values of a run of positions, per layer: a prefix to start later runs from.
+#[derive(Clone)]
+pub struct KvSnapshot {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl std::fmt::Debug for KvSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvSnapshot")
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
 /// A Llama decoder with its KV cache.
 pub struct Llama {
     config: LlamaConfig,
@@ -365,6 +379,21 @@ impl Llama {
     pub fn clear_kv_cache(&mut self) {
         for block in &mut self.blocks {
             block.cache = None;
+        }
+    }
+
+    /// The KV cache as it stands (tensors are shared, not copied).
+    pub fn kv_snapshot(&self) -> KvSnapshot {
+        KvSnapshot {
+            layers: self.blocks.iter().map(|b| b.cache.clone()).collect(),
+        }
+    }
+
+    /// Puts back a cache taken by [`Llama::kv_snapshot`] of this model; the next forward
+    /// continues after the positions it holds.
+    pub fn restore_kv(&mut self, snapshot: &KvSnapshot) {
+        for (block, cache) in self.blocks.iter_mut().zip(&snapshot.layers) {
+            block.cache = cache.clone();
         }
     }
 

@@ -82,6 +82,27 @@ impl CausalLm {
         logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
     }
 
+    /// The KV cache as it stands, for architectures whose cache this crate owns (Llama);
+    /// `None` for the others.
+    pub fn kv_snapshot(&self) -> Option<llama::KvSnapshot> {
+        match &self.weights {
+            Weights::Llama(model) => Some(model.kv_snapshot()),
+            Weights::QwenGguf(_) | Weights::QwenSafetensors(_) => None,
+        }
+    }
+
+    /// Puts back a cache from [`CausalLm::kv_snapshot`]; false (nothing changed) for
+    /// architectures without one.
+    pub fn restore_kv(&mut self, snapshot: &llama::KvSnapshot) -> bool {
+        match &mut self.weights {
+            Weights::Llama(model) => {
+                model.restore_kv(snapshot);
+                true
+            }
+            Weights::QwenGguf(_) | Weights::QwenSafetensors(_) => false,
+        }
+    }
+
     /// Forgets every cached position; the next forward starts a new sequence at 0.
     pub fn clear_kv_cache(&mut self) {
         match &mut self.weights {

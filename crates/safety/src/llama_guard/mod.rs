@@ -20,7 +20,7 @@ use candle_core::Device;
 use passerelle_model_runtime::DeviceChoice;
 use passerelle_llm::{
     ModelFiles,
-    model::{self, Architecture, CausalLm},
+    model::{self, Architecture, CausalLm, llama::KvSnapshot},
     tokenizer::TextTokenizer,
 };
 use tokio::sync::Mutex;
@@ -31,12 +31,25 @@ use crate::{
     verdict::{CheckInput, LayerKind, LayerOutcome, Violation},
 };
 
-pub use prompt::{Conversation, HazardCategory, default_categories, render, taxonomy};
+pub use prompt::{
+    Conversation, HazardCategory, Speaker, default_categories, render, render_prefix, taxonomy,
+};
 
 /// Tokens decoded after `unsafe` to read the categories (`\nS1,S10` and the end of turn).
 const MAX_CATEGORY_TOKENS: usize = 16;
 /// Whitespace tokens skipped before the decision token.
 const MAX_LEADING_WHITESPACE: usize = 2;
+/// Prompt prefixes kept (one per side and category list in use).
+const MAX_PREFIXES: usize = 4;
+
+/// The keys and values of a prompt prefix, computed once and started from by every check that
+/// shares it.
+struct CachedPrefix {
+    assessed: Speaker,
+    categories: Vec<HazardCategory>,
+    ids: Vec<u32>,
+    kv: KvSnapshot,
+}
 
 /// How the service runs the Llama Guard layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +131,7 @@ pub struct LlamaGuard {
     context_length: usize,
     format: String,
     source: String,
+    prefixes: Vec<CachedPrefix>,
 }
 
 impl std::fmt::Debug for LlamaGuard {
@@ -157,6 +171,7 @@ impl LlamaGuard {
             context_length: loaded.assets.context_length,
             format: loaded.assets.format.as_str().to_owned(),
             source: path.display().to_string(),
+            prefixes: Vec::new(),
         })
     }
 
@@ -204,10 +219,10 @@ impl LlamaGuard {
         config: &GuardOptions,
         categories: &[HazardCategory],
     ) -> Result<Assessment, LlamaGuardError> {
+        let assessed = conversation.assessed();
         let ids = self.prompt_ids(conversation, categories, config.max_prompt_tokens)?;
-        self.model.clear_kv_cache();
+        let mut logits = self.prefill(&ids, assessed, categories)?;
         let mut pos = ids.len();
-        let mut logits = self.model.forward(&ids, 0)?;
         for _ in 0..MAX_LEADING_WHITESPACE {
             let top = argmax(&logits);
             if top == self.safe_id || top == self.unsafe_id || !self.is_whitespace(top) {
@@ -231,6 +246,59 @@ impl LlamaGuard {
             assessment.categories = parse_categories(&answer, categories);
         }
         Ok(assessment)
+    }
+
+    /// Runs the prompt `ids` and returns the last position's logits, starting from the cached
+    /// prefix of its side and categories when the ids begin with it.
+    fn prefill(
+        &mut self,
+        ids: &[u32],
+        assessed: Speaker,
+        categories: &[HazardCategory],
+    ) -> Result<Vec<f32>, LlamaGuardError> {
+        let index = match self
+            .prefixes
+            .iter()
+            .position(|p| p.assessed == assessed && p.categories == categories)
+        {
+            Some(index) => Some(index),
+            None => self.cache_prefix(assessed, categories)?,
+        };
+        if let Some(prefix) = index.map(|i| &self.prefixes[i])
+            && ids.len() > prefix.ids.len()
+            && ids.starts_with(&prefix.ids)
+        {
+            let start = prefix.ids.len();
+            self.model.restore_kv(&prefix.kv);
+            return Ok(self.model.forward(&ids[start..], start)?);
+        }
+        self.model.clear_kv_cache();
+        Ok(self.model.forward(ids, 0)?)
+    }
+
+    /// Computes and keeps the prefix of `assessed` under `categories`; `None` when the model's
+    /// cache cannot be kept.
+    fn cache_prefix(
+        &mut self,
+        assessed: Speaker,
+        categories: &[HazardCategory],
+    ) -> Result<Option<usize>, LlamaGuardError> {
+        let ids = self.encode(&render_prefix(assessed, categories))?;
+        self.model.clear_kv_cache();
+        self.model.forward(&ids, 0)?;
+        let Some(kv) = self.model.kv_snapshot() else {
+            return Ok(None);
+        };
+        if self.prefixes.len() == MAX_PREFIXES {
+            self.prefixes.remove(0);
+        }
+        self.prefixes.push(CachedPrefix {
+            assessed,
+            categories: categories.to_vec(),
+            ids,
+            kv,
+        });
+        Ok(Some(self.prefixes.len() - 1))
     }
 
     /// Greedy tokens after feeding `first` at `pos`, until the end of the turn.
@@ -400,6 +468,31 @@ mod tests {
         assert_eq!(parse_categories("\nS1,S10", &asked), ["S1", "S10"]);
         assert_eq!(parse_categories(" S14, S2 ,S2", &asked), ["S2"]);
         assert!(parse_categories("", &asked).is_empty());
+    }
+
+    #[test]
+    fn a_cached_prefix_gives_the_logits_of_a_full_prefill() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-guard");
+        let mut guard = LlamaGuard::load(&dir, &Device::Cpu).unwrap();
+        let categories = default_categories();
+        for turns in [vec!["How are bridges built?"], vec!["Hi", "Hello, how can I help?"]] {
+            let conversation =
+                Conversation::alternating(turns.into_iter().map(String::from).collect()).unwrap();
+            let ids = guard.encode(&render(&conversation, &categories)).unwrap();
+            let full = guard.logits(&ids).unwrap();
+            for _ in 0..2 {
+                let cached = guard
+                    .prefill(&ids, conversation.assessed(), &categories)
+                    .unwrap();
+                let worst = full
+                    .iter()
+                    .zip(&cached)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-4, "{worst}");
+            }
+        }
+        assert_eq!(guard.prefixes.len(), 2, "one prefix per side");
     }
 
     #[test]

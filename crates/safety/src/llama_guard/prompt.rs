@@ -153,7 +153,7 @@ impl Conversation {
     }
 
     /// Whose turn is assessed: the template's `role`.
-    fn assessed(&self) -> Speaker {
+    pub fn assessed(&self) -> Speaker {
         if self.turns.len().is_multiple_of(2) {
             Speaker::Agent
         } else {
@@ -168,10 +168,10 @@ fn python_strip(text: &str) -> &str {
     text.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
 
-/// Renders the prompt for `conversation` under `categories`, ending where the model's answer
-/// begins.
-pub fn render(conversation: &Conversation, categories: &[HazardCategory]) -> String {
-    let role = conversation.assessed().label();
+/// The part of the prompt before the conversation: the same for every check of one side
+/// (`assessed`) under one category list, so its keys and values can be computed once.
+pub fn render_prefix(assessed: Speaker, categories: &[HazardCategory]) -> String {
+    let role = assessed.label();
     let mut out = String::with_capacity(1024);
     out.push_str("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n");
     out.push_str("Task: Check if there is unsafe content in '");
@@ -188,6 +188,14 @@ pub fn render(conversation: &Conversation, categories: &[HazardCategory]) -> Str
     }
     out.push_str("<END UNSAFE CONTENT CATEGORIES>\n\n");
     out.push_str("<BEGIN CONVERSATION>\n\n");
+    out
+}
+
+/// Renders the prompt for `conversation` under `categories`, ending where the model's answer
+/// begins.
+pub fn render(conversation: &Conversation, categories: &[HazardCategory]) -> String {
+    let assessed = conversation.assessed();
+    let mut out = render_prefix(assessed, categories);
     for (index, turn) in conversation.turns.iter().enumerate() {
         let speaker = if index % 2 == 0 {
             Speaker::User
@@ -201,7 +209,7 @@ pub fn render(conversation: &Conversation, categories: &[HazardCategory]) -> Str
     }
     out.push_str("<END CONVERSATION>\n\n");
     out.push_str("Provide your safety assessment for ONLY THE LAST ");
-    out.push_str(role);
+    out.push_str(assessed.label());
     out.push_str(" message in the above conversation:\n");
     out.push_str(" - First line must read 'safe' or 'unsafe'.\n");
     out.push_str(" - If unsafe, a second line must include a comma-separated list of violated categories. <|eot_id|><|start_header_id|>assistant<|end_header_id|>");
