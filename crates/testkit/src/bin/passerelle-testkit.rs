@@ -1,6 +1,7 @@
 //! Writes random-weight models for trying Passerelle without downloading one.
 //!
 //! `passerelle-testkit write-qwen2 --preset tiny --format gguf --dtype q8_0 --seed 1 --out m.gguf`
+//! `passerelle-testkit convert-llama --hf-dir llama-dir --dtype q4_k --out m.gguf`
 
 use std::path::PathBuf;
 
@@ -20,6 +21,21 @@ struct Args {
 enum Command {
     /// Write a random-weight Qwen2 model.
     WriteQwen2(WriteQwen2),
+    /// Convert a Hugging Face Llama directory to GGUF as llama.cpp's converter does.
+    ConvertLlama(ConvertLlama),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConvertLlama {
+    /// The Hugging Face directory (config.json, tokenizer.json, model.safetensors).
+    #[arg(long)]
+    hf_dir: PathBuf,
+    /// Matrix type: f32, f16, bf16, q8_0 or q4_k (Q4_K_M-style, Q8_0 for short rows).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: WeightDtype,
+    /// The GGUF file to write.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,9 +74,15 @@ fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args {
-        command: Command::WriteQwen2(args),
-    } = Args::parse();
+    let args = match Args::parse().command {
+        Command::WriteQwen2(args) => args,
+        Command::ConvertLlama(args) => {
+            passerelle_testkit::models::convert_llama_to_gguf(&args.hf_dir, &args.out, args.dtype)
+                .with_context(|| format!("converting {}", args.hf_dir.display()))?;
+            println!("wrote {} ({})", args.out.display(), args.dtype);
+            return Ok(());
+        }
+    };
     let checkpoint = Qwen2Checkpoint::new(Qwen2Spec::preset(args.preset), args.seed)
         .context("building the model")?;
     let written = match args.format {
@@ -103,7 +125,9 @@ mod tests {
             "m.gguf",
         ])
         .unwrap();
-        let Command::WriteQwen2(w) = args.command;
+        let Command::WriteQwen2(w) = args.command else {
+            panic!("not write-qwen2")
+        };
         assert_eq!(w.preset, Preset::Qwen2_5_0_5b);
         assert_eq!(w.dtype, WeightDtype::Q8_0);
         assert_eq!(w.seed, 7);
