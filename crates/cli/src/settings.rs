@@ -186,6 +186,7 @@ pub fn gateway(
     let jwt = jwt(args, file)?;
     let prices =
         passerelle_gateway::pricing::PriceList::new(file.prices.clone().unwrap_or_default())?;
+    let routing = routing_source(args, None).build(file)?;
     Ok(GatewaySettings {
         redis_url,
         config: passerelle_gateway::GatewayConfig {
@@ -194,6 +195,7 @@ pub fn gateway(
             rate_limiter,
             jwt,
             prices,
+            routing,
             rate_limits: passerelle_gateway::ratelimit::Limits {
                 rpm: args.rate_limit_rpm.or(file.rate_limit_rpm),
                 tpm: args.rate_limit_tpm.or(file.rate_limit_tpm),
@@ -224,6 +226,18 @@ pub fn gateway(
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(config::default_data_dir),
     })
+}
+
+/// Where the routing table comes from: the flags, and the file at `config_path` on reload.
+pub fn routing_source(
+    args: &GatewayOptions,
+    config_path: Option<&std::path::Path>,
+) -> crate::routing::RoutingSource {
+    crate::routing::RoutingSource {
+        config_path: config_path.map(std::path::Path::to_path_buf),
+        upstreams: args.upstreams.clone(),
+        upstream_keys: args.upstream_keys.clone(),
+    }
 }
 
 fn semantic_cache(
