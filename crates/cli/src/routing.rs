@@ -197,7 +197,11 @@ mod tests {
     #[test]
     fn flags_name_models_and_keys() {
         let routing = source(
-            &["llama=http://a:8000/v1", "llama=http://b:8000/v1", "gpt=https://api.openai.com/v1"],
+            &[
+                "llama=http://a:8000/v1",
+                "llama=http://b:8000/v1",
+                "gpt=https://api.openai.com/v1",
+            ],
             &["gpt=sk-abc=", "shared"],
         )
         .build(&FileConfig::default())
@@ -232,8 +236,14 @@ mod tests {
             "#,
         )
         .unwrap();
-        let routing = source(&["other=http://d:8000/v1"], &[]).build(&file).unwrap();
-        assert_eq!(routing.upstreams.len(), 2, "the flag replaced the file's `other`");
+        let routing = source(&["other=http://d:8000/v1"], &[])
+            .build(&file)
+            .unwrap();
+        assert_eq!(
+            routing.upstreams.len(),
+            2,
+            "the flag replaced the file's `other`"
+        );
         assert_eq!(routing.upstreams[0].weight, 2);
         assert_eq!(routing.upstreams[1].url, "http://d:8000/v1");
         assert_eq!(routing.retries, 1);

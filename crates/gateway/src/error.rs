@@ -87,7 +87,10 @@ pub enum ApiError {
     /// No replica of an upstream model could be reached (connect errors, or every replica
     /// ejected after repeated failures).
     #[error("The upstream serving `{model}` is unavailable; try again shortly.")]
-    UpstreamUnavailable { model: String, retry_after: Duration },
+    UpstreamUnavailable {
+        model: String,
+        retry_after: Duration,
+    },
     /// An upstream model failed (5xx, or a broken answer) on every attempt.
     #[error("The upstream serving `{model}` failed (HTTP {status}).")]
     UpstreamFailed { model: String, status: u16 },

@@ -18,7 +18,7 @@ use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
 use crate::ratelimit::{RateLimitSetupError, RateLimiter};
 use crate::routing::table::RouteTable;
-use crate::routing::{RoutingConfig, RoutingError, Routes, UpstreamClient};
+use crate::routing::{Routes, RoutingConfig, RoutingError, UpstreamClient};
 use crate::safety::SafetyBackend;
 use crate::semantic_cache::SemanticCache;
 

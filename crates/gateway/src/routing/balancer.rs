@@ -76,10 +76,7 @@ impl Balancer {
         } else {
             fresh
         };
-        let Some(best) = candidates
-            .into_iter()
-            .min_by(|a, b| self.compare(*a, *b))
-        else {
+        let Some(best) = candidates.into_iter().min_by(|a, b| self.compare(*a, *b)) else {
             return Err(AllEjected {
                 retry_after: self.first_return(now),
             });
@@ -245,7 +242,10 @@ mod tests {
         let now = Instant::now();
         let mut balancer = Balancer::new([1, 1], POLICY);
         assert!(!balancer.failed(1, now));
-        assert!(balancer.failed(1, now), "the second failure in a row ejects");
+        assert!(
+            balancer.failed(1, now),
+            "the second failure in a row ejects"
+        );
         assert!(!balancer.in_rotation(1, now));
         assert_eq!(sequential(&mut balancer, now, 5), [0; 5]);
 
@@ -278,7 +278,10 @@ mod tests {
         let later = now + POLICY.cool_down;
         let i = balancer.pick(later, &[]).unwrap();
         balancer.release(i);
-        assert!(balancer.failed(0, later), "half open: one failure is enough");
+        assert!(
+            balancer.failed(0, later),
+            "half open: one failure is enough"
+        );
         assert!(!balancer.in_rotation(0, later));
     }
 

@@ -144,10 +144,7 @@ where
                     error = %err,
                     "falling back to another model"
                 );
-                routed
-                    .state
-                    .metrics()
-                    .fallback(model, &chain[position + 1]);
+                routed.state.metrics().fallback(model, &chain[position + 1]);
                 last_error = Some(err);
             }
             other => return other,

@@ -19,8 +19,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 pub use config::{RoutingConfig, UpstreamConfig};
 pub use table::RoutingError;
-pub use upstream::UpstreamRejection;
 pub(crate) use upstream::UpstreamClient;
+pub use upstream::UpstreamRejection;
 
 use table::RouteTable;
 

@@ -98,7 +98,12 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    pub(crate) fn new(meter: Meter, metrics: GatewayMetrics, model: &str, started_at: Instant) -> Self {
+    pub(crate) fn new(
+        meter: Meter,
+        metrics: GatewayMetrics,
+        model: &str,
+        started_at: Instant,
+    ) -> Self {
         Self {
             meter: Some(meter),
             metrics,
@@ -311,9 +316,10 @@ mod tests {
 
     #[test]
     fn usage_fills_in_a_missing_total() {
-        let usage: Usage = serde_json::from_str::<UsageIn>(r#"{"prompt_tokens":3,"completion_tokens":4}"#)
-            .unwrap()
-            .into();
+        let usage: Usage =
+            serde_json::from_str::<UsageIn>(r#"{"prompt_tokens":3,"completion_tokens":4}"#)
+                .unwrap()
+                .into();
         assert_eq!(usage.total_tokens, 7);
     }
 }

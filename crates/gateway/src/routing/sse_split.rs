@@ -99,7 +99,11 @@ mod tests {
             splitter.push(&body[cut..]);
             events.extend(all(&mut splitter));
             let data: Vec<Option<&str>> = events.iter().map(|e| e.data.as_deref()).collect();
-            assert_eq!(data, [Some("{\"a\":1}"), None, Some("[DONE]")], "cut at {cut}");
+            assert_eq!(
+                data,
+                [Some("{\"a\":1}"), None, Some("[DONE]")],
+                "cut at {cut}"
+            );
             let raw: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
             assert_eq!(raw, body, "relayed byte for byte");
         }
@@ -120,6 +124,9 @@ mod tests {
         splitter.push(b"data: {\"a\":");
         assert_eq!(splitter.next_event(), None);
         splitter.push(b"1}\n\n");
-        assert_eq!(splitter.next_event().unwrap().data.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(
+            splitter.next_event().unwrap().data.as_deref(),
+            Some("{\"a\":1}")
+        );
     }
 }

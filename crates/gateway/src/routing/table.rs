@@ -159,7 +159,10 @@ impl RouteTable {
                     .clone()
                     .unwrap_or_else(|| upstream.model.clone()),
             });
-            weights.entry(&upstream.model).or_default().push(upstream.weight);
+            weights
+                .entry(&upstream.model)
+                .or_default()
+                .push(upstream.weight);
         }
         let pools = grouped
             .into_iter()

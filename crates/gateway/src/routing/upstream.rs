@@ -155,9 +155,11 @@ impl Outgoing<'_> {
             let body = match serde_json::to_vec(&self.body) {
                 Ok(body) => Bytes::from(body),
                 // A map of JSON values always serialises; kept as a clean failure regardless.
-                Err(_) => return Err(SendError::Failed {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                }),
+                Err(_) => {
+                    return Err(SendError::Failed {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                    });
+                }
             };
             let mut request = self
                 .client

@@ -309,7 +309,10 @@ async fn a_failing_replica_is_retried_on_another_before_the_first_byte() {
     .await;
     let (status, answer) = gateway.chat(ask("remote")).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["choices"][0]["message"]["content"], "hello from healthy");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "hello from healthy"
+    );
     assert_eq!(failing.hits(), 1, "the first pick failed");
     assert_eq!(healthy.hits(), 1);
 
@@ -375,7 +378,10 @@ async fn a_dead_upstream_falls_back_to_another_model() {
     let gateway = Gateway::start(config).await;
     let (status, answer) = gateway.chat(ask("big")).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["choices"][0]["message"]["content"], "hello from small");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "hello from small"
+    );
     assert_eq!(
         gateway.metric(
             "passerelle_route_fallbacks_total",
@@ -405,7 +411,10 @@ async fn a_context_length_refusal_falls_back_and_other_4xx_pass_through() {
     let gateway = Gateway::start(config).await;
     let (status, answer) = gateway.chat(ask("short")).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["choices"][0]["message"]["content"], "hello from long");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "hello from long"
+    );
 
     short.set(Behaviour::NotFound);
     let (status, body) = gateway.chat(ask("short")).await;
@@ -415,7 +424,11 @@ async fn a_context_length_refusal_falls_back_and_other_4xx_pass_through() {
         json!({"error": {"message": "The model does not exist.",
             "type": "invalid_request_error", "param": "model", "code": "model_not_found"}})
     );
-    assert_eq!(long.hits(), 1, "a 404 is the client's, not a reason to fall back");
+    assert_eq!(
+        long.hits(),
+        1,
+        "a 404 is the client's, not a reason to fall back"
+    );
 }
 
 #[tokio::test]
@@ -440,7 +453,10 @@ async fn a_failing_replica_is_ejected_and_comes_back_after_its_cool_down() {
     for _ in 0..5 {
         let (status, answer) = gateway.chat(ask("remote")).await;
         assert_eq!(status, 200);
-        assert_eq!(answer["choices"][0]["message"]["content"], "hello from steady");
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            "hello from steady"
+        );
     }
     if ejected_at.elapsed() < cool_down {
         assert_eq!(flaky.hits(), 1, "ejected: no traffic during the cool-down");
@@ -458,7 +474,10 @@ async fn a_failing_replica_is_ejected_and_comes_back_after_its_cool_down() {
         assert!(tokio::time::Instant::now() < deadline, "never came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(ejected_at.elapsed() >= cool_down, "not before its cool-down");
+    assert!(
+        ejected_at.elapsed() >= cool_down,
+        "not before its cool-down"
+    );
 }
 
 #[tokio::test]
@@ -480,13 +499,14 @@ async fn aliases_resolve_before_routing_and_key_restrictions() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&"qwen-remote") && ids.contains(&"gpt-4o-mini"), "{ids:?}");
+    assert!(
+        ids.contains(&"qwen-remote") && ids.contains(&"gpt-4o-mini"),
+        "{ids:?}"
+    );
 
     // Restrictions apply to the model an alias stands for.
     let allowed = gateway.key_for(&["qwen-remote"]).await;
-    let (status, _) = gateway
-        .chat_as(allowed.expose(), ask("gpt-4o-mini"))
-        .await;
+    let (status, _) = gateway.chat_as(allowed.expose(), ask("gpt-4o-mini")).await;
     assert_eq!(status, 200);
     let alias_only = gateway.key_for(&["gpt-4o-mini"]).await;
     let (status, body) = gateway
@@ -500,13 +520,26 @@ async fn aliases_resolve_before_routing_and_key_restrictions() {
 async fn the_table_can_be_replaced_while_running() {
     let first = Upstream::start("first").await;
     let second = Upstream::start("second").await;
-    let gateway = Gateway::start(routing(vec![UpstreamConfig::new("remote", &first.base_url)])).await;
+    let gateway = Gateway::start(routing(vec![UpstreamConfig::new(
+        "remote",
+        &first.base_url,
+    )]))
+    .await;
     let (_, answer) = gateway.chat(ask("remote")).await;
-    assert_eq!(answer["choices"][0]["message"]["content"], "hello from first");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "hello from first"
+    );
     gateway
         .state
-        .reload_routing(&routing(vec![UpstreamConfig::new("remote", &second.base_url)]))
+        .reload_routing(&routing(vec![UpstreamConfig::new(
+            "remote",
+            &second.base_url,
+        )]))
         .unwrap();
     let (_, answer) = gateway.chat(ask("remote")).await;
-    assert_eq!(answer["choices"][0]["message"]["content"], "hello from second");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "hello from second"
+    );
 }

@@ -163,8 +163,10 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
         } else {
             json!({"index": 0, "text": text, "finish_reason": "stop"})
         };
-        return Json(json!({"id": id, "object": "chat.completion", "model": model,
-                           "choices": [choice], "usage": usage}))
+        return Json(
+            json!({"id": id, "object": "chat.completion", "model": model,
+                           "choices": [choice], "usage": usage}),
+        )
         .into_response();
     }
     let include_usage = body["stream_options"]["include_usage"] == json!(true);
