@@ -447,6 +447,36 @@ mod tests {
     }
 
     #[test]
+    fn upstream_flags_reach_the_gateway_config() {
+        let serve = serve_args(&[
+            "--upstream",
+            "llama=http://127.0.0.1:8000/v1",
+            "--upstream",
+            "llama=http://127.0.0.1:8001/v1",
+            "--upstream-key",
+            "llama=secret",
+        ]);
+        let settings = gateway(
+            &serve.gateway,
+            &FileConfig::default(),
+            "http://127.0.0.1:50051".to_owned(),
+            None,
+        )
+        .unwrap();
+        let upstreams = &settings.config.routing.upstreams;
+        assert_eq!(upstreams.len(), 2);
+        assert!(
+            upstreams
+                .iter()
+                .all(|u| u.api_key.as_deref() == Some("secret"))
+        );
+        assert!(
+            !format!("{:?}", settings.config).contains("secret"),
+            "keys stay out of debug output"
+        );
+    }
+
+    #[test]
     fn defaults_apply_when_nothing_is_set() {
         let serve = serve_args(&[]);
         let file = FileConfig::default();
