@@ -218,6 +218,26 @@ pub struct GatewayOptions {
     /// in (0, 1] [default: 0.25].
     #[arg(long, env = "PASSERELLE_DRIFT_THRESHOLD")]
     pub drift_threshold: Option<f64>,
+    /// Serve MODEL from an external OpenAI-compatible server at its base URL (up to `/v1`);
+    /// repeat for more models, or the same model for replicas. Replaces the file's
+    /// `[[upstreams]]` of that model [default: none].
+    #[arg(
+        long = "upstream",
+        env = "PASSERELLE_UPSTREAMS",
+        value_name = "MODEL=URL",
+        value_delimiter = ','
+    )]
+    pub upstreams: Vec<String>,
+    /// The API key sent to the upstream of MODEL (`MODEL=KEY`), or to every `--upstream`
+    /// without a key of its own (`KEY`); repeatable [default: none].
+    #[arg(
+        long = "upstream-key",
+        env = "PASSERELLE_UPSTREAM_KEYS",
+        value_name = "[MODEL=]KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub upstream_keys: Vec<String>,
 }
 
 #[derive(Debug, Args)]

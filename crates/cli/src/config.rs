@@ -78,6 +78,10 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub log_filter: Option<String>,
     pub otlp_endpoint: Option<String>,
+    /// `[[upstreams]]`: external OpenAI-compatible servers, one entry per replica.
+    pub upstreams: Option<Vec<crate::routing::UpstreamEntry>>,
+    /// `[routing]`: aliases, fallbacks, retries, timeouts, ejection.
+    pub routing: Option<crate::routing::RoutingFile>,
 }
 
 /// `api_keys` may be a TOML array or one comma-separated string, like the variable.

@@ -2,13 +2,15 @@
 //! `llm`, `embeddings`, `safety`, and `keys` to manage API keys.
 //!
 //! `args` declares the command line, `config` the TOML file, `settings` merges them into each
-//! component's configuration, `cpu` bounds candle's kernel threads, `commands` runs them, `shutdown` turns SIGINT/SIGTERM into a
+//! component's configuration, `cpu` bounds candle's kernel threads, `routing` builds and reloads the routing table,
+//! `commands` runs them, `shutdown` turns SIGINT/SIGTERM into a
 //! graceful drain.
 
 mod args;
 mod commands;
 mod config;
 mod cpu;
+mod routing;
 mod settings;
 mod shutdown;
 

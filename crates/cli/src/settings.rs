@@ -186,6 +186,7 @@ pub fn gateway(
     let jwt = jwt(args, file)?;
     let prices =
         passerelle_gateway::pricing::PriceList::new(file.prices.clone().unwrap_or_default())?;
+    let routing = routing_source(args, None).build(file)?;
     Ok(GatewaySettings {
         redis_url,
         config: passerelle_gateway::GatewayConfig {
@@ -194,6 +195,7 @@ pub fn gateway(
             rate_limiter,
             jwt,
             prices,
+            routing,
             rate_limits: passerelle_gateway::ratelimit::Limits {
                 rpm: args.rate_limit_rpm.or(file.rate_limit_rpm),
                 tpm: args.rate_limit_tpm.or(file.rate_limit_tpm),
@@ -224,6 +226,18 @@ pub fn gateway(
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(config::default_data_dir),
     })
+}
+
+/// Where the routing table comes from: the flags, and the file at `config_path` on reload.
+pub fn routing_source(
+    args: &GatewayOptions,
+    config_path: Option<&std::path::Path>,
+) -> crate::routing::RoutingSource {
+    crate::routing::RoutingSource {
+        config_path: config_path.map(std::path::Path::to_path_buf),
+        upstreams: args.upstreams.clone(),
+        upstream_keys: args.upstream_keys.clone(),
+    }
 }
 
 fn semantic_cache(
@@ -429,6 +443,36 @@ mod tests {
         assert_eq!(
             listen(serve.listen, &file, config::DEFAULT_LISTEN).unwrap(),
             "0.0.0.0:9999".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn upstream_flags_reach_the_gateway_config() {
+        let serve = serve_args(&[
+            "--upstream",
+            "llama=http://127.0.0.1:8000/v1",
+            "--upstream",
+            "llama=http://127.0.0.1:8001/v1",
+            "--upstream-key",
+            "llama=secret",
+        ]);
+        let settings = gateway(
+            &serve.gateway,
+            &FileConfig::default(),
+            "http://127.0.0.1:50051".to_owned(),
+            None,
+        )
+        .unwrap();
+        let upstreams = &settings.config.routing.upstreams;
+        assert_eq!(upstreams.len(), 2);
+        assert!(
+            upstreams
+                .iter()
+                .all(|u| u.api_key.as_deref() == Some("secret"))
+        );
+        assert!(
+            !format!("{:?}", settings.config).contains("secret"),
+            "keys stay out of debug output"
         );
     }
 

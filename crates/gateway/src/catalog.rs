@@ -1,10 +1,15 @@
-//! The models the services serve, fetched through ListModels and reused for a short while.
+//! The models the services serve, fetched through ListModels and reused for a short while, and
+//! the routing table's upstream models and aliases beside them.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::embeddings::EmbeddingsBackend;
 use crate::llm::{BackendError, LlmBackend, ModelEntry};
+use crate::routing::Routes;
+
+/// `owned_by` of the models the routing table adds.
+const ROUTED_OWNER: &str = "passerelle-upstream";
 
 /// A briefly cached view of the service's model list. Cheap to clone.
 #[derive(Clone)]
@@ -15,6 +20,7 @@ pub(crate) struct ModelCatalog {
 struct Inner {
     llm: LlmBackend,
     embeddings: Option<EmbeddingsBackend>,
+    routes: Routes,
     ttl: Duration,
     /// The last successful list. A std lock: held only to copy an `Arc` in or out, never
     /// across an await.
@@ -27,12 +33,14 @@ impl ModelCatalog {
     pub(crate) fn new(
         llm: LlmBackend,
         embeddings: Option<EmbeddingsBackend>,
+        routes: Routes,
         ttl: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 llm,
                 embeddings,
+                routes,
                 ttl,
                 cached: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(()),
@@ -49,7 +57,26 @@ impl ModelCatalog {
         if let Some(models) = self.fresh() {
             return Ok(models);
         }
-        let mut models = self.inner.llm.list_models().await?;
+        let table = self.inner.routes.current();
+        let mut models = match self.inner.llm.list_models().await {
+            Ok(models) => models,
+            // With upstreams configured the llm service is one backend among others: its
+            // absence hides its models rather than failing the list.
+            Err(err) if !table.is_empty() => {
+                tracing::warn!(error = %err, "llm service did not list its models");
+                Vec::new()
+            }
+            Err(err) => return Err(err),
+        };
+        for name in table.names() {
+            if !models.iter().any(|m| m.id == name) {
+                models.push(ModelEntry {
+                    id: name.to_owned(),
+                    created: 0,
+                    owned_by: ROUTED_OWNER.to_owned(),
+                });
+            }
+        }
         if let Some(embeddings) = &self.inner.embeddings {
             // The chat models are the gateway's core: an embeddings service that is down hides
             // its models rather than failing the whole list.
@@ -71,6 +98,11 @@ impl ModelCatalog {
         self.read()
             .as_ref()
             .is_some_and(|(_, models)| models.iter().any(|m| m.id == id))
+    }
+
+    /// Forgets the cached list, so the next request sees a new routing table.
+    pub(crate) fn invalidate(&self) {
+        *self.write() = None;
     }
 
     fn fresh(&self) -> Option<Arc<[ModelEntry]>> {

@@ -60,6 +60,9 @@ pub struct GatewayConfig {
     /// Store each prompt and answer, with emails, phone numbers, card numbers, IBANs and IP addresses
     /// redacted, for review and access requests. Default false: no prompt is stored.
     pub log_prompts: bool,
+    /// External OpenAI-compatible upstreams, aliases and fallbacks, and how replicas are picked,
+    /// retried and ejected. Default: none, every model is served by the llm service.
+    pub routing: crate::routing::RoutingConfig,
     /// After shutdown is signalled, how long in-flight requests and streams may run before
     /// their connections are closed. Default 30 s.
     pub shutdown_grace: Duration,
@@ -97,6 +100,7 @@ impl Default for GatewayConfig {
             trust_forwarded_for: false,
             prices: crate::pricing::PriceList::default(),
             log_prompts: false,
+            routing: crate::routing::RoutingConfig::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Every error a client can receive, and its one rendering: an OpenAI error envelope
 //! `{"error": {"message", "type", "param", "code"}}` with the matching HTTP status.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::Json;
@@ -83,6 +84,22 @@ pub enum ApiError {
     /// The model service failed or refused the request.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// No replica of an upstream model could be reached (connect errors, or every replica
+    /// ejected after repeated failures).
+    #[error("The upstream serving `{model}` is unavailable; try again shortly.")]
+    UpstreamUnavailable {
+        model: String,
+        retry_after: Duration,
+    },
+    /// An upstream model failed (5xx, or a broken answer) on every attempt.
+    #[error("The upstream serving `{model}` failed (HTTP {status}).")]
+    UpstreamFailed { model: String, status: u16 },
+    /// An upstream model did not answer in time.
+    #[error("The upstream serving `{model}` did not answer in time.")]
+    UpstreamTimeout { model: String },
+    /// An upstream refused the request (a 4xx): its status and error, passed through.
+    #[error("{}", .0.message)]
+    UpstreamRejected(crate::routing::UpstreamRejection),
     /// The gateway itself failed: a bug or a broken local dependency (the key store).
     #[error("The server had an error while processing your request.")]
     Internal { detail: String },
@@ -91,8 +108,8 @@ pub enum ApiError {
 /// What the envelope and headers say for one error.
 struct Rendering {
     status: StatusCode,
-    kind: &'static str,
-    code: Option<&'static str>,
+    kind: Cow<'static, str>,
+    code: Option<Cow<'static, str>>,
     param: Option<String>,
     retry_after: Option<Duration>,
 }
@@ -101,8 +118,8 @@ impl Rendering {
     fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>) -> Self {
         Self {
             status,
-            kind,
-            code,
+            kind: Cow::Borrowed(kind),
+            code: code.map(Cow::Borrowed),
             param: None,
             retry_after: None,
         }
@@ -280,6 +297,27 @@ impl ApiError {
                     Rendering::new(S::BAD_GATEWAY, SERVER_ERROR, Some("upstream_error"))
                 }
             },
+            E::UpstreamUnavailable { retry_after, .. } => Rendering {
+                retry_after: Some(*retry_after),
+                ..Rendering::new(
+                    S::SERVICE_UNAVAILABLE,
+                    SERVER_ERROR,
+                    Some("upstream_unavailable"),
+                )
+            },
+            E::UpstreamFailed { .. } => {
+                Rendering::new(S::BAD_GATEWAY, SERVER_ERROR, Some("upstream_error"))
+            }
+            E::UpstreamTimeout { .. } => {
+                Rendering::new(S::GATEWAY_TIMEOUT, SERVER_ERROR, Some("timeout"))
+            }
+            E::UpstreamRejected(rejection) => Rendering {
+                status: rejection.status,
+                kind: Cow::Owned(rejection.kind.clone()),
+                code: rejection.code.clone().map(Cow::Owned),
+                param: rejection.param.clone(),
+                retry_after: rejection.retry_after,
+            },
             E::Internal { .. } => Rendering::new(
                 S::INTERNAL_SERVER_ERROR,
                 SERVER_ERROR,
@@ -318,7 +356,7 @@ impl ApiError {
                 let r = other.rendering();
                 tracing::debug!(
                     status = r.status.as_u16(),
-                    code = r.code,
+                    code = r.code.as_deref(),
                     param = r.param.as_deref(),
                     "request rejected"
                 );
@@ -357,9 +395,9 @@ pub struct ErrorEnvelope {
 pub struct ErrorBody {
     pub message: String,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     pub param: Option<String>,
-    pub code: Option<&'static str>,
+    pub code: Option<Cow<'static, str>>,
 }
 
 impl IntoResponse for ApiError {

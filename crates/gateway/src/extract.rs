@@ -25,6 +25,23 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let RawJson(bytes) = RawJson::from_request(req, state).await?;
+        parse_json(&bytes).map(AppJson)
+    }
+}
+
+/// A JSON body not parsed yet, with [`AppJson`]'s checks of content type and size: for handlers
+/// that decide how to parse it (or relay it) from its contents.
+#[derive(Debug)]
+pub struct RawJson(pub Bytes);
+
+impl<S> FromRequest<S> for RawJson
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::invalid_request(
                 "Expected a JSON body with `Content-Type: application/json`.",
@@ -43,7 +60,7 @@ where
                 ))
             }
         })?;
-        parse_json(&bytes).map(AppJson)
+        Ok(RawJson(bytes))
     }
 }
 

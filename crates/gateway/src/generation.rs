@@ -226,10 +226,10 @@ impl Generation {
     }
 }
 
-/// The metric label for a model id a client named: the id if the service listed it, else
-/// "unknown", so clients cannot create label values.
+/// The metric label for a model id a client named: the id if the service listed it or the
+/// routing table names it, else "unknown", so clients cannot create label values.
 pub(crate) fn model_label(state: &AppState, requested: &str) -> String {
-    if state.catalog().is_known(requested) {
+    if state.catalog().is_known(requested) || state.routes().knows(requested) {
         requested.to_owned()
     } else {
         UNKNOWN_MODEL.to_owned()

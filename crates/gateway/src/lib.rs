@@ -12,7 +12,8 @@
 //! bound), [`ratelimit`] (per-principal rpm, tpm and concurrency limits, in process or in Redis),
 //! [`jwt`] (bearer-token verification), `documents` (the client of the document store) with
 //! [`retrieval`] (documents put in chat prompts and cited), [`admin`] (the operator API's
-//! shapes: keys, audit log, erasure) and `routes` (the handlers).
+//! shapes: keys, audit log, erasure), [`routing`] (external upstreams, aliases, fallbacks,
+//! load balancing) and `routes` (the handlers).
 
 pub mod admin;
 mod admission;
@@ -39,6 +40,7 @@ pub mod pricing;
 pub mod ratelimit;
 pub mod retrieval;
 mod routes;
+pub mod routing;
 pub mod safety;
 pub mod semantic_cache;
 mod sse;
@@ -61,6 +63,7 @@ pub use config::GatewayConfig;
 pub use drift::{DriftConfig, DriftReport};
 pub use error::ApiError;
 pub use metrics::GatewayMetrics;
+pub use routing::{RoutingConfig, UpstreamConfig};
 pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
 

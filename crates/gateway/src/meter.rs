@@ -79,6 +79,19 @@ impl Meter {
         self
     }
 
+    /// Keeps the prompt for the prompt log, built by `text` only when the operator turned it on.
+    pub(crate) fn with_prompt_text(mut self, text: impl FnOnce() -> String) -> Self {
+        if self.state.config().log_prompts {
+            self.prompt = Some(text());
+        }
+        self
+    }
+
+    /// Records the answer under `id`: the id the client saw, when another server chose it.
+    pub(crate) fn set_response_id(&mut self, id: String) {
+        self.response_id = id;
+    }
+
     /// Whether [`Meter::record`] wants the completion text.
     pub(crate) fn wants_completion(&self) -> bool {
         self.prompt.is_some()

@@ -44,6 +44,7 @@ struct Inner {
     feedback: IntCounterVec,
     satisfaction: Gauge,
     safety_blocked: IntCounterVec,
+    fallbacks: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -115,6 +116,13 @@ impl GatewayMetrics {
                 ),
                 &["stage", "layer", "category"],
             )?,
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "passerelle_route_fallbacks_total",
+                    "Requests passed from a failing model to its fallback, by both models.",
+                ),
+                &["from", "to"],
+            )?,
             satisfaction: Gauge::new(
                 "passerelle_feedback_satisfaction_ratio",
                 "Share of thumbs-up among the ratings of the last 24 hours, all replicas \
@@ -133,6 +141,7 @@ impl GatewayMetrics {
         registry.register(Box::new(inner.feedback.clone()))?;
         registry.register(Box::new(inner.satisfaction.clone()))?;
         registry.register(Box::new(inner.safety_blocked.clone()))?;
+        registry.register(Box::new(inner.fallbacks.clone()))?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -146,6 +155,11 @@ impl GatewayMetrics {
     }
 
     /// `rating`: `up` or `down`.
+    /// Both models are names from the routing table or the service's list.
+    pub(crate) fn fallback(&self, from: &str, to: &str) {
+        self.inner.fallbacks.with_label_values(&[from, to]).inc();
+    }
+
     pub(crate) fn feedback(&self, rating: &'static str) {
         self.inner.feedback.with_label_values(&[rating]).inc();
     }

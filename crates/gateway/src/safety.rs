@@ -260,6 +260,59 @@ impl Screening {
     }
 }
 
+impl Screening {
+    /// The input check of a prompt already read into `messages` (a request relayed to an
+    /// upstream); `None` without a safety service or when input is not checked.
+    pub(crate) fn of_messages(
+        state: &AppState,
+        principal: &Principal,
+        model: &str,
+        request_id: &str,
+        messages: Vec<ChatMessage>,
+    ) -> Option<Self> {
+        let backend = state.safety()?;
+        let check_input = principal
+            .safety_checks()
+            .map_or(backend.config.check_input, |checks| checks.input());
+        check_input.then(|| Self {
+            backend: backend.clone(),
+            messages,
+            request_id: request_id.to_owned(),
+            model: model.to_owned(),
+            check_input,
+            check_output: false,
+        })
+    }
+}
+
+/// Runs the input check alongside `start` and returns its result only once the prompt is known
+/// to be safe; an unsafe prompt drops what `start` produced and is refused with 400
+/// `content_filter`. For answers the gateway relays rather than generates.
+pub(crate) async fn input_checked<T>(
+    reporter: Reporter,
+    screening: Option<Screening>,
+    start: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let Some(screening) = screening.filter(|s| s.check_input) else {
+        return start.await;
+    };
+    let request = CheckRequest {
+        messages: screening.messages,
+        stage: Stage::Input.into(),
+        request_id: screening.request_id,
+        ..CheckRequest::default()
+    };
+    let (verdict, started) = tokio::join!(screening.backend.check(request), start);
+    let verdict = verdict?;
+    if verdict.verdict() == Verdict::Unsafe {
+        drop(started);
+        let refusal = Refusal::from_verdict(&verdict);
+        reporter.refused("input", &refusal).await;
+        return Err(ApiError::ContentFiltered(refusal));
+    }
+    started
+}
+
 /// Runs the input check alongside `start` (the generation starting) and returns the answer
 /// only once the prompt is known to be safe, with the output screen attached. When the prompt
 /// is unsafe the answer is dropped, which cancels the generation.

@@ -17,6 +17,8 @@ use crate::ledger::Ledger;
 use crate::llm::LlmBackend;
 use crate::metrics::GatewayMetrics;
 use crate::ratelimit::{RateLimitSetupError, RateLimiter};
+use crate::routing::table::RouteTable;
+use crate::routing::{Routes, RoutingConfig, RoutingError, UpstreamClient};
 use crate::safety::SafetyBackend;
 use crate::semantic_cache::SemanticCache;
 
@@ -45,6 +47,12 @@ pub enum GatewayError {
     /// The rate limiter could not be built.
     #[error(transparent)]
     RateLimit(#[from] RateLimitSetupError),
+    /// The routing table is inconsistent.
+    #[error(transparent)]
+    Routing(#[from] crate::routing::RoutingError),
+    /// The HTTP client for upstreams could not be built.
+    #[error("cannot build the upstream HTTP client: {0}")]
+    UpstreamClient(#[from] reqwest::Error),
 }
 
 impl GatewayError {
@@ -102,6 +110,8 @@ pub struct AppState {
     metrics: GatewayMetrics,
     registry: Registry,
     admission: Admission,
+    routes: Routes,
+    upstream: UpstreamClient,
 }
 
 impl std::fmt::Debug for AppState {
@@ -157,6 +167,8 @@ impl AppState {
             None => None,
         };
         let metrics = GatewayMetrics::register(registry)?;
+        let routes = Routes::new(&config.routing)?;
+        let upstream = UpstreamClient::new(config.connect_timeout)?;
         let semantic_cache = match (&config.semantic_cache, &embeddings) {
             (None, _) => None,
             (Some(cache), Some(embeddings)) => Some(SemanticCache::new(
@@ -179,7 +191,14 @@ impl AppState {
             semantic_cache,
             drift,
             safety,
-            catalog: ModelCatalog::new(llm.clone(), embeddings.clone(), config.models_cache_ttl),
+            catalog: ModelCatalog::new(
+                llm.clone(),
+                embeddings.clone(),
+                routes.clone(),
+                config.models_cache_ttl,
+            ),
+            routes,
+            upstream,
             embeddings,
             admission: Admission::new(config.max_concurrent_requests),
             config: Arc::new(config),
@@ -198,6 +217,15 @@ impl AppState {
     /// The configuration the gateway runs with.
     pub fn config(&self) -> &GatewayConfig {
         &self.config
+    }
+
+    /// Puts a new routing table in force (upstreams, aliases, fallbacks, policies) without a
+    /// restart. Requests already running keep the table they started with; the new table's
+    /// replicas start with a clean health record. On error the table in force is kept.
+    pub fn reload_routing(&self, routing: &RoutingConfig) -> Result<(), RoutingError> {
+        self.routes.replace(routing)?;
+        self.catalog.invalidate();
+        Ok(())
     }
 
     /// Static and stored keys, as the access layer verifies them.
@@ -249,6 +277,14 @@ impl AppState {
 
     pub(crate) fn drift(&self) -> Option<&DriftMonitor> {
         self.drift.as_ref()
+    }
+
+    pub(crate) fn routes(&self) -> std::sync::Arc<RouteTable> {
+        self.routes.current()
+    }
+
+    pub(crate) fn upstream_client(&self) -> &UpstreamClient {
+        &self.upstream
     }
 
     pub(crate) fn catalog(&self) -> &ModelCatalog {

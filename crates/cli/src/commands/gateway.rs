@@ -11,7 +11,11 @@ use crate::{
 
 const DEFAULT_LLM_ENDPOINT: &str = "http://127.0.0.1:50051";
 
-pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
+pub async fn run(
+    args: GatewayArgs,
+    file: &FileConfig,
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let listen = settings::listen(args.listen, file, config::DEFAULT_LISTEN)?;
     let llm_endpoint = args
         .llm_endpoint
@@ -28,6 +32,10 @@ pub async fn run(args: GatewayArgs, file: &FileConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let registry = prometheus::Registry::new();
     let state = super::gateway_state(gateway, &registry).await?;
+    crate::routing::reload_on_sighup(
+        state.clone(),
+        settings::routing_source(&args.gateway, config_path),
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -16,7 +16,11 @@ use crate::{
     shutdown::Shutdown,
 };
 
-pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
+pub async fn run(
+    args: ServeArgs,
+    file: &FileConfig,
+    config_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let listen = settings::listen(args.listen, file, config::DEFAULT_LISTEN)?;
     let model = settings::model(&args.model, file)?;
     let shutdown = Shutdown::on_signals();
@@ -89,6 +93,10 @@ pub async fn run(args: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
     gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
     let state = super::gateway_state(gateway, &registry).await?;
+    crate::routing::reload_on_sighup(
+        state.clone(),
+        settings::routing_source(&args.gateway, config_path),
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -10,11 +10,12 @@ use super::labelled;
 use crate::answer::Answer;
 use crate::auth::{ClientAddr, Principal};
 use crate::error::ApiError;
-use crate::extract::{AppJson, RequestId};
+use crate::extract::{RawJson, RequestId};
 use crate::meter::{Endpoint, Meter};
 use crate::openai::completion_response::{TextChunks, TextCompletion};
 use crate::openai::completions::CompletionRequest;
 use crate::openai::{ResponseMeta, response_id};
+use crate::routing::dispatch::{self, Api, Routed};
 use crate::safety::{self, Reporter, Screening};
 use crate::sse;
 use crate::state::AppState;
@@ -26,16 +27,28 @@ pub(crate) async fn create(
     principal: Principal,
     client: ClientAddr,
     RequestId(request_id): RequestId,
-    body: Result<AppJson<CompletionRequest>, ApiError>,
+    body: Result<RawJson, ApiError>,
 ) -> Response {
     let started_at = Instant::now();
-    let requested = body.as_ref().ok().map(|AppJson(b)| b.model.clone());
-    let result = match body {
-        Ok(AppJson(body)) => {
-            respond(&state, &principal, &client, body, &request_id, started_at).await
-        }
-        Err(err) => Err(err),
+    let RawJson(body) = match body {
+        Ok(body) => body,
+        Err(err) => return labelled(&state, None, Err(err)),
     };
+    let requested = dispatch::requested_model(&body);
+    let routed = Routed {
+        state: &state,
+        principal: &principal,
+        client: &client,
+        request_id: &request_id,
+        started_at,
+        api: Api::Completions,
+        body,
+        requested: requested.clone(),
+    };
+    let result = dispatch::respond(routed, |body: CompletionRequest| {
+        respond(&state, &principal, &client, body, &request_id, started_at)
+    })
+    .await;
     labelled(&state, requested.as_deref(), result)
 }
 
@@ -47,7 +60,6 @@ async fn respond(
     request_id: &str,
     started_at: Instant,
 ) -> Result<(Response, String), ApiError> {
-    principal.check_model(&body.model)?;
     let plan = body.into_plan(request_id)?;
     let id = response_id("cmpl");
     let meter = Meter::new(state, principal, Endpoint::Completions, &id, started_at)

@@ -1,0 +1,349 @@
+//! One chat or text completion request through the routing table: the model named resolved,
+//! then tried with its fallbacks in order, each on the llm service or relayed to an upstream.
+
+use std::future::Future;
+use std::time::Instant;
+
+use axum::response::Response;
+use bytes::Bytes;
+use passerelle_proto::common::ChatMessage;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::relay::{self, Account};
+use super::table::{Pool, RouteTable, Target};
+use super::upstream::{Outgoing, SendError};
+use crate::auth::{ClientAddr, Principal};
+use crate::error::ApiError;
+use crate::extract::parse_json;
+use crate::meter::{Endpoint, Meter};
+use crate::openai::response_id;
+use crate::safety::{self, Reporter, Screening};
+use crate::state::AppState;
+
+/// Which OpenAI API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Chat,
+    Completions,
+}
+
+impl Api {
+    fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "chat/completions",
+            Api::Completions => "completions",
+        }
+    }
+
+    fn route(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Completions => "/v1/completions",
+        }
+    }
+
+    fn endpoint(self) -> Endpoint {
+        match self {
+            Api::Chat => Endpoint::Chat,
+            Api::Completions => Endpoint::Completions,
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Api::Chat => "chatcmpl",
+            Api::Completions => "cmpl",
+        }
+    }
+}
+
+/// A request body the llm service path takes, whose model the router may change.
+pub(crate) trait Routable: DeserializeOwned {
+    fn set_model(&mut self, model: String);
+}
+
+impl Routable for crate::openai::chat::ChatCompletionRequest {
+    fn set_model(&mut self, model: String) {
+        self.model = model;
+    }
+}
+
+impl Routable for crate::openai::completions::CompletionRequest {
+    fn set_model(&mut self, model: String) {
+        self.model = model;
+    }
+}
+
+/// One routed request.
+pub(crate) struct Routed<'a> {
+    pub(crate) state: &'a AppState,
+    pub(crate) principal: &'a Principal,
+    pub(crate) client: &'a ClientAddr,
+    pub(crate) request_id: &'a str,
+    pub(crate) started_at: Instant,
+    pub(crate) api: Api,
+    pub(crate) body: Bytes,
+    /// The body's `model`, from [`requested_model`].
+    pub(crate) requested: Option<String>,
+}
+
+/// The `model` a JSON body names, read without parsing the rest; `None` when the body has no
+/// string `model` (or is not JSON), which the full parse then reports.
+pub(crate) fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct ModelPeek {
+        model: String,
+    }
+    serde_json::from_slice::<ModelPeek>(body)
+        .ok()
+        .map(|peek| peek.model)
+}
+
+/// Answers the request with the first model of its chain that answers: the model it names
+/// (alias resolved) and then its fallbacks, tried while the failure is one another model may
+/// not have (unreachable, failing, context too short). `local` serves the llm service's models.
+/// Returns the response and its metric model label.
+pub(crate) async fn respond<T, F, Fut>(
+    routed: Routed<'_>,
+    local: F,
+) -> Result<(Response, String), ApiError>
+where
+    T: Routable,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<(Response, String), ApiError>>,
+{
+    let table = routed.state.routes();
+    // A body without a usable `model` is refused by the full parse, with its usual message.
+    let Some(requested) = routed.requested.clone() else {
+        return local(parse_json::<T>(&routed.body)?).await;
+    };
+    let chain = table.chain(&requested);
+    let mut last_error = None;
+    for (position, model) in chain.iter().enumerate() {
+        if let Err(forbidden) = routed.principal.check_model(model) {
+            if position == 0 {
+                return Err(forbidden);
+            }
+            continue;
+        }
+        let result = match table.target(model) {
+            Target::Local => {
+                let mut body = parse_json::<T>(&routed.body)?;
+                body.set_model(model.clone());
+                local(body).await
+            }
+            Target::Upstream(pool) => upstream(&routed, &table, &pool).await,
+        };
+        match result {
+            Err(err) if position + 1 < chain.len() && calls_for_fallback(&err) => {
+                tracing::warn!(
+                    model = %model,
+                    fallback = %chain[position + 1],
+                    error = %err,
+                    "falling back to another model"
+                );
+                routed.state.metrics().fallback(model, &chain[position + 1]);
+                last_error = Some(err);
+            }
+            other => return other,
+        }
+    }
+    Err(last_error.unwrap_or(ApiError::ModelForbidden { model: requested }))
+}
+
+/// Failures another model may not share. Not timeouts: the request's time is spent.
+fn calls_for_fallback(err: &ApiError) -> bool {
+    use crate::backend::BackendError as B;
+    match err {
+        ApiError::UpstreamUnavailable { .. } | ApiError::UpstreamFailed { .. } => true,
+        ApiError::UpstreamRejected(rejection) => rejection.is_context_length(),
+        ApiError::Backend(B::Unavailable { .. } | B::Overloaded { .. } | B::Upstream { .. }) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Relays the request to `pool`'s replicas, its prompt checked by the safety service alongside.
+async fn upstream(
+    routed: &Routed<'_>,
+    table: &RouteTable,
+    pool: &std::sync::Arc<Pool>,
+) -> Result<(Response, String), ApiError> {
+    let state = routed.state;
+    let mut body: Map<String, Value> = parse_json(&routed.body)?;
+    if body.contains_key("retrieval") {
+        return Err(ApiError::invalid_param(
+            "retrieval",
+            "`retrieval` is not available for models served by an upstream.",
+        ));
+    }
+    let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let client_wants_usage = streaming && wants_usage(&body);
+    if streaming && !client_wants_usage {
+        let options = body
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        match options {
+            Value::Object(options) => {
+                options.insert("include_usage".to_owned(), Value::Bool(true));
+            }
+            other => *other = serde_json::json!({"include_usage": true}),
+        }
+    }
+    let messages = prompt_messages(routed.api, &body);
+    let meter = Meter::new(
+        state,
+        routed.principal,
+        routed.api.endpoint(),
+        &response_id(routed.api.id_prefix()),
+        routed.started_at,
+    )
+    .with_prompt_text(|| prompt_text(&messages));
+    let screening = Screening::of_messages(
+        state,
+        routed.principal,
+        &pool.model,
+        routed.request_id,
+        messages,
+    );
+    let timeout = table.timeout.unwrap_or(state.config().request_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let outgoing = Outgoing {
+        client: state.upstream_client(),
+        pool,
+        path: routed.api.path(),
+        body,
+        request_id: routed.request_id,
+        retries: table.retries,
+        deadline,
+    };
+    let model = pool.model.clone();
+    let relay = async {
+        let (response, lease) = outgoing.send().await.map_err(|err| match err {
+            SendError::Unavailable { retry_after } => ApiError::UpstreamUnavailable {
+                model: model.clone(),
+                retry_after,
+            },
+            SendError::Failed { status } => ApiError::UpstreamFailed {
+                model: model.clone(),
+                status: status.as_u16(),
+            },
+            SendError::TimedOut => ApiError::UpstreamTimeout {
+                model: model.clone(),
+            },
+            SendError::Rejected(rejection) => ApiError::UpstreamRejected(rejection),
+        })?;
+        let account = Account::new(meter, state.metrics().clone(), &model, routed.started_at);
+        if streaming {
+            Ok(relay::stream(
+                response,
+                lease,
+                account,
+                deadline,
+                client_wants_usage,
+            ))
+        } else {
+            relay::json(response, lease, account, deadline).await
+        }
+    };
+    let reporter = Reporter::new(state, routed.principal, routed.client, routed.api.route());
+    let response = safety::input_checked(reporter, screening, relay).await?;
+    Ok((response, pool.model.clone()))
+}
+
+fn wants_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// The prompt as messages, for the safety check and the prompt log: chat messages with their
+/// text parts, or each completion prompt as a user message.
+fn prompt_messages(api: Api, body: &Map<String, Value>) -> Vec<ChatMessage> {
+    let message = |role: &str, content: String| ChatMessage {
+        role: role.to_owned(),
+        content,
+        ..ChatMessage::default()
+    };
+    match api {
+        Api::Chat => body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|messages| {
+                messages
+                    .iter()
+                    .map(|m| {
+                        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+                        message(role, content_text(m.get("content")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Api::Completions => match body.get("prompt") {
+            Some(Value::String(prompt)) => vec![message("user", prompt.clone())],
+            Some(Value::Array(prompts)) => prompts
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|p| message("user", p.to_owned()))
+                .collect(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+/// A message's text: the string, or its text parts joined.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn prompt_text(messages: &[ChatMessage]) -> String {
+    messages
+        .iter()
+        .map(|m| format!("{}: {}", m.role, m.content))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn map(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn chat_prompts_are_read_with_their_text_parts() {
+        let body = map(json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url"}]}
+        ]}));
+        let messages = prompt_messages(Api::Chat, &body);
+        assert_eq!(prompt_text(&messages), "system: Be brief.\nuser: Hi");
+    }
+
+    #[test]
+    fn completion_prompts_are_user_messages() {
+        let body = map(json!({"prompt": ["a", "b"]}));
+        assert_eq!(prompt_messages(Api::Completions, &body).len(), 2);
+        let body = map(json!({"prompt": "once"}));
+        assert_eq!(prompt_messages(Api::Completions, &body)[0].content, "once");
+    }
+}

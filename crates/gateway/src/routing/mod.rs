@@ -1,0 +1,52 @@
+//! Routing: which backend answers a model name. Most names go to the llm service; the
+//! operator's table adds external OpenAI-compatible upstreams (several replicas each, balanced
+//! and ejected when they fail), aliases and fallbacks.
+//!
+//! [`config`] is what the operator writes; `table` builds it into pools of replicas and
+//! resolves names; `balancer` is the pure policy (pick, eject, recover); `upstream` sends one
+//! request with its retries; `relay` passes the answer back (JSON, or SSE event by event) and
+//! accounts its usage; `dispatch` ties them to the chat and completion handlers.
+
+mod balancer;
+pub mod config;
+pub(crate) mod dispatch;
+mod relay;
+mod sse_split;
+pub(crate) mod table;
+mod upstream;
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+pub use config::{RoutingConfig, UpstreamConfig};
+pub use table::RoutingError;
+pub(crate) use upstream::UpstreamClient;
+pub use upstream::UpstreamRejection;
+
+use table::RouteTable;
+
+/// The routing table in force, replaceable while the gateway runs. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Routes {
+    /// A std lock: held only to clone or swap an `Arc`.
+    current: Arc<RwLock<Arc<RouteTable>>>,
+}
+
+impl Routes {
+    pub(crate) fn new(config: &RoutingConfig) -> Result<Self, RoutingError> {
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(RouteTable::new(config)?))),
+        })
+    }
+
+    /// The table now; a request keeps the one it started with.
+    pub(crate) fn current(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts a new table in force. Replica health starts afresh.
+    pub(crate) fn replace(&self, config: &RoutingConfig) -> Result<(), RoutingError> {
+        let table = Arc::new(RouteTable::new(config)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = table;
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! Relaying an upstream's answer to the client: a JSON body as received, or its SSE stream
+//! event by event as each arrives (nothing is held back to batch). Usage is read from the
+//! answer on the way through and accounted like any other answer's.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::Deserialize;
+
+use super::sse_split::SseSplitter;
+use super::table::Lease;
+use crate::error::ApiError;
+use crate::llm::Usage;
+use crate::meter::{Meter, Served};
+use crate::metrics::GatewayMetrics;
+
+/// The parts of an answer or chunk the gateway reads; everything else passes untouched.
+#[derive(Deserialize)]
+struct Peek {
+    id: Option<String>,
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    usage: Option<UsageIn>,
+}
+
+#[derive(Deserialize, Default)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+    total_tokens: Option<u32>,
+}
+
+impl From<UsageIn> for Usage {
+    fn from(u: UsageIn) -> Self {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u
+                .total_tokens
+                .unwrap_or(u.prompt_tokens.saturating_add(u.completion_tokens)),
+        }
+    }
+}
+
+/// The first choice's text, read only for the prompt log.
+#[derive(Deserialize)]
+struct TextPeek {
+    #[serde(default)]
+    choices: Vec<ChoiceText>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceText {
+    #[serde(default)]
+    index: u32,
+    text: Option<String>,
+    message: Option<Content>,
+    delta: Option<Content>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    content: Option<String>,
+}
+
+fn first_choice_text(json: &[u8]) -> String {
+    let Ok(peek) = serde_json::from_slice::<TextPeek>(json) else {
+        return String::new();
+    };
+    peek.choices
+        .into_iter()
+        .filter(|c| c.index == 0)
+        .filter_map(|c| {
+            c.text
+                .or(c.message.and_then(|m| m.content))
+                .or(c.delta.and_then(|d| d.content))
+        })
+        .collect()
+}
+
+/// What one relayed answer consumed. Accounted once, when the answer ends or is dropped (a
+/// client gone mid-stream): with the upstream's usage when it came, else no prompt tokens and
+/// one completion token per content chunk relayed.
+pub(crate) struct Account {
+    meter: Option<Meter>,
+    metrics: GatewayMetrics,
+    model: String,
+    started_at: Instant,
+    usage: Option<Usage>,
+    content_chunks: u32,
+    completion: String,
+}
+
+impl Account {
+    pub(crate) fn new(
+        meter: Meter,
+        metrics: GatewayMetrics,
+        model: &str,
+        started_at: Instant,
+    ) -> Self {
+        Self {
+            meter: Some(meter),
+            metrics,
+            model: model.to_owned(),
+            started_at,
+            usage: None,
+            content_chunks: 0,
+            completion: String::new(),
+        }
+    }
+
+    fn wants_completion(&self) -> bool {
+        self.meter.as_ref().is_some_and(Meter::wants_completion)
+    }
+
+    fn set_response_id(&mut self, id: Option<String>) {
+        if let (Some(meter), Some(id)) = (&mut self.meter, id) {
+            meter.set_response_id(id);
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(meter) = self.meter.take() else {
+            return;
+        };
+        let usage = self.usage.unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: self.content_chunks,
+            total_tokens: self.content_chunks,
+        });
+        self.metrics.prompt_tokens(&self.model, usage.prompt_tokens);
+        self.metrics
+            .completion_tokens(&self.model, usage.completion_tokens);
+        meter.record(&self.model, usage, Served::Model, &self.completion);
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A non-streaming answer, read whole (bounded by `deadline`) and passed on as received.
+pub(crate) async fn json(
+    response: reqwest::Response,
+    lease: Lease,
+    mut account: Account,
+    deadline: tokio::time::Instant,
+) -> Result<Response, ApiError> {
+    let status = response.status();
+    let failed = |account: &Account| ApiError::UpstreamFailed {
+        model: account.model.clone(),
+        status: StatusCode::BAD_GATEWAY.as_u16(),
+    };
+    let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+        Err(_) => {
+            lease.failed();
+            return Err(ApiError::UpstreamTimeout {
+                model: account.model.clone(),
+            });
+        }
+        Ok(Err(err)) => {
+            lease.failed();
+            tracing::warn!(model = %account.model, error = %err, "upstream answer cut short");
+            return Err(failed(&account));
+        }
+        Ok(Ok(body)) => body,
+    };
+    let Ok(peek) = serde_json::from_slice::<Peek>(&body) else {
+        lease.failed();
+        tracing::warn!(model = %account.model, "upstream answer is not JSON");
+        return Err(failed(&account));
+    };
+    drop(lease);
+    account.usage = peek.usage.map(Usage::from);
+    account.set_response_id(peek.id);
+    if account.wants_completion() {
+        account.completion = first_choice_text(&body);
+    }
+    account.finish();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// A streaming answer, relayed event by event. `client_wants_usage`: whether the client asked
+/// for the usage chunk; when it did not, the one the gateway asked for is not passed on.
+pub(crate) fn stream(
+    response: reqwest::Response,
+    lease: Lease,
+    mut account: Account,
+    deadline: tokio::time::Instant,
+    client_wants_usage: bool,
+) -> Response {
+    let mut upstream = response.bytes_stream();
+    let events = async_stream::stream! {
+        let mut splitter = SseSplitter::default();
+        let mut done = false;
+        let mut first = true;
+        'read: loop {
+            let bytes = match tokio::time::timeout_at(deadline, upstream.next()).await {
+                Ok(Some(Ok(bytes))) => bytes,
+                Ok(None) => break,
+                Ok(Some(Err(err))) => {
+                    tracing::warn!(model = %account.model, error = %err, "upstream stream broke");
+                    break;
+                }
+                Err(_) => {
+                    lease.failed();
+                    let err = ApiError::UpstreamTimeout { model: account.model.clone() };
+                    yield Ok::<_, Infallible>(error_event(&err));
+                    yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                    return;
+                }
+            };
+            splitter.push(&bytes);
+            while let Some(event) = splitter.next_event() {
+                match event.data.as_deref() {
+                    Some("[DONE]") => {
+                        done = true;
+                        yield Ok(event.raw);
+                        break 'read;
+                    }
+                    Some(data) => {
+                        if let Ok(peek) = serde_json::from_str::<Peek>(data) {
+                            let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
+                            if first {
+                                first = false;
+                                account.set_response_id(peek.id);
+                            }
+                            if has_choices {
+                                if account.content_chunks == 0 {
+                                    account.metrics.time_to_first_token(
+                                        &account.model,
+                                        account.started_at.elapsed(),
+                                    );
+                                }
+                                account.content_chunks = account.content_chunks.saturating_add(1);
+                                if account.wants_completion() {
+                                    let text = first_choice_text(data.as_bytes());
+                                    account.completion.push_str(&text);
+                                }
+                            }
+                            if let Some(usage) = peek.usage {
+                                account.usage = Some(usage.into());
+                                if !has_choices && !client_wants_usage {
+                                    continue;
+                                }
+                            }
+                        }
+                        yield Ok(event.raw);
+                    }
+                    None => yield Ok(event.raw),
+                }
+            }
+        }
+        if done {
+            drop(lease);
+            account.finish();
+        } else {
+            // The upstream stopped before `[DONE]`: the answer is incomplete, and the client
+            // must hear so rather than take it for whole.
+            lease.failed();
+            drop(lease);
+            let err = ApiError::UpstreamFailed {
+                model: account.model.clone(),
+                status: StatusCode::BAD_GATEWAY.as_u16(),
+            };
+            account.finish();
+            yield Ok(error_event(&err));
+            yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+    };
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // As for our own streams: nginx must not buffer the events.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response.into_response()
+}
+
+fn error_event(err: &ApiError) -> Bytes {
+    err.log();
+    let json = serde_json::to_string(&err.envelope()).unwrap_or_default();
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_choice_text_is_read_from_any_shape() {
+        let chat = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi"}}]}"#;
+        assert_eq!(first_choice_text(chat), "Hi");
+        let delta = br#"{"choices":[{"index":1,"delta":{"content":"x"}},{"index":0,"delta":{"content":"y"}}]}"#;
+        assert_eq!(first_choice_text(delta), "y");
+        let text = br#"{"choices":[{"index":0,"text":"once"}]}"#;
+        assert_eq!(first_choice_text(text), "once");
+    }
+
+    #[test]
+    fn usage_fills_in_a_missing_total() {
+        let usage: Usage =
+            serde_json::from_str::<UsageIn>(r#"{"prompt_tokens":3,"completion_tokens":4}"#)
+                .unwrap()
+                .into();
+        assert_eq!(usage.total_tokens, 7);
+    }
+}

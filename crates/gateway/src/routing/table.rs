@@ -1,0 +1,368 @@
+//! The routing table: aliases resolved, each upstream model's replicas in a [`Pool`], and the
+//! order in which models are tried for a request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::balancer::{AllEjected, Balancer, EjectionPolicy};
+use super::config::RoutingConfig;
+
+/// Longest alias chain (`a` -> `b` -> `c`) followed before it is taken for a cycle.
+const MAX_ALIAS_DEPTH: usize = 8;
+
+/// Why a routing table cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingError {
+    /// An upstream's URL is not `http://` or `https://`.
+    #[error("upstream {model:?}: invalid URL {url:?}: expected http://host:port/v1")]
+    InvalidUrl { model: String, url: String },
+    /// An upstream, alias or fallback names an empty model.
+    #[error("routing: a model name is empty")]
+    EmptyModel,
+    /// An upstream's weight is 0.
+    #[error("upstream {model:?} at {url:?}: weight must be at least 1")]
+    ZeroWeight { model: String, url: String },
+    /// A name is both an alias and a served model.
+    #[error("routing: {0:?} is both an alias and an upstream model")]
+    AliasShadowsModel(String),
+    /// Aliases lead back to themselves.
+    #[error("routing: the alias {0:?} never resolves to a model (a cycle)")]
+    AliasCycle(String),
+}
+
+/// One replica of an upstream model.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    /// The base URL without a trailing slash.
+    pub(crate) base_url: String,
+    pub(crate) api_key: Option<String>,
+    /// The model name sent upstream.
+    pub(crate) upstream_model: String,
+}
+
+/// The replicas of one upstream model and their balancing state.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) model: String,
+    replicas: Vec<Replica>,
+    /// A std lock: every section is a few comparisons, never across an await.
+    balancer: Mutex<Balancer>,
+}
+
+impl Pool {
+    fn balancer(&self) -> MutexGuard<'_, Balancer> {
+        // A poisoned lock only means a panic between two counter updates; the counts stay usable.
+        self.balancer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A replica for the next attempt, avoiding `tried` while another is in rotation.
+    pub(crate) fn lease(self: &Arc<Self>, tried: &[usize]) -> Result<Lease, AllEjected> {
+        let index = self.balancer().pick(Instant::now(), tried)?;
+        Ok(Lease {
+            pool: Arc::clone(self),
+            index,
+        })
+    }
+}
+
+/// One attempt's hold on a replica: counted as outstanding until dropped.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Lease {
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    pub(crate) fn replica(&self) -> &Replica {
+        &self.pool.replicas[self.index]
+    }
+
+    /// The replica answered (a 2xx, or a 4xx that is the client's doing).
+    pub(crate) fn succeeded(&self) {
+        self.pool.balancer().succeeded(self.index);
+    }
+
+    /// The replica failed; logs an ejection when this caused one.
+    pub(crate) fn failed(&self) {
+        if self.pool.balancer().failed(self.index, Instant::now()) {
+            tracing::warn!(
+                model = %self.pool.model,
+                upstream = %self.replica().base_url,
+                "upstream replica ejected after consecutive failures"
+            );
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.balancer().release(self.index);
+    }
+}
+
+/// Where a model name leads.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// An external upstream.
+    Upstream(Arc<Pool>),
+    /// The llm service.
+    Local,
+}
+
+/// Aliases, pools and fallbacks, built once from a [`RoutingConfig`].
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    aliases: BTreeMap<String, String>,
+    pools: HashMap<String, Arc<Pool>>,
+    fallbacks: BTreeMap<String, Vec<String>>,
+    pub(crate) retries: u32,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl RouteTable {
+    pub(crate) fn new(config: &RoutingConfig) -> Result<Self, RoutingError> {
+        let policy = EjectionPolicy {
+            after: config.eject_after,
+            cool_down: config.eject_for,
+        };
+        let mut grouped: BTreeMap<&str, Vec<Replica>> = BTreeMap::new();
+        let mut weights: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for upstream in &config.upstreams {
+            if upstream.model.is_empty() {
+                return Err(RoutingError::EmptyModel);
+            }
+            let url = upstream.url.trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<http::Uri>().is_err()
+            {
+                return Err(RoutingError::InvalidUrl {
+                    model: upstream.model.clone(),
+                    url: upstream.url.clone(),
+                });
+            }
+            if upstream.weight == 0 {
+                return Err(RoutingError::ZeroWeight {
+                    model: upstream.model.clone(),
+                    url: upstream.url.clone(),
+                });
+            }
+            grouped.entry(&upstream.model).or_default().push(Replica {
+                base_url: url.to_owned(),
+                api_key: upstream.api_key.clone().filter(|k| !k.is_empty()),
+                upstream_model: upstream
+                    .upstream_model
+                    .clone()
+                    .unwrap_or_else(|| upstream.model.clone()),
+            });
+            weights
+                .entry(&upstream.model)
+                .or_default()
+                .push(upstream.weight);
+        }
+        let pools = grouped
+            .into_iter()
+            .map(|(model, replicas)| {
+                let balancer = Balancer::new(weights.remove(model).unwrap_or_default(), policy);
+                let pool = Pool {
+                    model: model.to_owned(),
+                    replicas,
+                    balancer: Mutex::new(balancer),
+                };
+                (model.to_owned(), Arc::new(pool))
+            })
+            .collect::<HashMap<_, _>>();
+        for (alias, target) in &config.aliases {
+            if alias.is_empty() || target.is_empty() {
+                return Err(RoutingError::EmptyModel);
+            }
+            if pools.contains_key(alias) {
+                return Err(RoutingError::AliasShadowsModel(alias.clone()));
+            }
+        }
+        if config.fallbacks.values().flatten().any(String::is_empty) {
+            return Err(RoutingError::EmptyModel);
+        }
+        let mut aliases = BTreeMap::new();
+        for alias in config.aliases.keys() {
+            aliases.insert(alias.clone(), follow(&config.aliases, alias)?);
+        }
+        Ok(Self {
+            aliases,
+            pools,
+            fallbacks: config.fallbacks.clone(),
+            retries: config.retries,
+            timeout: config.timeout,
+        })
+    }
+
+    /// The model an alias stands for, or `model` itself.
+    pub(crate) fn resolve<'a>(&'a self, model: &'a str) -> &'a str {
+        self.aliases.get(model).map_or(model, String::as_str)
+    }
+
+    /// Where `model` (already resolved) is served.
+    pub(crate) fn target(&self, model: &str) -> Target {
+        match self.pools.get(model) {
+            Some(pool) => Target::Upstream(Arc::clone(pool)),
+            None => Target::Local,
+        }
+    }
+
+    /// The models to try for `requested`, in order: what it resolves to, then its fallbacks
+    /// (or those of the alias itself when it has its own), each resolved, without repeats.
+    pub(crate) fn chain(&self, requested: &str) -> Vec<String> {
+        let primary = self.resolve(requested);
+        let fallbacks = self
+            .fallbacks
+            .get(requested)
+            .or_else(|| self.fallbacks.get(primary))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut chain = vec![primary.to_owned()];
+        for fallback in fallbacks {
+            let model = self.resolve(fallback);
+            if !chain.iter().any(|m| m == model) {
+                chain.push(model.to_owned());
+            }
+        }
+        chain
+    }
+
+    /// Whether `model` is an alias or an upstream model: a name the operator configured, safe
+    /// as a metric label.
+    pub(crate) fn knows(&self, model: &str) -> bool {
+        self.pools.contains_key(model) || self.aliases.contains_key(model)
+    }
+
+    /// Upstream models and aliases, for the model list.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = self
+            .pools
+            .keys()
+            .chain(self.aliases.keys())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pools.is_empty() && self.aliases.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn pool(&self, model: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(model)
+    }
+}
+
+fn follow(aliases: &BTreeMap<String, String>, alias: &str) -> Result<String, RoutingError> {
+    let mut current = alias;
+    for _ in 0..MAX_ALIAS_DEPTH {
+        match aliases.get(current) {
+            Some(next) if next == alias => break,
+            Some(next) => current = next,
+            None => return Ok(current.to_owned()),
+        }
+    }
+    Err(RoutingError::AliasCycle(alias.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::UpstreamConfig;
+    use super::*;
+
+    fn config() -> RoutingConfig {
+        let mut config = RoutingConfig {
+            upstreams: vec![
+                UpstreamConfig::new("big", "http://10.0.0.1:8000/v1/"),
+                UpstreamConfig {
+                    upstream_model: Some("meta/big".into()),
+                    ..UpstreamConfig::new("big", "http://10.0.0.2:8000/v1")
+                },
+            ],
+            ..RoutingConfig::default()
+        };
+        config.aliases.insert("gpt-4o-mini".into(), "small".into());
+        config.aliases.insert("best".into(), "big".into());
+        config.aliases.insert("newest".into(), "best".into());
+        config
+            .fallbacks
+            .insert("big".into(), vec!["gpt-4o-mini".into(), "big".into()]);
+        config
+    }
+
+    #[test]
+    fn aliases_resolve_through_chains() {
+        let table = RouteTable::new(&config()).unwrap();
+        assert_eq!(table.resolve("gpt-4o-mini"), "small");
+        assert_eq!(table.resolve("newest"), "big");
+        assert_eq!(table.resolve("other"), "other");
+    }
+
+    #[test]
+    fn upstream_models_have_pools_and_the_rest_is_local() {
+        let table = RouteTable::new(&config()).unwrap();
+        let Target::Upstream(pool) = table.target("big") else {
+            panic!("big is an upstream model");
+        };
+        assert_eq!(pool.replicas.len(), 2);
+        assert_eq!(pool.replicas[0].base_url, "http://10.0.0.1:8000/v1");
+        assert_eq!(pool.replicas[0].upstream_model, "big");
+        assert_eq!(pool.replicas[1].upstream_model, "meta/big");
+        assert!(matches!(table.target("small"), Target::Local));
+    }
+
+    #[test]
+    fn the_chain_is_the_model_then_its_fallbacks_resolved_once_each() {
+        let table = RouteTable::new(&config()).unwrap();
+        assert_eq!(table.chain("newest"), ["big", "small"]);
+        assert_eq!(table.chain("small"), ["small"]);
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        let mut cyclic = config();
+        cyclic.aliases.insert("small".into(), "gpt-4o-mini".into());
+        assert!(matches!(
+            RouteTable::new(&cyclic),
+            Err(RoutingError::AliasCycle(_))
+        ));
+        let mut shadow = config();
+        shadow.aliases.insert("big".into(), "small".into());
+        assert_eq!(
+            RouteTable::new(&shadow).unwrap_err(),
+            RoutingError::AliasShadowsModel("big".into())
+        );
+        let mut bad_url = config();
+        bad_url.upstreams[0].url = "10.0.0.1:8000".into();
+        assert!(matches!(
+            RouteTable::new(&bad_url),
+            Err(RoutingError::InvalidUrl { .. })
+        ));
+        let mut zero = config();
+        zero.upstreams[0].weight = 0;
+        assert!(matches!(
+            RouteTable::new(&zero),
+            Err(RoutingError::ZeroWeight { .. })
+        ));
+    }
+
+    #[test]
+    fn leases_count_outstanding_requests_until_dropped() {
+        let table = RouteTable::new(&config()).unwrap();
+        let pool = table.pool("big").unwrap();
+        let first = pool.lease(&[]).unwrap();
+        let second = pool.lease(&[]).unwrap();
+        assert_ne!(first.index(), second.index(), "the busy one is avoided");
+        drop(second);
+        let third = pool.lease(&[]).unwrap();
+        assert_ne!(third.index(), first.index());
+    }
+}

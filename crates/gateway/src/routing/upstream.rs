@@ -1,0 +1,261 @@
+//! Sending one request to an upstream model: a replica picked by the pool, retried on another
+//! after a connect error or a 5xx, all before any byte of the answer was read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::table::{Lease, Pool};
+use crate::extract::REQUEST_ID_HEADER;
+
+/// Retry hint when every replica is ejected or unreachable and no better one is known.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// The gateway's HTTP client for upstreams: one connection pool for all of them.
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamClient {
+    http: reqwest::Client,
+}
+
+impl UpstreamClient {
+    pub(crate) fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Self { http })
+    }
+}
+
+/// An upstream's 4xx, as the client receives it: the upstream's status and error fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRejection {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl UpstreamRejection {
+    /// Reads an upstream's error body: OpenAI's envelope when it sent one, else its text.
+    fn read(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Self {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: Body,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            message: Option<String>,
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            param: Option<serde_json::Value>,
+            code: Option<serde_json::Value>,
+        }
+        let text = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope { error }) => Self {
+                status,
+                message: error.message.unwrap_or_default(),
+                kind: error
+                    .kind
+                    .unwrap_or_else(|| "invalid_request_error".to_owned()),
+                param: text(error.param),
+                code: text(error.code),
+                retry_after,
+            },
+            Err(_) => Self {
+                status,
+                message: String::from_utf8_lossy(body).chars().take(1000).collect(),
+                kind: "invalid_request_error".to_owned(),
+                param: None,
+                code: None,
+                retry_after,
+            },
+        }
+    }
+
+    /// Whether the upstream refused the prompt as longer than its context, which a model with
+    /// a larger one may still answer.
+    pub(crate) fn is_context_length(&self) -> bool {
+        if self.code.as_deref() == Some("context_length_exceeded") {
+            return true;
+        }
+        let message = self.message.to_ascii_lowercase();
+        ["context length", "context window", "context_length"]
+            .iter()
+            .any(|needle| message.contains(needle))
+    }
+}
+
+/// Why no answer came from an upstream model.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No replica could be reached, or every one is ejected.
+    Unavailable { retry_after: Duration },
+    /// Every attempt got a 5xx; the last status.
+    Failed { status: StatusCode },
+    /// The request deadline passed.
+    TimedOut,
+    /// The upstream refused the request.
+    Rejected(UpstreamRejection),
+}
+
+/// A request ready to send to any replica of one model.
+pub(crate) struct Outgoing<'a> {
+    pub(crate) client: &'a UpstreamClient,
+    pub(crate) pool: &'a Arc<Pool>,
+    /// `chat/completions` or `completions`.
+    pub(crate) path: &'static str,
+    /// The client's JSON, whose `model` is replaced by each replica's upstream name.
+    pub(crate) body: serde_json::Map<String, serde_json::Value>,
+    pub(crate) request_id: &'a str,
+    pub(crate) retries: u32,
+    pub(crate) deadline: Instant,
+}
+
+impl Outgoing<'_> {
+    /// Sends until a replica answers with a 2xx head (returned with its lease, to be held
+    /// while the body is read) or a 4xx (passed on), or the retries run out. Nothing of any
+    /// answer has been read when a retry is made.
+    pub(crate) async fn send(mut self) -> Result<(reqwest::Response, Lease), SendError> {
+        let mut tried = Vec::new();
+        let mut last = SendError::Unavailable {
+            retry_after: UNAVAILABLE_RETRY,
+        };
+        for attempt in 0..=self.retries {
+            let lease = match self.pool.lease(&tried) {
+                Ok(lease) => lease,
+                Err(all_ejected) => {
+                    // Nothing to try now; what the earlier attempts saw says more, if any.
+                    if attempt == 0 {
+                        last = SendError::Unavailable {
+                            retry_after: all_ejected.retry_after.max(UNAVAILABLE_RETRY),
+                        };
+                    }
+                    break;
+                }
+            };
+            tried.push(lease.index());
+            let replica = lease.replica();
+            self.body.insert(
+                "model".to_owned(),
+                serde_json::Value::String(replica.upstream_model.clone()),
+            );
+            let body = match serde_json::to_vec(&self.body) {
+                Ok(body) => Bytes::from(body),
+                // A map of JSON values always serialises; kept as a clean failure regardless.
+                Err(_) => {
+                    return Err(SendError::Failed {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                    });
+                }
+            };
+            let mut request = self
+                .client
+                .http
+                .post(format!("{}/{}", replica.base_url, self.path))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(REQUEST_ID_HEADER, self.request_id)
+                .body(body);
+            if let Some(key) = &replica.api_key {
+                request = request.bearer_auth(key);
+            }
+            let response = match tokio::time::timeout_at(self.deadline, request.send()).await {
+                Err(_) => {
+                    lease.failed();
+                    return Err(SendError::TimedOut);
+                }
+                Ok(Err(err)) => {
+                    lease.failed();
+                    tracing::warn!(
+                        model = %self.pool.model,
+                        upstream = %replica.base_url,
+                        attempt,
+                        error = %err,
+                        "upstream unreachable"
+                    );
+                    last = SendError::Unavailable {
+                        retry_after: UNAVAILABLE_RETRY,
+                    };
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
+            let status = response.status();
+            if status.is_server_error() {
+                lease.failed();
+                tracing::warn!(
+                    model = %self.pool.model,
+                    upstream = %replica.base_url,
+                    attempt,
+                    status = status.as_u16(),
+                    "upstream failed"
+                );
+                last = SendError::Failed { status };
+                continue;
+            }
+            lease.succeeded();
+            if status.is_success() {
+                return Ok((response, lease));
+            }
+            return Err(SendError::Rejected(self.rejection(response).await));
+        }
+        Err(last)
+    }
+
+    async fn rejection(&self, response: reqwest::Response) -> UpstreamRejection {
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = tokio::time::timeout_at(self.deadline, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        UpstreamRejection::read(status, retry_after, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_envelopes_are_read_field_by_field() {
+        let body = br#"{"error": {"message": "This model's maximum context length is 2048 tokens.",
+            "type": "BadRequestError", "param": null, "code": 400}}"#;
+        let rejection = UpstreamRejection::read(StatusCode::BAD_REQUEST, None, body);
+        assert_eq!(rejection.kind, "BadRequestError");
+        assert_eq!(rejection.code.as_deref(), Some("400"));
+        assert!(rejection.is_context_length());
+    }
+
+    #[test]
+    fn other_bodies_become_the_message() {
+        let rejection = UpstreamRejection::read(StatusCode::NOT_FOUND, None, b"no such route");
+        assert_eq!(rejection.message, "no such route");
+        assert_eq!(rejection.kind, "invalid_request_error");
+        assert!(!rejection.is_context_length());
+        let coded = UpstreamRejection::read(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error": {"message": "too long", "code": "context_length_exceeded"}}"#,
+        );
+        assert!(coded.is_context_length());
+    }
+}

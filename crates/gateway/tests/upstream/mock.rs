@@ -1,0 +1,209 @@
+//! A real OpenAI-compatible HTTP server on loopback whose behaviour each test controls: plain
+//! answers, SSE streams (optionally held after their first chunk until the test says so),
+//! 500s, context-length refusals and streams cut short.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// What the next requests get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    Answer,
+    /// 500 with an error body.
+    Fail,
+    /// 400: the prompt is longer than the model's context.
+    ContextTooLong,
+    /// 404 with an OpenAI envelope.
+    NotFound,
+    /// A stream that stops, connection closed, after its first content chunk (once released,
+    /// when streams are held).
+    BreakMidStream,
+}
+
+/// Prompt 5 tokens, completion 3.
+pub const USAGE: (u64, u64) = (5, 3);
+
+struct Inner {
+    name: String,
+    behaviour: Mutex<Behaviour>,
+    hits: AtomicUsize,
+    bodies: Mutex<Vec<Value>>,
+    /// When set, streams wait after their first content chunk until notified.
+    hold: Mutex<Option<Arc<Notify>>>,
+}
+
+/// A running mock upstream. Dropping it stops the server.
+pub struct Upstream {
+    inner: Arc<Inner>,
+    pub base_url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            behaviour: Mutex::new(Behaviour::Answer),
+            hits: AtomicUsize::new(0),
+            bodies: Mutex::new(Vec::new()),
+            hold: Mutex::new(None),
+        });
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/completions", post(completions))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            inner,
+            base_url,
+            server,
+        }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.inner.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Streams stop after their first content chunk until the returned notify is signalled.
+    pub fn hold_streams(&self) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        *self.inner.hold.lock().unwrap() = Some(notify.clone());
+        notify
+    }
+
+    pub fn hits(&self) -> usize {
+        self.inner.hits.load(Ordering::SeqCst)
+    }
+
+    /// The JSON bodies received, in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.inner.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The URL of a port nobody listens on.
+pub async fn dead_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
+}
+
+async fn chat(State(inner): State<Arc<Inner>>, Json(body): Json<Value>) -> Response {
+    answer(inner, body, true)
+}
+
+async fn completions(State(inner): State<Arc<Inner>>, Json(body): Json<Value>) -> Response {
+    answer(inner, body, false)
+}
+
+fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
+    inner.hits.fetch_add(1, Ordering::SeqCst);
+    inner.bodies.lock().unwrap().push(body.clone());
+    let behaviour = *inner.behaviour.lock().unwrap();
+    match behaviour {
+        Behaviour::Fail => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": {"message": "boom", "type": "server_error"}})),
+            )
+                .into_response();
+        }
+        Behaviour::ContextTooLong => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {
+                    "message": "This model's maximum context length is 16 tokens.",
+                    "type": "invalid_request_error", "param": "messages",
+                    "code": "context_length_exceeded"
+                }})),
+            )
+                .into_response();
+        }
+        Behaviour::NotFound => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": {
+                    "message": "The model does not exist.", "type": "invalid_request_error",
+                    "param": "model", "code": "model_not_found"
+                }})),
+            )
+                .into_response();
+        }
+        Behaviour::Answer | Behaviour::BreakMidStream => {}
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let id = format!("up-{}", inner.name);
+    let text = format!("hello from {}", inner.name);
+    let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1,
+                       "total_tokens": USAGE.0 + USAGE.1});
+    if body["stream"] != json!(true) {
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text},
+                   "finish_reason": "stop"})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": "stop"})
+        };
+        return Json(
+            json!({"id": id, "object": "chat.completion", "model": model,
+                           "choices": [choice], "usage": usage}),
+        )
+        .into_response();
+    }
+    let include_usage = body["stream_options"]["include_usage"] == json!(true);
+    let hold = inner.hold.lock().unwrap().clone();
+    let piece = move |content: &str, finish: Option<&str>| {
+        let choice = if chat {
+            json!({"index": 0, "delta": {"content": content}, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": content, "finish_reason": finish})
+        };
+        let chunk = json!({"id": id, "object": "chat.completion.chunk", "model": model,
+                           "choices": [choice]});
+        format!("data: {chunk}\n\n")
+    };
+    let usage_chunk = {
+        let chunk = json!({"id": format!("up-{}", inner.name), "object": "chat.completion.chunk",
+                           "choices": [], "usage": usage});
+        format!("data: {chunk}\n\n")
+    };
+    let events = async_stream::stream! {
+        yield Ok::<_, std::io::Error>(piece("hello", None));
+        if let Some(hold) = hold {
+            hold.notified().await;
+        }
+        if behaviour == Behaviour::BreakMidStream {
+            yield Err(std::io::Error::other("upstream died"));
+            return;
+        }
+        yield Ok(piece(" from", None));
+        yield Ok(piece(&format!(" {}", text.rsplit(' ').next().unwrap_or_default()), Some("stop")));
+        if include_usage {
+            yield Ok(usage_chunk);
+        }
+        yield Ok("data: [DONE]\n\n".to_owned());
+    };
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(events))
+        .unwrap()
+}
