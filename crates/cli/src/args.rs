@@ -32,14 +32,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway and the llm service in one process, the service on a loopback port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run only the HTTP gateway, in front of an llm service running elsewhere.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// Run only the llm gRPC service.
     Llm(LlmArgs),
     /// Run only the embeddings gRPC service.
     Embeddings(EmbeddingsArgs),
-    /// Run only the safety gRPC service: rules and PII redaction.
+    /// Run only the safety gRPC service: rules, PII redaction, and Llama Guard 3 and the
+    /// prompt-injection classifier when their models are named.
     Safety(SafetyArgs),
     /// Create, list and revoke API keys in the embedded store or in Redis.
     Keys(KeysArgs),
@@ -180,6 +181,14 @@ pub struct GatewayOptions {
     /// content_filter) instead of a 400 error [default: none, a 400 error].
     #[arg(long, env = "PASSERELLE_SAFETY_REFUSAL_MESSAGE")]
     pub safety_refusal_message: Option<String>,
+    /// When a prompt's safety check fails (service down, timeout): `closed` refuses it with
+    /// 503, `open` lets it through unchecked [default: closed].
+    #[arg(long, env = "PASSERELLE_SAFETY_FAILURE_POLICY", value_name = "POLICY")]
+    pub safety_failure_policy: Option<String>,
+    /// Longest a safety check may take, in milliseconds, before it counts as failed
+    /// [default: 5000].
+    #[arg(long, env = "PASSERELLE_SAFETY_TIMEOUT_MS")]
+    pub safety_timeout_ms: Option<u64>,
     /// Accept HS256 JWTs signed with this secret (at least 32 bytes) [default: none].
     #[arg(long, env = "PASSERELLE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -316,13 +316,36 @@ pub fn safety(
             anyhow::bail!("safety_checks must be both, input, output or none, got {other:?}")
         }
     };
-    Ok(
-        endpoint.map(|endpoint| passerelle_gateway::safety::SafetyConfig {
-            check_input,
-            check_output,
-            ..passerelle_gateway::safety::SafetyConfig::new(endpoint)
-        }),
-    )
+    let failure_policy = match args
+        .safety_failure_policy
+        .as_deref()
+        .or(file.safety_failure_policy.as_deref())
+    {
+        None | Some("closed") => passerelle_gateway::ratelimit::FailurePolicy::Closed,
+        Some("open") => passerelle_gateway::ratelimit::FailurePolicy::Open,
+        Some(other) => {
+            anyhow::bail!("safety_failure_policy must be open or closed, got {other:?}")
+        }
+    };
+    let timeout = match args.safety_timeout_ms.or(file.safety_timeout_ms) {
+        Some(0) => anyhow::bail!("safety_timeout_ms must be at least 1"),
+        Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        None => None,
+    };
+    Ok(endpoint.map(|endpoint| {
+        let mut config = passerelle_gateway::safety::SafetyConfig::new(endpoint);
+        config.check_input = check_input;
+        config.check_output = check_output;
+        config.failure_policy = failure_policy;
+        config.refusal_message = args
+            .safety_refusal_message
+            .clone()
+            .or_else(|| file.safety_refusal_message.clone());
+        if let Some(timeout) = timeout {
+            config.timeout = timeout;
+        }
+        config
+    }))
 }
 
 fn jwt(
@@ -426,7 +449,7 @@ mod tests {
         let mut full = vec!["passerelle", "serve"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(serve) => serve,
+            Command::Serve(serve) => *serve,
             other => panic!("parsed {other:?}"),
         }
     }

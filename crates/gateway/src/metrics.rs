@@ -44,6 +44,7 @@ struct Inner {
     feedback: IntCounterVec,
     satisfaction: Gauge,
     safety_blocked: IntCounterVec,
+    safety_unchecked: IntCounterVec,
     fallbacks: IntCounterVec,
 }
 
@@ -116,6 +117,14 @@ impl GatewayMetrics {
                 ),
                 &["stage", "layer", "category"],
             )?,
+            safety_unchecked: IntCounterVec::new(
+                Opts::new(
+                    "passerelle_safety_unchecked_total",
+                    "Prompts let through unchecked because the safety service failed and the \
+                     failure policy is open, by stage.",
+                ),
+                &["stage"],
+            )?,
             fallbacks: IntCounterVec::new(
                 Opts::new(
                     "passerelle_route_fallbacks_total",
@@ -141,6 +150,7 @@ impl GatewayMetrics {
         registry.register(Box::new(inner.feedback.clone()))?;
         registry.register(Box::new(inner.satisfaction.clone()))?;
         registry.register(Box::new(inner.safety_blocked.clone()))?;
+        registry.register(Box::new(inner.safety_unchecked.clone()))?;
         registry.register(Box::new(inner.fallbacks.clone()))?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -151,6 +161,13 @@ impl GatewayMetrics {
         self.inner
             .safety_blocked
             .with_label_values(&[stage, layer, category])
+            .inc();
+    }
+
+    pub(crate) fn safety_unchecked(&self, stage: &str) {
+        self.inner
+            .safety_unchecked
+            .with_label_values(&[stage])
             .inc();
     }
 

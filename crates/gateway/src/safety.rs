@@ -21,6 +21,7 @@ use crate::auth::{ClientAddr, Principal};
 use crate::backend::{self, BackendError, TracedChannel};
 use crate::error::ApiError;
 use crate::output_screen::OutputScreen;
+use crate::ratelimit::FailurePolicy;
 use crate::state::AppState;
 
 /// Where the safety service listens and what it checks.
@@ -35,9 +36,13 @@ pub struct SafetyConfig {
     /// Answer an unsafe prompt with this message as the assistant's reply (finish reason
     /// `content_filter`) instead of a 400 error. Default none.
     pub refusal_message: Option<String>,
-    /// Longest a check may take; past it the request fails with 503 rather than passing
-    /// unchecked. Default 5 s.
+    /// Longest a check may take; past it the check has failed. Default 5 s.
     pub timeout: Duration,
+    /// What a prompt whose input check failed (service down, timeout, model error) gets:
+    /// `Closed` (the default) refuses it with 503, `Open` lets it through unchecked, logged and
+    /// counted in `passerelle_safety_unchecked_total`. A failed output check always lets the
+    /// answer stand, its prompt having been checked.
+    pub failure_policy: FailurePolicy,
 }
 
 impl SafetyConfig {
@@ -49,6 +54,7 @@ impl SafetyConfig {
             check_output: true,
             refusal_message: None,
             timeout: Duration::from_secs(5),
+            failure_policy: FailurePolicy::Closed,
         }
     }
 }
@@ -84,6 +90,11 @@ impl SafetyBackend {
             self.control_timeout,
         )
         .await
+    }
+
+    /// What a prompt gets when its check fails.
+    pub(crate) fn failure_policy(&self) -> FailurePolicy {
+        self.config.failure_policy
     }
 
     /// Checks one text as a user's message, for `/v1/moderations`.
@@ -285,6 +296,24 @@ impl Screening {
     }
 }
 
+/// The input verdict, or `None` when the check failed and the failure policy lets the prompt
+/// through; a failure under the closed policy is the request's error.
+fn verdict_or_policy(
+    reporter: &Reporter,
+    config: &SafetyConfig,
+    verdict: Result<CheckResponse, BackendError>,
+) -> Result<Option<CheckResponse>, ApiError> {
+    match (verdict, config.failure_policy) {
+        (Ok(verdict), _) => Ok(Some(verdict)),
+        (Err(err), FailurePolicy::Closed) => Err(err.into()),
+        (Err(err), FailurePolicy::Open) => {
+            tracing::warn!(error = %err, "safety check failed; the prompt passes unchecked (fail open)");
+            reporter.state.metrics().safety_unchecked("input");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs the input check alongside `start` and returns its result only once the prompt is known
 /// to be safe; an unsafe prompt drops what `start` produced and is refused with 400
 /// `content_filter`. For answers the gateway relays rather than generates.
@@ -303,8 +332,8 @@ pub(crate) async fn input_checked<T>(
         ..CheckRequest::default()
     };
     let (verdict, started) = tokio::join!(screening.backend.check(request), start);
-    let verdict = verdict?;
-    if verdict.verdict() == Verdict::Unsafe {
+    let verdict = verdict_or_policy(&reporter, &screening.backend.config, verdict)?;
+    if let Some(verdict) = verdict.filter(|v| v.verdict() == Verdict::Unsafe) {
         drop(started);
         let refusal = Refusal::from_verdict(&verdict);
         reporter.refused("input", &refusal).await;
@@ -333,8 +362,8 @@ pub(crate) async fn screened(
             ..CheckRequest::default()
         };
         let (verdict, started) = tokio::join!(screening.backend.check(request), start);
-        let verdict = verdict?;
-        if verdict.verdict() == Verdict::Unsafe {
+        let verdict = verdict_or_policy(&reporter, config, verdict)?;
+        if let Some(verdict) = verdict.filter(|v| v.verdict() == Verdict::Unsafe) {
             let (model, choices) = match &started {
                 Ok(answer) => (answer.model().to_owned(), answer.choices()),
                 Err(_) => (screening.model.clone(), 1),

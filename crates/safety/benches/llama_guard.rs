@@ -74,9 +74,7 @@ fn llama_guard(c: &mut Criterion) {
                 )
             })
         });
-        let ids = guard
-            .encode(&render(&conversation, &categories))
-            .unwrap();
+        let ids = guard.encode(&render(&conversation, &categories)).unwrap();
         group.bench_function(format!("full_prefill_{tokens}_tokens"), |b| {
             b.iter(|| black_box(guard.logits(&ids).unwrap()))
         });

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use passerelle_safety::{
-    CheckInput, CheckLayer, LayerKind, LayerOutcome, LlamaGuard,
-    LlamaGuardLayer, Message, Stage,
-    llama_guard::{GuardOptions, Conversation, HazardCategory, default_categories, render},
+    CheckInput, CheckLayer, LayerKind, LayerOutcome, LlamaGuard, LlamaGuardLayer, Message, Stage,
+    llama_guard::{Conversation, GuardOptions, HazardCategory, default_categories, render},
 };
 use passerelle_testkit::{WeightDtype, models::convert_llama_to_gguf};
 use serde_json::Value;
@@ -96,7 +95,10 @@ fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) {
         .zip(expected)
         .map(|(a, e)| (a - e).abs())
         .fold(0.0f32, f32::max);
-    assert!(worst <= tolerance, "{what}: max |diff| {worst} > {tolerance}");
+    assert!(
+        worst <= tolerance,
+        "{what}: max |diff| {worst} > {tolerance}"
+    );
 }
 
 /// Greedy tokens, the end of sequence ignored, as `generate(min_new_tokens=32)` ran them.
@@ -130,7 +132,11 @@ fn check_parity(guard: &mut LlamaGuard, tolerance: f32, what: &str) {
     {
         let expected_ids = ids(&case["input_ids"]);
         let encoded = guard.encode(prompt["rendered"].as_str().unwrap()).unwrap();
-        assert_eq!(encoded, expected_ids, "{what}: token ids of {}", case["name"]);
+        assert_eq!(
+            encoded, expected_ids,
+            "{what}: token ids of {}",
+            case["name"]
+        );
         let logits = guard.logits(&expected_ids).unwrap();
         assert_close(
             &logits,
@@ -180,7 +186,12 @@ fn quantized_ggufs_load_and_stay_close() {
             let expected = exact.logits(&prompt[..len]).unwrap();
             let scale = expected.iter().fold(0.0f32, |m, l| m.max(l.abs()));
             let logits = guard.logits(&prompt[..len]).unwrap();
-            assert_close(&logits, &expected, 0.1 * scale, &format!("{dtype}, {len} tokens"));
+            assert_close(
+                &logits,
+                &expected,
+                0.1 * scale,
+                &format!("{dtype}, {len} tokens"),
+            );
         }
         let logits = guard.logits(&prompt).unwrap();
         assert!(logits.iter().all(|l| l.is_finite()), "{dtype}");
@@ -220,7 +231,10 @@ async fn the_threshold_decides_and_the_verdict_names_the_layer() {
     assert_eq!(always.info().format, "safetensors");
     match always.check(&input).await.unwrap() {
         LayerOutcome::Block(violation) => {
-            assert!(violation.score > 0.0 && violation.score < 1.0, "{violation:?}");
+            assert!(
+                violation.score > 0.0 && violation.score < 1.0,
+                "{violation:?}"
+            );
             assert_eq!(violation.message_index, 0);
         }
         other => panic!("expected a block, got {other:?}"),

@@ -34,6 +34,9 @@ pub struct StackOptions {
     /// Run a safety service with this configuration and check prompts and answers with it
     /// (`Some(Default::default())`: the built-in rules and PII).
     pub safety: Option<passerelle_safety::SafetyServiceConfig>,
+    /// Wait for `/health/ready` to answer 200 before returning (default); false waits only
+    /// for `/health/live`, for tests of a gateway that is meant to stay not ready.
+    pub wait_until_ready: bool,
 }
 
 impl StackOptions {
@@ -48,6 +51,7 @@ impl StackOptions {
             embedding_model: None,
             embedding_model_id: "all-MiniLM-L6-v2".to_owned(),
             safety: None,
+            wait_until_ready: true,
         }
     }
 }
@@ -200,7 +204,12 @@ impl Stack {
             store,
             _data_dir: data_dir,
         };
-        stack.wait_ready(Duration::from_secs(60)).await?;
+        let probe = if options.wait_until_ready {
+            "/health/ready"
+        } else {
+            "/health/live"
+        };
+        wait_for(&stack.base_url, probe, Duration::from_secs(60)).await?;
         Ok(stack)
     }
 
@@ -361,8 +370,13 @@ impl Drop for Gateway {
 
 /// Polls `{base_url}/health/ready` until it answers 200 (`ready` or `degraded`).
 async fn wait_ready(base_url: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(base_url, "/health/ready", timeout).await
+}
+
+/// Polls `{base_url}{path}` until it answers 200.
+async fn wait_for(base_url: &str, path: &str, timeout: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let url = format!("{base_url}/health/ready");
+    let url = format!("{base_url}{path}");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let ready = client
@@ -374,7 +388,7 @@ async fn wait_ready(base_url: &str, timeout: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("{base_url} was not ready within {timeout:?}");
+            anyhow::bail!("{url} did not answer 200 within {timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -31,8 +31,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry =
         passerelle_telemetry::init(&settings::telemetry(&cli.log, &file, service_name)?)?;
     match cli.command {
-        Command::Serve(args) => serve::run(args, &file, cli.config.as_deref()).await,
-        Command::Gateway(args) => gateway::run(args, &file, cli.config.as_deref()).await,
+        Command::Serve(args) => serve::run(*args, &file, cli.config.as_deref()).await,
+        Command::Gateway(args) => gateway::run(*args, &file, cli.config.as_deref()).await,
         Command::Llm(args) => llm::run(args, &file).await,
         Command::Embeddings(args) => embeddings::run(args, &file).await,
         Command::Safety(args) => safety::run(args, &file).await,

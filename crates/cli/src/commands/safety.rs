@@ -45,6 +45,27 @@ pub async fn service_config(
     })
 }
 
+/// The model flags, each falling back to the file's key.
+pub fn model_args(args: &SafetyModelArgs, file: &FileConfig) -> SafetyModelArgs {
+    SafetyModelArgs {
+        safety_model: args
+            .safety_model
+            .clone()
+            .or_else(|| file.safety_model.clone()),
+        safety_threshold: args.safety_threshold.or(file.safety_threshold),
+        safety_categories: if args.safety_categories.is_empty() {
+            file.safety_categories.clone().unwrap_or_default()
+        } else {
+            args.safety_categories.clone()
+        },
+        injection_model: args
+            .injection_model
+            .clone()
+            .or_else(|| file.injection_model.clone()),
+        injection_threshold: args.injection_threshold.or(file.injection_threshold),
+    }
+}
+
 async fn model_path(model: &str, hub: &HubOptions) -> anyhow::Result<std::path::PathBuf> {
     let source: ModelSource = model.parse()?;
     let resolved = source
@@ -115,7 +136,7 @@ pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
         args.rules.as_deref(),
         args.no_rules,
         args.no_pii,
-        &args.models,
+        &model_args(&args.models, file),
         &settings::hub(&args.hub, file),
     )
     .await?;

@@ -79,7 +79,7 @@ pub async fn run(
             rules,
             false,
             false,
-            &args.safety_models,
+            &super::safety::model_args(&args.safety_models, file),
             &settings::hub(&args.model.hub, file),
         )
         .await?;

@@ -129,14 +129,23 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
             None => None,
         }
     };
-    // Prompts are never let through unchecked, so a configured safety service is required.
+    // A safety service that is down refuses every prompt under the closed policy (not ready);
+    // under the open one prompts pass unchecked (degraded).
     let safety = async {
         match state.safety() {
-            Some(safety) => Some(DependencyStatus::from(safety.readiness().await)),
+            Some(safety) => {
+                let status = DependencyStatus::from(safety.readiness().await);
+                let impact = if status.ready {
+                    Impact::None
+                } else {
+                    Impact::of_outage(safety.failure_policy())
+                };
+                Some((status, impact))
+            }
             None => None,
         }
     };
-    let (llm, embeddings, safety, (rate_limiter, limiter_impact), (store, store_impact)) = tokio::join!(
+    let (llm, embeddings, safety_state, (rate_limiter, limiter_impact), (store, store_impact)) = tokio::join!(
         async { DependencyStatus::from(state.llm().readiness().await) },
         embeddings,
         safety,
@@ -148,9 +157,9 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
         embeddings
             .as_ref()
             .map_or(Impact::None, DependencyStatus::impact),
-        safety
+        safety_state
             .as_ref()
-            .map_or(Impact::None, DependencyStatus::impact),
+            .map_or(Impact::None, |(_, impact)| *impact),
         limiter_impact,
         store_impact,
     ]
@@ -158,6 +167,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
     .max()
     .unwrap_or(Impact::None);
     let (code, status) = impact.status();
+    let safety = safety_state.map(|(status, _)| status);
     let body = Health {
         status,
         dependencies: Some(Dependencies {

@@ -406,3 +406,76 @@ async fn llama_guard_passes_what_it_judges_safe() {
     let answer = post(&served, "/v1/chat/completions", key, &chat(ATTACK)).await;
     assert_eq!(answer.status(), StatusCode::OK);
 }
+
+/// A safety endpoint nobody listens on: a port bound and released.
+fn dead_safety_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_safety_service_that_is_down_yields_the_failure_policy() {
+    use passerelle_gateway::ratelimit::FailurePolicy;
+    // Fail open: the gateway is `degraded` (200) and prompts pass unchecked, counted. Fail
+    // closed: it is `not_ready` (503) and prompts are refused with 503, never a 500.
+    for policy in [FailurePolicy::Closed, FailurePolicy::Open] {
+        let served = Served::start_with(Format::Gguf, |options| {
+            let mut safety = passerelle_gateway::safety::SafetyConfig::new(dead_safety_endpoint());
+            safety.failure_policy = policy;
+            safety.timeout = Duration::from_secs(2);
+            options.gateway.safety = Some(safety);
+            options.wait_until_ready = false;
+        })
+        .await;
+        // Wait for the model, whatever the safety service's absence makes of readiness.
+        let ready = loop {
+            let response = reqwest::get(served.stack.url("/health/ready"))
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            if body["dependencies"]["llm"]["ready"] == true {
+                break (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            ready.1["dependencies"]["safety"]["ready"], false,
+            "{}",
+            ready.1
+        );
+        let key = passerelle_testkit::stack::Stack::API_KEY;
+        let mut streaming = chat("What is a footbridge?");
+        streaming["stream"] = json!(true);
+        for body in [chat("What is a footbridge?"), streaming] {
+            let response = post(&served, "/v1/chat/completions", key, &body).await;
+            match policy {
+                FailurePolicy::Closed => {
+                    assert_eq!(ready.0, StatusCode::SERVICE_UNAVAILABLE);
+                    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+                    let body: Value = response.json().await.unwrap();
+                    assert!(body["error"]["message"].is_string(), "{body}");
+                }
+                FailurePolicy::Open => {
+                    assert_eq!(ready.0, StatusCode::OK);
+                    assert_eq!(ready.1["status"], "degraded");
+                    assert_eq!(response.status(), StatusCode::OK);
+                    // The answer is whole: the failed output checks let it stand.
+                    let text = response.text().await.unwrap();
+                    assert!(!text.contains("content_filter"), "{text}");
+                }
+            }
+        }
+        let unchecked = served
+            .stack
+            .metric("passerelle_safety_unchecked_total", &[("stage", "input")]);
+        let expected = if policy == FailurePolicy::Open {
+            2.0
+        } else {
+            0.0
+        };
+        assert_eq!(unchecked, expected, "{policy:?}");
+    }
+}

@@ -88,9 +88,9 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<(Weights, ModelAssets
         Architecture::Qwen2 => Weights::QwenGguf(Box::new(
             quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?,
         )),
-        Architecture::Llama => Weights::Llama(Box::new(Llama::from_gguf(
-            content, &mut file, device,
-        )?)),
+        Architecture::Llama => {
+            Weights::Llama(Box::new(Llama::from_gguf(content, &mut file, device)?))
+        }
     };
     let assets = ModelAssets {
         format: ModelFormat::Gguf,

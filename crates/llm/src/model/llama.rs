@@ -341,15 +341,12 @@ impl Llama {
             let plain: Vec<f64> = config.inv_freq(None).into_iter().map(f64::from).collect();
             s.divisors(&plain)
         });
-        let mut source = SafetensorsSource { vb, config: &config };
+        let mut source = SafetensorsSource {
+            vb,
+            config: &config,
+        };
         let config = config.clone();
-        Self::build(
-            config,
-            divisors.as_deref(),
-            &HF_NAMES,
-            &mut source,
-            device,
-        )
+        Self::build(config, divisors.as_deref(), &HF_NAMES, &mut source, device)
     }
 
     /// Runs `tokens` at positions `pos..pos + tokens.len()` (extending the KV cache) and

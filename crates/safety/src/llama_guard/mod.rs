@@ -17,12 +17,12 @@ use std::{
 
 use async_trait::async_trait;
 use candle_core::Device;
-use passerelle_model_runtime::DeviceChoice;
 use passerelle_llm::{
     ModelFiles,
     model::{self, Architecture, CausalLm, llama::KvSnapshot},
     tokenizer::TextTokenizer,
 };
+use passerelle_model_runtime::DeviceChoice;
 use tokio::sync::Mutex;
 
 use crate::{
@@ -149,7 +149,9 @@ impl LlamaGuard {
         let files = ModelFiles::resolve(path)?;
         let loaded = model::load(&files, device)?;
         if loaded.assets.architecture != Architecture::Llama {
-            return Err(LlamaGuardError::NotLlama(loaded.assets.architecture.as_str()));
+            return Err(LlamaGuardError::NotLlama(
+                loaded.assets.architecture.as_str(),
+            ));
         }
         let tokenizer = loaded.assets.tokenizer;
         let single = |word: &'static str| -> Result<u32, LlamaGuardError> {
@@ -429,12 +431,11 @@ impl CheckLayer for LlamaGuardLayer {
         let mut guard = Arc::clone(&self.guard).lock_owned().await;
         let config = Arc::clone(&self.config);
         let asked = categories.clone();
-        let assessment = tokio::task::spawn_blocking(move || {
-            guard.assess(conversation, &config, &asked)
-        })
-        .await
-        .map_err(|e| SafetyError::Model(format!("the Llama Guard task failed: {e}")))?
-        .map_err(|e| SafetyError::Model(e.to_string()))?;
+        let assessment =
+            tokio::task::spawn_blocking(move || guard.assess(conversation, &config, &asked))
+                .await
+                .map_err(|e| SafetyError::Model(format!("the Llama Guard task failed: {e}")))?
+                .map_err(|e| SafetyError::Model(e.to_string()))?;
         if !assessment.unsafe_ {
             return Ok(LayerOutcome::Pass);
         }
@@ -475,7 +476,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-guard");
         let mut guard = LlamaGuard::load(&dir, &Device::Cpu).unwrap();
         let categories = default_categories();
-        for turns in [vec!["How are bridges built?"], vec!["Hi", "Hello, how can I help?"]] {
+        for turns in [
+            vec!["How are bridges built?"],
+            vec!["Hi", "Hello, how can I help?"],
+        ] {
             let conversation =
                 Conversation::alternating(turns.into_iter().map(String::from).collect()).unwrap();
             let ids = guard.encode(&render(&conversation, &categories)).unwrap();

@@ -81,7 +81,11 @@ fn permute(weight: &Tensor, heads: usize) -> Result<Tensor, TestkitError> {
 
 /// The `rope_freqs.weight` divisors for `rope_type: "llama3"` scaling, as llama.cpp computes
 /// them.
-fn llama3_rope_divisors(rope: &Value, theta: f64, head_dim: usize) -> Result<Vec<f32>, TestkitError> {
+fn llama3_rope_divisors(
+    rope: &Value,
+    theta: f64,
+    head_dim: usize,
+) -> Result<Vec<f32>, TestkitError> {
     let f = |key: &str, default: f64| rope.get(key).and_then(Value::as_f64).unwrap_or(default);
     let factor = rope
         .get("factor")
@@ -135,7 +139,9 @@ fn vocab(tokenizer: &Value, rows: usize) -> Result<GgufVocab, TestkitError> {
         Ok(())
     };
     for (content, id) in entries {
-        let id = id.as_u64().ok_or_else(|| invalid("vocab ids must be integers"))?;
+        let id = id
+            .as_u64()
+            .ok_or_else(|| invalid("vocab ids must be integers"))?;
         place(id, content, NORMAL)?;
     }
     for added in tokenizer
@@ -146,7 +152,10 @@ fn vocab(tokenizer: &Value, rows: usize) -> Result<GgufVocab, TestkitError> {
     {
         let id = added.get("id").and_then(Value::as_u64);
         let content = added.get("content").and_then(Value::as_str);
-        let special = added.get("special").and_then(Value::as_bool).unwrap_or(false);
+        let special = added
+            .get("special")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let (Some(id), Some(content)) = (id, content) else {
             return Err(invalid("an added token lacks its id or content"));
         };
@@ -201,7 +210,10 @@ pub fn convert_llama_to_gguf(
     let theta = config
         .get("rope_theta")
         .and_then(Value::as_f64)
-        .or_else(|| rope.and_then(|r| r.get("rope_theta")).and_then(Value::as_f64))
+        .or_else(|| {
+            rope.and_then(|r| r.get("rope_theta"))
+                .and_then(Value::as_f64)
+        })
         .unwrap_or(10_000.0);
     let eps = config
         .get("rms_norm_eps")
@@ -210,7 +222,13 @@ pub fn convert_llama_to_gguf(
 
     let tokenizer = read_json(&hf_dir.join("tokenizer.json"))?;
     let vocab = vocab(&tokenizer, rows)?;
-    let token_id = |text: &str| vocab.tokens.iter().position(|t| t == text).map(|i| i as u32);
+    let token_id = |text: &str| {
+        vocab
+            .tokens
+            .iter()
+            .position(|t| t == text)
+            .map(|i| i as u32)
+    };
     let template_file = hf_dir.join("chat_template.jinja");
     let template = if template_file.is_file() {
         Some(fs::read_to_string(template_file)?)
@@ -220,8 +238,14 @@ pub fn convert_llama_to_gguf(
 
     let mut metadata: Vec<(&str, V)> = vec![
         ("general.architecture", V::String("llama".into())),
-        ("general.name", V::String("passerelle-converted-llama".into())),
-        ("llama.block_count", V::U32(u32_of(usize_field(&config, "num_hidden_layers")?)?)),
+        (
+            "general.name",
+            V::String("passerelle-converted-llama".into()),
+        ),
+        (
+            "llama.block_count",
+            V::U32(u32_of(usize_field(&config, "num_hidden_layers")?)?),
+        ),
         (
             "llama.context_length",
             V::U32(u32_of(usize_field(&config, "max_position_embeddings")?)?),
@@ -281,7 +305,10 @@ pub fn convert_llama_to_gguf(
         tensors.push((name, QTensor::quantize(&data, stored)?));
     }
     let scaled = rope.filter(|r| {
-        r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str) == Some("llama3")
+        r.get("rope_type")
+            .or_else(|| r.get("type"))
+            .and_then(Value::as_str)
+            == Some("llama3")
     });
     if let Some(rope) = scaled {
         let divisors = llama3_rope_divisors(rope, theta, head_dim)?;
@@ -296,8 +323,7 @@ pub fn convert_llama_to_gguf(
         fs::create_dir_all(parent)?;
     }
     let metadata_refs: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> =
-        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut file = BufWriter::new(File::create(out)?);
     gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
     file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -313,7 +339,12 @@ mod tests {
         // One head of width 4: rows [a, b, c, d] (halves [a, b] and [c, d]) become [a, c, b, d].
         let rows: Vec<f32> = vec![0., 1., 2., 3.];
         let weight = Tensor::from_vec(rows, (4, 1), &Device::Cpu).unwrap();
-        let permuted: Vec<f32> = permute(&weight, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let permuted: Vec<f32> = permute(&weight, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(permuted, vec![0., 2., 1., 3.]);
     }
 
