@@ -1,5 +1,5 @@
-//! The cost of the rule layer: one 1 KB prompt against the built-in rules, through the layer
-//! (normalisation, the input stage's `RegexSet`, the category filter).
+//! The cost of the rule layer: one 1 KB and one 2 KB prompt against the built-in rules,
+//! through the layer (normalisation, the input stage's `RegexSet`, the category filter).
 //!
 //! `cargo bench -p passerelle-safety --bench rules`. Three cases: a benign ASCII prompt (the
 //! common case: no match, text borrowed), the same with an injection at its end, and a benign
@@ -14,8 +14,13 @@ const SENTENCE: &str = "Could you summarise the quarterly report and list the th
 
 /// `SENTENCE` repeated to 1 KB, then `tail`.
 fn prompt(tail: &str) -> String {
+    sized(1024, tail)
+}
+
+/// `SENTENCE` repeated to `bytes`, then `tail`.
+fn sized(bytes: usize, tail: &str) -> String {
     let mut text = String::new();
-    while text.len() + SENTENCE.len() + tail.len() <= 1024 {
+    while text.len() + SENTENCE.len() + tail.len() <= bytes {
         text.push_str(SENTENCE);
     }
     text.push_str(tail);
@@ -52,6 +57,19 @@ fn rules(c: &mut Criterion) {
     });
     group.bench_function("benign_unicode", |b| {
         b.iter(|| layer.check_now(black_box(&unicode)))
+    });
+    group.finish();
+
+    // The issue's target case: a 2 KB prompt, under 50 µs.
+    let benign_2kb = input(sized(2048, ""));
+    let unicode_2kb =
+        input(sized(2048, "Merci  beaucoup, ça\u{00A0}m'aide\n\nénormément.").replace(". ", ".  "));
+    let mut group = c.benchmark_group("rules_2kb");
+    group.bench_function("benign_ascii", |b| {
+        b.iter(|| layer.check_now(black_box(&benign_2kb)))
+    });
+    group.bench_function("benign_unicode", |b| {
+        b.iter(|| layer.check_now(black_box(&unicode_2kb)))
     });
     group.finish();
 }

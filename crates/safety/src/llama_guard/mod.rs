@@ -5,8 +5,10 @@
 //! deployments use, or a Hugging Face directory). One check is one prefill: the probability of
 //! `unsafe` is read from the logits of the first answer token, and only an unsafe answer is
 //! decoded further for its categories. Llama Guard 3's template ends right after the assistant
-//! header, so the model first writes the blank line that separates header and content; that
-//! whitespace token is fed back and the decision read at the token after it.
+//! header, so the model's first token is the blank line that separates header and content
+//! (`\n\n`); it is appended to the prompt and prefilled with it, and the decision read at the
+//! token after it, saving a decode step. Should the model still want whitespace, that is fed
+//! back too.
 
 pub mod prompt;
 
@@ -127,6 +129,8 @@ pub struct LlamaGuard {
     tokenizer: TextTokenizer,
     safe_id: u32,
     unsafe_id: u32,
+    /// `\n\n` when the vocabulary has it as one token: the header's blank line.
+    blank_line: Option<u32>,
     end_ids: Vec<u32>,
     context_length: usize,
     format: String,
@@ -162,6 +166,10 @@ impl LlamaGuard {
         };
         let safe_id = single("safe")?;
         let unsafe_id = single("unsafe")?;
+        let blank_line = match tokenizer.encode("\n\n", false) {
+            Ok(ids) if ids.len() == 1 => Some(ids[0]),
+            _ => None,
+        };
         let mut end_ids: Vec<u32> = loaded.assets.eos_token_ids.iter().copied().collect();
         end_ids.extend(tokenizer.token_id("<|eot_id|>"));
         Ok(Self {
@@ -169,6 +177,7 @@ impl LlamaGuard {
             tokenizer,
             safe_id,
             unsafe_id,
+            blank_line,
             end_ids,
             context_length: loaded.assets.context_length,
             format: loaded.assets.format.as_str().to_owned(),
@@ -222,7 +231,8 @@ impl LlamaGuard {
         categories: &[HazardCategory],
     ) -> Result<Assessment, LlamaGuardError> {
         let assessed = conversation.assessed();
-        let ids = self.prompt_ids(conversation, categories, config.max_prompt_tokens)?;
+        let mut ids = self.prompt_ids(conversation, categories, config.max_prompt_tokens)?;
+        ids.extend(self.blank_line);
         let mut logits = self.prefill(&ids, assessed, categories)?;
         let mut pos = ids.len();
         for _ in 0..MAX_LEADING_WHITESPACE {

@@ -176,8 +176,33 @@ impl RulesError {
 #[derive(Debug, Clone)]
 struct StageSet {
     set: RegexSet,
+    /// The same patterns with ASCII classes and case folding, for ASCII text (most prompts):
+    /// on an ASCII haystack they match exactly what the Unicode set matches, and their automaton
+    /// is a fraction of the size, so matching runs several times faster. `None` when a pattern
+    /// does not compile that way.
+    ascii: Option<regex::bytes::RegexSet>,
     /// Index into `RuleSet::rules` of each pattern of `set`.
     rules: Vec<usize>,
+}
+
+impl StageSet {
+    /// Indices (into the set) of the patterns that match `text`, none when nothing does.
+    fn matches(&self, text: &str) -> Vec<usize> {
+        match &self.ascii {
+            Some(ascii) if text.is_ascii() => {
+                if !ascii.is_match(text.as_bytes()) {
+                    return Vec::new();
+                }
+                ascii.matches(text.as_bytes()).into_iter().collect()
+            }
+            _ => {
+                if !self.set.is_match(text) {
+                    return Vec::new();
+                }
+                self.set.matches(text).into_iter().collect()
+            }
+        }
+    }
 }
 
 /// A validated, compiled set of rules.
@@ -223,8 +248,15 @@ impl RuleSet {
                     limit: SET_SIZE_LIMIT,
                     source: Box::new(source),
                 })?;
+            let ascii = regex::bytes::RegexSetBuilder::new(indices.iter().map(|&i| &patterns[i]))
+                .case_insensitive(true)
+                .unicode(false)
+                .size_limit(SET_SIZE_LIMIT)
+                .build()
+                .ok();
             Ok(StageSet {
                 set,
+                ascii,
                 rules: indices,
             })
         };
@@ -274,11 +306,7 @@ impl RuleSet {
             return None;
         }
         let text = normalize::for_rules(text);
-        if !stage_set.set.is_match(&text) {
-            return None;
-        }
         stage_set
-            .set
             .matches(&text)
             .into_iter()
             .map(|i| &self.rules[stage_set.rules[i]])
