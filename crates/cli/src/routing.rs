@@ -276,7 +276,10 @@ mod tests {
         .unwrap();
         let routing = source(&[], &[]).build(&file).unwrap();
         let auto = &routing.cascades["auto"];
-        assert_eq!((auto.small.as_str(), auto.large.as_str()), ("qwen-small", "gpt-4o"));
+        assert_eq!(
+            (auto.small.as_str(), auto.large.as_str()),
+            ("qwen-small", "gpt-4o")
+        );
         assert!((auto.min_mean_logprob + 1.5).abs() < f64::EPSILON);
         assert!(auto.escalate_on_refusal);
         assert_eq!(
@@ -285,7 +288,10 @@ mod tests {
         );
         let strict = &routing.cascades["strict"];
         assert!(!strict.escalate_on_refusal);
-        assert!((strict.min_mean_logprob + 1.0).abs() < f64::EPSILON, "the default");
+        assert!(
+            (strict.min_mean_logprob + 1.0).abs() < f64::EPSILON,
+            "the default"
+        );
         assert_eq!(strict.refusal_phrases, ["je ne peux pas"]);
 
         let typo: Result<FileConfig, _> =

@@ -462,7 +462,10 @@ mod tests {
         let table = RouteTable::new(&config).unwrap();
         let cascade = table.cascade(table.resolve("smart")).unwrap();
         assert_eq!(cascade.name, "auto");
-        assert_eq!((cascade.small.as_str(), cascade.large.as_str()), ("small", "big"));
+        assert_eq!(
+            (cascade.small.as_str(), cascade.large.as_str()),
+            ("small", "big")
+        );
         assert!(table.names().any(|n| n == "auto"));
         assert!(table.knows("auto"));
         assert!(table.cascade("big").is_none());
@@ -472,9 +475,10 @@ mod tests {
     fn bad_cascades_are_refused_with_their_reason() {
         let nested = {
             let mut config = with_cascade("small", "big");
-            config
-                .cascades
-                .insert("outer".into(), super::super::config::CascadeConfig::new("auto", "big"));
+            config.cascades.insert(
+                "outer".into(),
+                super::super::config::CascadeConfig::new("auto", "big"),
+            );
             config
         };
         assert_eq!(
@@ -505,7 +509,9 @@ mod tests {
             RoutingError::CascadeShadowsModel("big".into())
         );
         let mut fallback = with_cascade("small", "big");
-        fallback.fallbacks.insert("small".into(), vec!["auto".into()]);
+        fallback
+            .fallbacks
+            .insert("small".into(), vec!["auto".into()]);
         assert_eq!(
             RouteTable::new(&fallback).unwrap_err(),
             RoutingError::CascadeFallback("auto".into())
@@ -515,7 +521,10 @@ mod tests {
         let err = RouteTable::new(&threshold).unwrap_err();
         assert!(err.to_string().contains("min_mean_logprob"), "{err}");
         let empty = with_cascade("", "big");
-        assert_eq!(RouteTable::new(&empty).unwrap_err(), RoutingError::EmptyModel);
+        assert_eq!(
+            RouteTable::new(&empty).unwrap_err(),
+            RoutingError::EmptyModel
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ async fn served_with_cascades(large: &Upstream) -> Served {
                 },
             );
         }
+        routing.cascades.insert(
+            "misspelt".into(),
+            CascadeConfig::new("tiny-qwen", "large-remote"),
+        );
     })
     .await
 }
@@ -83,7 +87,10 @@ async fn the_local_models_real_logprobs_decide_the_cascade() {
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
         .collect();
-    assert_eq!(text, kept["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(
+        text,
+        kept["choices"][0]["message"]["content"].as_str().unwrap()
+    );
 
     let response = client
         .post("/v1/chat/completions")
@@ -93,12 +100,22 @@ async fn the_local_models_real_logprobs_decide_the_cascade() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-passerelle-cascade"), "escalated");
-    assert_eq!(header(&response, "x-passerelle-cascade-reason"), "low_logprob");
+    assert_eq!(
+        header(&response, "x-passerelle-cascade-reason"),
+        "low_logprob"
+    );
     let escalated: Value = response.json().await.unwrap();
-    assert_eq!(escalated["choices"][0]["message"]["content"], "hello from large");
+    assert_eq!(
+        escalated["choices"][0]["message"]["content"],
+        "hello from large"
+    );
 
     let counted = |cascade, outcome, reason| {
-        let labels = [("cascade", cascade), ("outcome", outcome), ("reason", reason)];
+        let labels = [
+            ("cascade", cascade),
+            ("outcome", outcome),
+            ("reason", reason),
+        ];
         served.stack.metric("passerelle_cascade_total", &labels)
     };
     assert_eq!(counted("lenient", "small", "confident"), 2.0);
@@ -120,4 +137,24 @@ async fn the_local_models_real_logprobs_decide_the_cascade() {
         assert!(tokio::time::Instant::now() < deadline, "{report}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_small_model_the_service_does_not_serve_is_a_404_naming_it() {
+    let large = Upstream::start("large").await;
+    let served = served_with_cascades(&large).await;
+    let (status, body) = served
+        .client()
+        .post_json("/v1/chat/completions", &ask("misspelt"))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tiny-qwen"),
+        "{body}"
+    );
+    assert_eq!(large.hits(), 0);
 }

@@ -58,7 +58,11 @@ impl Answer {
     fn streamed_content(&self) -> String {
         self.chunks()
             .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     }
 }
@@ -85,7 +89,11 @@ async fn chat(gateway: &Gateway, body: &Value) -> Answer {
 fn cascades(gateway: &Gateway, outcome: &str, reason: &str) -> f64 {
     gateway.metric(
         "passerelle_cascade_total",
-        &[("cascade", "auto"), ("outcome", outcome), ("reason", reason)],
+        &[
+            ("cascade", "auto"),
+            ("outcome", outcome),
+            ("reason", reason),
+        ],
     )
 }
 
@@ -102,8 +110,14 @@ async fn a_confident_small_answer_is_kept_without_the_logprobs_it_was_asked_for(
     assert_eq!(body["choices"][0]["logprobs"], Value::Null, "not leaked");
     assert_eq!(body["model"], "small-remote");
     assert_eq!(answer.header("x-passerelle-cascade"), Some("small"));
-    assert_eq!(answer.header("x-passerelle-cascade-reason"), Some("confident"));
-    assert_eq!(answer.header("x-passerelle-cascade-model"), Some("small-remote"));
+    assert_eq!(
+        answer.header("x-passerelle-cascade-reason"),
+        Some("confident")
+    );
+    assert_eq!(
+        answer.header("x-passerelle-cascade-model"),
+        Some("small-remote")
+    );
     assert_eq!(
         answer.header("x-passerelle-cascade-mean-logprob"),
         Some("-0.1000")
@@ -130,8 +144,17 @@ async fn a_client_that_asks_for_logprobs_gets_the_small_models() {
     let answer = chat(&gateway, &body).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     let logprobs = &answer.json()["choices"][0]["logprobs"]["content"];
-    assert_eq!(logprobs.as_array().map(Vec::len), Some(3), "{}", answer.text);
-    assert_eq!(small.bodies()[0]["top_logprobs"], 2, "the client's options kept");
+    assert_eq!(
+        logprobs.as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        answer.text
+    );
+    assert_eq!(
+        small.bodies()[0]["top_logprobs"],
+        2,
+        "the client's options kept"
+    );
 }
 
 #[tokio::test]
@@ -149,20 +172,33 @@ async fn a_low_confidence_answer_escalates_and_both_calls_are_accounted() {
     );
     assert_eq!(answer.json()["model"], "large-remote");
     assert_eq!(answer.header("x-passerelle-cascade"), Some("escalated"));
-    assert_eq!(answer.header("x-passerelle-cascade-reason"), Some("low_logprob"));
-    assert_eq!(answer.header("x-passerelle-cascade-model"), Some("large-remote"));
+    assert_eq!(
+        answer.header("x-passerelle-cascade-reason"),
+        Some("low_logprob")
+    );
+    assert_eq!(
+        answer.header("x-passerelle-cascade-model"),
+        Some("large-remote")
+    );
     assert_eq!(
         answer.header("x-passerelle-cascade-mean-logprob"),
         Some("-3.0000")
     );
     let sent = &large.bodies()[0];
     assert_eq!(sent["model"], "large-remote");
-    assert!(sent.get("logprobs").is_none(), "the large model gets the client's request");
+    assert!(
+        sent.get("logprobs").is_none(),
+        "the large model gets the client's request"
+    );
 
     assert_eq!(cascades(&gateway, "escalated", "low_logprob"), 1.0);
     assert_eq!(cascades(&gateway, "small", "confident"), 0.0);
     let report = gateway.usage(2).await;
-    assert_eq!(report["total"]["total_tokens"], 2 * (USAGE.0 + USAGE.1), "{report}");
+    assert_eq!(
+        report["total"]["total_tokens"],
+        2 * (USAGE.0 + USAGE.1),
+        "{report}"
+    );
     let mut models: Vec<&str> = report["data"]
         .as_array()
         .unwrap()
@@ -186,7 +222,10 @@ async fn a_refusal_escalates_however_confident() {
     let gateway = cascade_over(&small.base_url, &large).await;
     let answer = chat(&gateway, &ask("auto")).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    assert_eq!(answer.header("x-passerelle-cascade-reason"), Some("refusal"));
+    assert_eq!(
+        answer.header("x-passerelle-cascade-reason"),
+        Some("refusal")
+    );
     assert_eq!(
         answer.json()["choices"][0]["message"]["content"],
         "hello from large"
@@ -213,15 +252,32 @@ async fn a_kept_answer_is_replayed_as_a_stream_with_the_usage_asked_for() {
     assert_eq!(answer.header("x-passerelle-cascade"), Some("small"));
     assert_eq!(answer.streamed_content(), "hello from small");
     let chunks = answer.chunks();
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert!(
-        chunks.iter().all(|c| c["choices"].as_array().unwrap().iter().all(|ch| ch["logprobs"].is_null())),
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(
+        chunks.iter().all(|c| c["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|ch| ch["logprobs"].is_null())),
         "{}",
         answer.text
     );
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop")
+    );
     let usage = chunks.last().unwrap();
-    assert_eq!(usage["usage"]["total_tokens"], USAGE.0 + USAGE.1, "{}", answer.text);
+    assert_eq!(
+        usage["usage"]["total_tokens"],
+        USAGE.0 + USAGE.1,
+        "{}",
+        answer.text
+    );
     assert_eq!(large.hits(), 0);
     assert_eq!(small.bodies()[0]["stream"], false, "judged whole");
     gateway.usage(1).await;
@@ -240,7 +296,10 @@ async fn an_escalated_stream_is_the_large_models_relayed() {
     assert_eq!(answer.header("x-passerelle-cascade"), Some("escalated"));
     assert_eq!(answer.streamed_content(), "hello from large");
     assert!(
-        answer.chunks().iter().all(|c| c.get("usage").is_none_or(Value::is_null)),
+        answer
+            .chunks()
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null)),
         "the usage chunk the gateway asked for is not leaked: {}",
         answer.text
     );
@@ -287,7 +346,10 @@ async fn a_dead_small_model_escalates() {
     let gateway = cascade_over(&dead_url().await, &large).await;
     let answer = chat(&gateway, &ask("auto")).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    assert_eq!(answer.header("x-passerelle-cascade-reason"), Some("small_failed"));
+    assert_eq!(
+        answer.header("x-passerelle-cascade-reason"),
+        Some("small_failed")
+    );
     assert_eq!(answer.header("x-passerelle-cascade-mean-logprob"), None);
     assert_eq!(cascades(&gateway, "escalated", "small_failed"), 1.0);
 }
@@ -323,16 +385,34 @@ async fn keys_need_the_cascade_and_it_is_listed() {
 
     // Allowed the cascade: both its models answer, though the key does not name them.
     let cascade_only = gateway.key_for(&["auto"]).await;
-    let answer = post(&gateway, "/v1/chat/completions", cascade_only.expose(), &ask("smart")).await;
+    let answer = post(
+        &gateway,
+        "/v1/chat/completions",
+        cascade_only.expose(),
+        &ask("smart"),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.header("x-passerelle-cascade"), Some("escalated"));
     // Allowed its models but not the cascade: refused.
     let members_only = gateway.key_for(&["small-remote", "large-remote"]).await;
-    let answer = post(&gateway, "/v1/chat/completions", members_only.expose(), &ask("auto")).await;
+    let answer = post(
+        &gateway,
+        "/v1/chat/completions",
+        members_only.expose(),
+        &ask("auto"),
+    )
+    .await;
     assert_eq!(answer.status, 403, "{}", answer.text);
     assert_eq!(answer.json()["error"]["code"], "model_not_allowed");
     // The cascade's models stay reachable by name only to keys allowed them.
-    let answer = post(&gateway, "/v1/chat/completions", cascade_only.expose(), &ask("large-remote")).await;
+    let answer = post(
+        &gateway,
+        "/v1/chat/completions",
+        cascade_only.expose(),
+        &ask("large-remote"),
+    )
+    .await;
     assert_eq!(answer.status, 403, "{}", answer.text);
 }
 
@@ -355,7 +435,6 @@ async fn bad_cascades_keep_the_gateway_from_starting() {
         passerelle_store::StaticKeys::from_plaintext([KEY]),
         &registry,
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("cascade \"outer\""), "{err}");
 }

@@ -181,17 +181,19 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
             let logprobs = (body["logprobs"] == json!(true)).then(|| {
                 let content: Vec<Value> = tokens
                     .iter()
-                    .map(|t| json!({"token": t, "logprob": logprob, "bytes": t.as_bytes(),
-                                    "top_logprobs": []}))
+                    .map(|t| {
+                        json!({"token": t, "logprob": logprob, "bytes": t.as_bytes(),
+                                    "top_logprobs": []})
+                    })
                     .collect();
                 json!({"content": content})
             });
             json!({"index": 0, "message": {"role": "assistant", "content": text},
                    "logprobs": logprobs, "finish_reason": "stop"})
         } else {
-            let logprobs = body["logprobs"].is_number().then(|| {
-                json!({"tokens": tokens, "token_logprobs": vec![logprob; tokens.len()]})
-            });
+            let logprobs = body["logprobs"]
+                .is_number()
+                .then(|| json!({"tokens": tokens, "token_logprobs": vec![logprob; tokens.len()]}));
             json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"})
         };
         return Json(

@@ -213,10 +213,18 @@ fn count(routed: &Routed<'_>, cascade: &Cascade, outcome: &str, reason: Reason) 
         .cascade(&cascade.name, outcome, reason.as_str());
 }
 
-fn with_headers(mut response: Response, outcome: &'static str, verdict: Verdict, model: &str) -> Response {
+fn with_headers(
+    mut response: Response,
+    outcome: &'static str,
+    verdict: Verdict,
+    model: &str,
+) -> Response {
     let headers = response.headers_mut();
     headers.insert(CASCADE_HEADER, HeaderValue::from_static(outcome));
-    headers.insert(REASON_HEADER, HeaderValue::from_static(verdict.reason.as_str()));
+    headers.insert(
+        REASON_HEADER,
+        HeaderValue::from_static(verdict.reason.as_str()),
+    );
     if let Some(mean) = verdict.mean_logprob
         && let Ok(value) = HeaderValue::from_str(&format!("{mean:.4}"))
     {
@@ -254,9 +262,10 @@ mod tests {
     fn the_small_model_is_asked_whole_with_logprobs() {
         let body = map(json!({"model": "auto", "stream": true,
                               "stream_options": {"include_usage": true}, "messages": []}));
-        let sent: Value =
-            serde_json::from_slice(&small_request(&body, "qwen", wanted(Api::Chat, false)).unwrap())
-                .unwrap();
+        let sent: Value = serde_json::from_slice(
+            &small_request(&body, "qwen", wanted(Api::Chat, false)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(sent["model"], "qwen");
         assert_eq!(sent["stream"], false);
         assert_eq!(sent["logprobs"], true);
@@ -279,6 +288,9 @@ mod tests {
         assert_eq!(sent["logprobs"], 3);
         assert!(asks_logprobs(Api::Chat, &map(json!({"logprobs": true}))));
         assert!(!asks_logprobs(Api::Chat, &map(json!({"logprobs": false}))));
-        assert!(!asks_logprobs(Api::Completions, &map(json!({"logprobs": null}))));
+        assert!(!asks_logprobs(
+            Api::Completions,
+            &map(json!({"logprobs": null}))
+        ));
     }
 }

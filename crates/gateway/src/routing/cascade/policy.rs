@@ -122,7 +122,9 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 }
 
 fn normalise(text: &str) -> String {
-    text.trim().to_lowercase().replace(['\u{2019}', '\u{2018}'], "'")
+    text.trim()
+        .to_lowercase()
+        .replace(['\u{2019}', '\u{2018}'], "'")
 }
 
 #[cfg(test)]
@@ -193,7 +195,10 @@ mod tests {
             refusal: true,
             ..choice("", &confident)
         };
-        let phrase = choice("I\u{2019}m sorry, but I can\u{2019}t help with that.", &confident);
+        let phrase = choice(
+            "I\u{2019}m sorry, but I can\u{2019}t help with that.",
+            &confident,
+        );
         for refusal in [filtered, field, phrase] {
             let verdict = policy().judge(&[refusal]);
             assert_eq!(verdict.reason, Reason::Refusal, "{refusal:?}");
@@ -203,8 +208,14 @@ mod tests {
 
     #[test]
     fn refusal_phrases_late_in_an_answer_do_not_count() {
-        let long = format!("{} I cannot help with that.", "Here is the answer. ".repeat(20));
-        assert_eq!(policy().judge(&[choice(&long, &[-0.1])]).reason, Reason::Confident);
+        let long = format!(
+            "{} I cannot help with that.",
+            "Here is the answer. ".repeat(20)
+        );
+        assert_eq!(
+            policy().judge(&[choice(&long, &[-0.1])]).reason,
+            Reason::Confident
+        );
     }
 
     #[test]

@@ -83,7 +83,10 @@ fn chat_delta(message: Option<&Value>) -> Value {
         .cloned()
         .unwrap_or(Value::Null);
     delta.insert("content".to_owned(), content);
-    if let Some(refusal) = message.and_then(|m| m.get("refusal")).filter(|r| !r.is_null()) {
+    if let Some(refusal) = message
+        .and_then(|m| m.get("refusal"))
+        .filter(|r| !r.is_null())
+    {
         delta.insert("refusal".to_owned(), refusal.clone());
     }
     if let Some(calls) = message
