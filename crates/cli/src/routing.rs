@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use passerelle_gateway::{RoutingConfig, UpstreamConfig};
+use passerelle_gateway::{CascadeConfig, RoutingConfig, UpstreamConfig};
 use serde::Deserialize;
 
 use crate::config::FileConfig;
@@ -33,6 +33,9 @@ pub struct RoutingFile {
     pub aliases: BTreeMap<String, String>,
     #[serde(default)]
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// `[routing.cascades.<name>]`: virtual models answered small-to-large.
+    #[serde(default)]
+    pub cascades: BTreeMap<String, CascadeConfig>,
     pub retries: Option<u32>,
     pub timeout_secs: Option<f64>,
     pub eject_after: Option<u32>,
@@ -75,6 +78,7 @@ impl RoutingSource {
             upstreams,
             aliases: section.aliases,
             fallbacks: section.fallbacks,
+            cascades: section.cascades,
             retries: section.retries.unwrap_or(defaults.retries),
             timeout: section
                 .timeout_secs
@@ -251,6 +255,48 @@ mod tests {
         assert_eq!(routing.eject_for, Duration::from_millis(500));
         assert_eq!(routing.aliases["gpt-4o-mini"], "llama");
         assert_eq!(routing.fallbacks["llama"], ["qwen"]);
+    }
+
+    #[test]
+    fn cascades_come_from_the_file_with_their_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [routing.cascades.auto]
+            small = "qwen-small"
+            large = "gpt-4o"
+            min_mean_logprob = -1.5
+
+            [routing.cascades.strict]
+            small = "qwen-small"
+            large = "gpt-4o"
+            escalate_on_refusal = false
+            refusal_phrases = ["je ne peux pas"]
+            "#,
+        )
+        .unwrap();
+        let routing = source(&[], &[]).build(&file).unwrap();
+        let auto = &routing.cascades["auto"];
+        assert_eq!(
+            (auto.small.as_str(), auto.large.as_str()),
+            ("qwen-small", "gpt-4o")
+        );
+        assert!((auto.min_mean_logprob + 1.5).abs() < f64::EPSILON);
+        assert!(auto.escalate_on_refusal);
+        assert_eq!(
+            auto.refusal_phrases.len(),
+            passerelle_gateway::routing::DEFAULT_REFUSAL_PHRASES.len()
+        );
+        let strict = &routing.cascades["strict"];
+        assert!(!strict.escalate_on_refusal);
+        assert!(
+            (strict.min_mean_logprob + 1.0).abs() < f64::EPSILON,
+            "the default"
+        );
+        assert_eq!(strict.refusal_phrases, ["je ne peux pas"]);
+
+        let typo: Result<FileConfig, _> =
+            toml::from_str("[routing.cascades.auto]\nsmall = \"a\"\nlarge = \"b\"\nthreshold = 1");
+        assert!(typo.is_err(), "unknown keys are refused");
     }
 
     #[test]

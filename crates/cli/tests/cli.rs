@@ -369,3 +369,28 @@ fn safety_refuses_a_bad_rule_file_naming_the_rule() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_cascade_of_cascades_stops_the_gateway_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("passerelle.toml");
+    std::fs::write(
+        &config,
+        "[routing.cascades.auto]\nsmall = \"qwen\"\nlarge = \"best\"\n\n\
+         [routing.cascades.best]\nsmall = \"auto\"\nlarge = \"gpt-4o\"\n",
+    )
+    .unwrap();
+    let output = passerelle()
+        .args(["gateway", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cascades cannot contain cascades"),
+        "{stderr}"
+    );
+}

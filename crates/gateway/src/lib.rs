@@ -63,7 +63,7 @@ pub use config::GatewayConfig;
 pub use drift::{DriftConfig, DriftReport};
 pub use error::ApiError;
 pub use metrics::GatewayMetrics;
-pub use routing::{RoutingConfig, UpstreamConfig};
+pub use routing::{CascadeConfig, RoutingConfig, UpstreamConfig};
 pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
 

@@ -46,6 +46,7 @@ struct Inner {
     safety_blocked: IntCounterVec,
     safety_unchecked: IntCounterVec,
     fallbacks: IntCounterVec,
+    cascades: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -132,6 +133,13 @@ impl GatewayMetrics {
                 ),
                 &["from", "to"],
             )?,
+            cascades: IntCounterVec::new(
+                Opts::new(
+                    "passerelle_cascade_total",
+                    "Requests to a cascade, by cascade, outcome (small or escalated) and reason.",
+                ),
+                &["cascade", "outcome", "reason"],
+            )?,
             satisfaction: Gauge::new(
                 "passerelle_feedback_satisfaction_ratio",
                 "Share of thumbs-up among the ratings of the last 24 hours, all replicas \
@@ -152,6 +160,7 @@ impl GatewayMetrics {
         registry.register(Box::new(inner.safety_blocked.clone()))?;
         registry.register(Box::new(inner.safety_unchecked.clone()))?;
         registry.register(Box::new(inner.fallbacks.clone()))?;
+        registry.register(Box::new(inner.cascades.clone()))?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -171,12 +180,21 @@ impl GatewayMetrics {
             .inc();
     }
 
-    /// `rating`: `up` or `down`.
     /// Both models are names from the routing table or the service's list.
     pub(crate) fn fallback(&self, from: &str, to: &str) {
         self.inner.fallbacks.with_label_values(&[from, to]).inc();
     }
 
+    /// `cascade`: a cascade of the routing table; `outcome`: `small` or `escalated`; `reason`:
+    /// one of the cascade policy's reasons.
+    pub(crate) fn cascade(&self, cascade: &str, outcome: &str, reason: &str) {
+        self.inner
+            .cascades
+            .with_label_values(&[cascade, outcome, reason])
+            .inc();
+    }
+
+    /// `rating`: `up` or `down`.
     pub(crate) fn feedback(&self, rating: &'static str) {
         self.inner.feedback.with_label_values(&[rating]).inc();
     }

@@ -37,7 +37,7 @@ impl Api {
         }
     }
 
-    fn route(self) -> &'static str {
+    pub(crate) fn route(self) -> &'static str {
         match self {
             Api::Chat => "/v1/chat/completions",
             Api::Completions => "/v1/completions",
@@ -77,6 +77,7 @@ impl Routable for crate::openai::completions::CompletionRequest {
 }
 
 /// One routed request.
+#[derive(Clone)]
 pub(crate) struct Routed<'a> {
     pub(crate) state: &'a AppState,
     pub(crate) principal: &'a Principal,
@@ -101,10 +102,9 @@ pub(crate) fn requested_model(body: &[u8]) -> Option<String> {
         .map(|peek| peek.model)
 }
 
-/// Answers the request with the first model of its chain that answers: the model it names
-/// (alias resolved) and then its fallbacks, tried while the failure is one another model may
-/// not have (unreachable, failing, context too short). `local` serves the llm service's models.
-/// Returns the response and its metric model label.
+/// Answers the request: a cascade's way when the model it names (alias resolved) is one, else
+/// with the first model of its chain that answers (see [`serve_chain`]). `local` serves the llm
+/// service's models. Returns the response and its metric model label.
 pub(crate) async fn respond<T, F, Fut>(
     routed: Routed<'_>,
     local: F,
@@ -119,10 +119,44 @@ where
     let Some(requested) = routed.requested.clone() else {
         return local(parse_json::<T>(&routed.body)?).await;
     };
-    let chain = table.chain(&requested);
+    if let Some(cascade) = table.cascade(table.resolve(&requested)) {
+        // The key must be allowed the cascade; its members are the operator's choice.
+        routed.principal.check_model(&cascade.name)?;
+        return super::cascade::respond(&routed, &table, cascade, &local).await;
+    }
+    serve_chain(&routed, &table, &requested, KeyCheck::Each, &local).await
+}
+
+/// Whether [`serve_chain`] checks the key's model restrictions on the models it tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyCheck {
+    /// Every model of the chain: the first refused is a 403, a refused fallback is skipped.
+    Each,
+    /// None: the caller checked the name the client asked for (a cascade).
+    Done,
+}
+
+/// Answers with the first model of `requested`'s chain that answers: the model it names (alias
+/// resolved) and then its fallbacks, tried while the failure is one another model may not have
+/// (unreachable, failing, context too short).
+pub(crate) async fn serve_chain<T, F, Fut>(
+    routed: &Routed<'_>,
+    table: &RouteTable,
+    requested: &str,
+    check: KeyCheck,
+    local: &F,
+) -> Result<(Response, String), ApiError>
+where
+    T: Routable,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<(Response, String), ApiError>>,
+{
+    let chain = table.chain(requested);
     let mut last_error = None;
     for (position, model) in chain.iter().enumerate() {
-        if let Err(forbidden) = routed.principal.check_model(model) {
+        if check == KeyCheck::Each
+            && let Err(forbidden) = routed.principal.check_model(model)
+        {
             if position == 0 {
                 return Err(forbidden);
             }
@@ -134,7 +168,7 @@ where
                 body.set_model(model.clone());
                 local(body).await
             }
-            Target::Upstream(pool) => upstream(&routed, &table, &pool).await,
+            Target::Upstream(pool) => upstream(routed, table, &pool).await,
         };
         match result {
             Err(err) if position + 1 < chain.len() && calls_for_fallback(&err) => {
@@ -150,11 +184,13 @@ where
             other => return other,
         }
     }
-    Err(last_error.unwrap_or(ApiError::ModelForbidden { model: requested }))
+    Err(last_error.unwrap_or(ApiError::ModelForbidden {
+        model: requested.to_owned(),
+    }))
 }
 
 /// Failures another model may not share. Not timeouts: the request's time is spent.
-fn calls_for_fallback(err: &ApiError) -> bool {
+pub(crate) fn calls_for_fallback(err: &ApiError) -> bool {
     use crate::backend::BackendError as B;
     match err {
         ApiError::UpstreamUnavailable { .. } | ApiError::UpstreamFailed { .. } => true,
@@ -254,7 +290,7 @@ async fn upstream(
     Ok((response, pool.model.clone()))
 }
 
-fn wants_usage(body: &Map<String, Value>) -> bool {
+pub(crate) fn wants_usage(body: &Map<String, Value>) -> bool {
     body.get("stream_options")
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)

@@ -1,13 +1,15 @@
 //! Routing: which backend answers a model name. Most names go to the llm service; the
 //! operator's table adds external OpenAI-compatible upstreams (several replicas each, balanced
-//! and ejected when they fail), aliases and fallbacks.
+//! and ejected when they fail), aliases, fallbacks and small-to-large cascades.
 //!
 //! [`config`] is what the operator writes; `table` builds it into pools of replicas and
 //! resolves names; `balancer` is the pure policy (pick, eject, recover); `upstream` sends one
 //! request with its retries; `relay` passes the answer back (JSON, or SSE event by event) and
-//! accounts its usage; `dispatch` ties them to the chat and completion handlers.
+//! accounts its usage; `dispatch` ties them to the chat and completion handlers; `cascade`
+//! answers a virtual model with a small model or, when its answer is not confident, a large one.
 
 mod balancer;
+mod cascade;
 pub mod config;
 pub(crate) mod dispatch;
 mod relay;
@@ -17,7 +19,7 @@ mod upstream;
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-pub use config::{RoutingConfig, UpstreamConfig};
+pub use config::{CascadeConfig, DEFAULT_REFUSAL_PHRASES, RoutingConfig, UpstreamConfig};
 pub use table::RoutingError;
 pub(crate) use upstream::UpstreamClient;
 pub use upstream::UpstreamRejection;

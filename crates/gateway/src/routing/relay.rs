@@ -282,7 +282,12 @@ pub(crate) fn stream(
             yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
         }
     };
-    let mut response = Response::new(Body::from_stream(events));
+    event_stream(Body::from_stream(events))
+}
+
+/// A response carrying SSE events, with the headers every stream of ours has.
+pub(super) fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -1,11 +1,12 @@
-//! The routing table: aliases resolved, each upstream model's replicas in a [`Pool`], and the
-//! order in which models are tried for a request.
+//! The routing table: aliases resolved, each upstream model's replicas in a [`Pool`], the
+//! cascades, and the order in which models are tried for a request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::balancer::{AllEjected, Balancer, EjectionPolicy};
+use super::cascade::Cascade;
 use super::config::RoutingConfig;
 
 /// Longest alias chain (`a` -> `b` -> `c`) followed before it is taken for a cycle.
@@ -29,6 +30,29 @@ pub enum RoutingError {
     /// Aliases lead back to themselves.
     #[error("routing: the alias {0:?} never resolves to a model (a cycle)")]
     AliasCycle(String),
+    /// A cascade has the name of an upstream model or an alias.
+    #[error("routing: the cascade {0:?} has the name of an upstream model or alias")]
+    CascadeShadowsModel(String),
+    /// A cascade's small or large model is a cascade (itself included), directly or through
+    /// an alias.
+    #[error(
+        "routing: cascade {cascade:?} names {model:?}, which is a cascade; cascades cannot \
+         contain cascades (nor form cycles)"
+    )]
+    CascadeOfCascade { cascade: String, model: String },
+    /// A cascade's small and large models are the same model.
+    #[error("routing: cascade {cascade:?} has {model:?} as both its small and its large model")]
+    CascadeSameModel { cascade: String, model: String },
+    /// A cascade's threshold is not a finite number at most 0.
+    #[error(
+        "routing: cascade {cascade:?}: min_mean_logprob must be a finite number at most 0, got {value}"
+    )]
+    CascadeThreshold { cascade: String, value: String },
+    /// A cascade has fallbacks or is one.
+    #[error(
+        "routing: the cascade {0:?} cannot have fallbacks nor be one (its models' own fallbacks apply)"
+    )]
+    CascadeFallback(String),
 }
 
 /// One replica of an upstream model.
@@ -120,6 +144,7 @@ pub(crate) struct RouteTable {
     aliases: BTreeMap<String, String>,
     pools: HashMap<String, Arc<Pool>>,
     fallbacks: BTreeMap<String, Vec<String>>,
+    cascades: BTreeMap<String, Arc<Cascade>>,
     pub(crate) retries: u32,
     pub(crate) timeout: Option<Duration>,
 }
@@ -191,10 +216,12 @@ impl RouteTable {
         for alias in config.aliases.keys() {
             aliases.insert(alias.clone(), follow(&config.aliases, alias)?);
         }
+        let cascades = cascades(config, &aliases, &pools)?;
         Ok(Self {
             aliases,
             pools,
             fallbacks: config.fallbacks.clone(),
+            cascades,
             retries: config.retries,
             timeout: config.timeout,
         })
@@ -203,6 +230,11 @@ impl RouteTable {
     /// The model an alias stands for, or `model` itself.
     pub(crate) fn resolve<'a>(&'a self, model: &'a str) -> &'a str {
         self.aliases.get(model).map_or(model, String::as_str)
+    }
+
+    /// The cascade `model` (already resolved) names, if it is one.
+    pub(crate) fn cascade(&self, model: &str) -> Option<&Arc<Cascade>> {
+        self.cascades.get(model)
     }
 
     /// Where `model` (already resolved) is served.
@@ -233,18 +265,21 @@ impl RouteTable {
         chain
     }
 
-    /// Whether `model` is an alias or an upstream model: a name the operator configured, safe
-    /// as a metric label.
+    /// Whether `model` is an alias, an upstream model or a cascade: a name the operator
+    /// configured, safe as a metric label.
     pub(crate) fn knows(&self, model: &str) -> bool {
-        self.pools.contains_key(model) || self.aliases.contains_key(model)
+        self.pools.contains_key(model)
+            || self.aliases.contains_key(model)
+            || self.cascades.contains_key(model)
     }
 
-    /// Upstream models and aliases, for the model list.
+    /// Upstream models, aliases and cascades, for the model list.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         let mut names: Vec<&str> = self
             .pools
             .keys()
             .chain(self.aliases.keys())
+            .chain(self.cascades.keys())
             .map(String::as_str)
             .collect();
         names.sort_unstable();
@@ -252,13 +287,70 @@ impl RouteTable {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.pools.is_empty() && self.aliases.is_empty()
+        self.pools.is_empty() && self.aliases.is_empty() && self.cascades.is_empty()
     }
 
     #[cfg(test)]
     pub(crate) fn pool(&self, model: &str) -> Option<&Arc<Pool>> {
         self.pools.get(model)
     }
+}
+
+/// The cascades, their members resolved through `aliases` (already followed to their end).
+/// A member that is neither an upstream model nor an alias is taken for a model of the llm
+/// service, which only the service can confirm, at the first request.
+fn cascades(
+    config: &RoutingConfig,
+    aliases: &BTreeMap<String, String>,
+    pools: &HashMap<String, Arc<Pool>>,
+) -> Result<BTreeMap<String, Arc<Cascade>>, RoutingError> {
+    let resolve = |model: &str| aliases.get(model).map_or(model, String::as_str).to_owned();
+    for name in config.cascades.keys() {
+        if pools.contains_key(name) || aliases.contains_key(name) {
+            return Err(RoutingError::CascadeShadowsModel(name.clone()));
+        }
+    }
+    let mut cascades = BTreeMap::new();
+    for (name, cascade) in &config.cascades {
+        if name.is_empty() || cascade.small.is_empty() || cascade.large.is_empty() {
+            return Err(RoutingError::EmptyModel);
+        }
+        if config.fallbacks.contains_key(name)
+            || config
+                .fallbacks
+                .values()
+                .flatten()
+                .any(|fallback| resolve(fallback) == *name)
+        {
+            return Err(RoutingError::CascadeFallback(name.clone()));
+        }
+        let small = resolve(&cascade.small);
+        let large = resolve(&cascade.large);
+        for model in [&small, &large] {
+            if config.cascades.contains_key(model) {
+                return Err(RoutingError::CascadeOfCascade {
+                    cascade: name.clone(),
+                    model: model.clone(),
+                });
+            }
+        }
+        if small == large {
+            return Err(RoutingError::CascadeSameModel {
+                cascade: name.clone(),
+                model: small,
+            });
+        }
+        let threshold = cascade.min_mean_logprob;
+        if !threshold.is_finite() || threshold > 0.0 {
+            return Err(RoutingError::CascadeThreshold {
+                cascade: name.clone(),
+                value: threshold.to_string(),
+            });
+        }
+        let built = Cascade::new(name, &small, &large, cascade);
+        cascades.insert(name.clone(), Arc::new(built));
+    }
+    Ok(cascades)
 }
 
 fn follow(aliases: &BTreeMap<String, String>, alias: &str) -> Result<String, RoutingError> {
@@ -352,6 +444,87 @@ mod tests {
             RouteTable::new(&zero),
             Err(RoutingError::ZeroWeight { .. })
         ));
+    }
+
+    fn with_cascade(small: &str, large: &str) -> RoutingConfig {
+        let mut config = config();
+        config.cascades.insert(
+            "auto".into(),
+            super::super::config::CascadeConfig::new(small, large),
+        );
+        config
+    }
+
+    #[test]
+    fn cascades_resolve_their_models_through_aliases_and_are_listed() {
+        let mut config = with_cascade("gpt-4o-mini", "newest");
+        config.aliases.insert("smart".into(), "auto".into());
+        let table = RouteTable::new(&config).unwrap();
+        let cascade = table.cascade(table.resolve("smart")).unwrap();
+        assert_eq!(cascade.name, "auto");
+        assert_eq!(
+            (cascade.small.as_str(), cascade.large.as_str()),
+            ("small", "big")
+        );
+        assert!(table.names().any(|n| n == "auto"));
+        assert!(table.knows("auto"));
+        assert!(table.cascade("big").is_none());
+    }
+
+    #[test]
+    fn bad_cascades_are_refused_with_their_reason() {
+        let nested = {
+            let mut config = with_cascade("small", "big");
+            config.cascades.insert(
+                "outer".into(),
+                super::super::config::CascadeConfig::new("auto", "big"),
+            );
+            config
+        };
+        assert_eq!(
+            RouteTable::new(&nested).unwrap_err(),
+            RoutingError::CascadeOfCascade {
+                cascade: "outer".into(),
+                model: "auto".into()
+            }
+        );
+        let mut cycle = with_cascade("small", "me");
+        cycle.aliases.insert("me".into(), "auto".into());
+        assert!(matches!(
+            RouteTable::new(&cycle),
+            Err(RoutingError::CascadeOfCascade { .. })
+        ));
+        let same = with_cascade("gpt-4o-mini", "small");
+        assert!(matches!(
+            RouteTable::new(&same),
+            Err(RoutingError::CascadeSameModel { .. })
+        ));
+        let mut shadow = with_cascade("small", "big");
+        shadow.cascades.insert(
+            "big".into(),
+            super::super::config::CascadeConfig::new("small", "other"),
+        );
+        assert_eq!(
+            RouteTable::new(&shadow).unwrap_err(),
+            RoutingError::CascadeShadowsModel("big".into())
+        );
+        let mut fallback = with_cascade("small", "big");
+        fallback
+            .fallbacks
+            .insert("small".into(), vec!["auto".into()]);
+        assert_eq!(
+            RouteTable::new(&fallback).unwrap_err(),
+            RoutingError::CascadeFallback("auto".into())
+        );
+        let mut threshold = with_cascade("small", "big");
+        threshold.cascades.get_mut("auto").unwrap().min_mean_logprob = 0.5;
+        let err = RouteTable::new(&threshold).unwrap_err();
+        assert!(err.to_string().contains("min_mean_logprob"), "{err}");
+        let empty = with_cascade("", "big");
+        assert_eq!(
+            RouteTable::new(&empty).unwrap_err(),
+            RoutingError::EmptyModel
+        );
     }
 
     #[test]

@@ -4,12 +4,17 @@
 mod access;
 mod admin;
 mod cancellation;
+mod cascade;
 mod chat;
 mod completions;
 mod documents;
 mod drift;
 mod embeddings;
 mod errors;
+/// The upstream tests' mock OpenAI server, as the large model of a cascade.
+#[path = "../upstream/mock.rs"]
+#[allow(dead_code, reason = "the stack tests use only part of the mock")]
+mod mock;
 mod safety;
 mod semantic_cache;
 mod shared_redis;

@@ -1,7 +1,9 @@
 //! The gateway in front of real OpenAI-compatible HTTP upstreams on loopback (see `mock`):
 //! relay without buffering, usage from streams, retries only before the first byte,
-//! fallbacks, ejection and recovery, aliases and key restrictions, errors passed on.
+//! fallbacks, ejection and recovery, aliases and key restrictions, errors passed on, and
+//! small-to-large cascades (`cascade`).
 
+mod cascade;
 mod mock;
 
 use std::sync::Arc;

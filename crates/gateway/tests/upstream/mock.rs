@@ -1,6 +1,7 @@
 //! A real OpenAI-compatible HTTP server on loopback whose behaviour each test controls: plain
 //! answers, SSE streams (optionally held after their first chunk until the test says so),
-//! 500s, context-length refusals and streams cut short.
+//! 500s, context-length refusals and streams cut short. Answers carry token log-probabilities
+//! (all the same value, set by the test) when the request asks for them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,10 @@ struct Inner {
     bodies: Mutex<Vec<Value>>,
     /// When set, streams wait after their first content chunk until notified.
     hold: Mutex<Option<Arc<Notify>>>,
+    /// The log-probability of every token, when the request asks for them.
+    logprob: Mutex<f64>,
+    /// The answer's text, when not the default `hello from <name>`.
+    text: Mutex<Option<String>>,
 }
 
 /// A running mock upstream. Dropping it stops the server.
@@ -56,6 +61,8 @@ impl Upstream {
             hits: AtomicUsize::new(0),
             bodies: Mutex::new(Vec::new()),
             hold: Mutex::new(None),
+            logprob: Mutex::new(-0.1),
+            text: Mutex::new(None),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -82,6 +89,16 @@ impl Upstream {
         let notify = Arc::new(Notify::new());
         *self.inner.hold.lock().unwrap() = Some(notify.clone());
         notify
+    }
+
+    /// Every token of the following answers gets this log-probability (default -0.1).
+    pub fn set_logprob(&self, logprob: f64) {
+        *self.inner.logprob.lock().unwrap() = logprob;
+    }
+
+    /// The following non-streamed answers say `text`.
+    pub fn set_text(&self, text: &str) {
+        *self.inner.text.lock().unwrap() = Some(text.to_owned());
     }
 
     pub fn hits(&self) -> usize {
@@ -157,11 +174,27 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
     let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1,
                        "total_tokens": USAGE.0 + USAGE.1});
     if body["stream"] != json!(true) {
+        let text = inner.text.lock().unwrap().clone().unwrap_or(text);
+        let logprob = *inner.logprob.lock().unwrap();
+        let tokens: Vec<&str> = text.split_inclusive(' ').collect();
         let choice = if chat {
+            let logprobs = (body["logprobs"] == json!(true)).then(|| {
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        json!({"token": t, "logprob": logprob, "bytes": t.as_bytes(),
+                                    "top_logprobs": []})
+                    })
+                    .collect();
+                json!({"content": content})
+            });
             json!({"index": 0, "message": {"role": "assistant", "content": text},
-                   "finish_reason": "stop"})
+                   "logprobs": logprobs, "finish_reason": "stop"})
         } else {
-            json!({"index": 0, "text": text, "finish_reason": "stop"})
+            let logprobs = body["logprobs"]
+                .is_number()
+                .then(|| json!({"tokens": tokens, "token_logprobs": vec![logprob; tokens.len()]}));
+            json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"})
         };
         return Json(
             json!({"id": id, "object": "chat.completion", "model": model,
