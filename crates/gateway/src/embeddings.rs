@@ -33,7 +33,7 @@ impl EmbeddingsBackend {
     pub fn connect_lazy(
         endpoint: &str,
         config: &GatewayConfig,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> Result<Self, backend::BackendSetupError> {
         let channel = backend::connect_lazy(endpoint, config)?;
         Ok(Self {
             client: EmbeddingsClient::new(channel.clone()),

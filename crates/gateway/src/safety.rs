@@ -72,7 +72,7 @@ impl SafetyBackend {
     pub(crate) fn connect_lazy(
         config: &SafetyConfig,
         gateway: &GatewayConfig,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> Result<Self, backend::BackendSetupError> {
         let channel = backend::connect_lazy(&config.endpoint, gateway)?;
         Ok(Self {
             client: SafetyClient::new(channel.clone()),

@@ -66,12 +66,15 @@ impl GatewayError {
 
 /// Without a scheme a URI still parses, and only fails at the first request: refuse it at start.
 fn check_endpoint(endpoint: &str) -> Result<(), GatewayError> {
-    if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+    if ["http://", "https://", "dns:///"]
+        .iter()
+        .any(|scheme| endpoint.starts_with(scheme))
+    {
         Ok(())
     } else {
         Err(GatewayError::invalid_endpoint(
             endpoint,
-            "expected http://host:port",
+            "expected http://host:port, or dns:///host:port to balance over every address",
         ))
     }
 }

@@ -1,6 +1,7 @@
 //! What every model-service client shares: a lazily connected channel that carries the trace
 //! context, the gRPC health check, and one classification of failures ([`BackendError`]).
 
+mod discovery;
 mod error;
 
 use std::time::Duration;
@@ -37,19 +38,38 @@ pub enum Readiness {
 }
 
 /// A channel to `endpoint`. Nothing connects until the first call, so the gateway starts (and
-/// answers 503) while the service is still coming up.
+/// answers 503) while the service is still coming up. `dns:///host:port` balances over every
+/// address the name resolves to, re-resolved as replicas come and go (see [`discovery`]).
 pub(crate) fn connect_lazy(
     endpoint: &str,
     config: &GatewayConfig,
-) -> Result<TracedChannel, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(config.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+) -> Result<TracedChannel, BackendSetupError> {
+    let connect_timeout = config.connect_timeout;
+    let configure = move |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+    };
+    let channel = match discovery::dns_target(endpoint) {
+        Some(target) => {
+            let (host, port) = target.map_err(BackendSetupError::Endpoint)?;
+            discovery::balanced(host, port, configure)
+        }
+        None => configure(Endpoint::from_shared(endpoint.to_owned())?).connect_lazy(),
+    };
     Ok(InterceptedService::new(channel, TraceContextInterceptor))
+}
+
+/// Why a service endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendSetupError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Endpoint(String),
 }
 
 /// Asks a server's health service about `service` itself (not the server's overall "" entry,

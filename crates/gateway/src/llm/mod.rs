@@ -37,7 +37,7 @@ impl std::fmt::Debug for LlmBackend {
 impl LlmBackend {
     /// A client of the service at `config.llm_endpoint`. Nothing connects until the first call,
     /// so the gateway starts (and answers 503) while the service is still coming up.
-    pub fn connect_lazy(config: &GatewayConfig) -> Result<Self, tonic::transport::Error> {
+    pub fn connect_lazy(config: &GatewayConfig) -> Result<Self, backend::BackendSetupError> {
         let channel = backend::connect_lazy(&config.llm_endpoint, config)?;
         Ok(Self {
             llm: LlmClient::new(channel.clone()),

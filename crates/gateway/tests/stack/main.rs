@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod balancing;
 mod cancellation;
 mod cascade;
 mod chat;

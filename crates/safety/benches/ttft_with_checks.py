@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Time to first token of a streamed chat through `passerelle serve`, with the Llama Guard input
+check on and off, for a short and a long user message.
+
+    python3 crates/safety/benches/ttft_with_checks.py PASSERELLE_BINARY LLM_GGUF GUARD_GGUF
+
+Starts the server twice on 127.0.0.1 (once with `--no-safety`, once with `--safety-model GUARD
+--safety-checks input`), sends each message REPEAT times after one
+warm-up, and prints the median time from sending the request to the first content delta. Stops
+only the servers it started.
+"""
+
+import http.client
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+REPEAT = 5
+WORDS = (
+    "Could you explain how suspension bridges carry the weight of traffic across a wide river "
+    "and why engineers choose steel cables for them "
+).split()
+
+
+def message(words):
+    return " ".join(WORDS[i % len(WORDS)] for i in range(words))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, process, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server not ready")
+
+
+def ttft(port, text):
+    body = json.dumps(
+        {
+            "model": "bench",
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 4,
+            "stream": True,
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise SystemExit(f"HTTP {response.status}: {response.read()[:300]!r}")
+    first = None
+    for line in response:
+        line = line.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        delta = json.loads(line[6:])["choices"][0]["delta"]
+        if first is None and delta.get("content"):
+            first = time.perf_counter() - start
+    return first
+
+
+def run(binary, llm, guard, checked):
+    port = free_port()
+    args = [binary, "--log-filter", "warn", "serve", "--listen", f"127.0.0.1:{port}",
+            "--model", llm, "--model-id", "bench"]
+    if checked:
+        args += ["--safety-model", guard, "--safety-checks", "input",
+                 "--safety-timeout-ms", "60000"]
+    else:
+        args += ["--no-safety"]
+    process = subprocess.Popen(args)
+    try:
+        wait_ready(port, process)
+        results = {}
+        for words in (20, 200):
+            text = message(words)
+            ttft(port, text)  # warm-up: the guard's prompt prefix, the model's first run
+            times = [ttft(port, text) for _ in range(REPEAT)]
+            results[words] = statistics.median(times)
+        return results
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def main():
+    binary, llm, guard = sys.argv[1:4]
+    off = run(binary, llm, guard, checked=False)
+    on = run(binary, llm, guard, checked=True)
+    print("| user message | TTFT, check off | TTFT, Llama Guard input check on | added |")
+    print("| --- | --- | --- | --- |")
+    for words in off:
+        print(f"| {words} words | {off[words]*1000:.0f} ms | {on[words]*1000:.0f} ms | "
+              f"{(on[words]-off[words])*1000:.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()
