@@ -320,6 +320,10 @@ pub struct LlmArgs {
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Serve this service's Prometheus metrics over HTTP at /metrics on this address
+    /// [default: none].
+    #[arg(long, env = "PASSERELLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -339,6 +343,10 @@ pub struct EmbeddingsArgs {
     /// only].
     #[arg(long, env = "PASSERELLE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Serve this service's Prometheus metrics over HTTP at /metrics on this address
+    /// [default: none].
+    #[arg(long, env = "PASSERELLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +368,10 @@ pub struct SafetyArgs {
     pub models: SafetyModelArgs,
     #[command(flatten)]
     pub hub: HubArgs,
+    /// Serve this service's Prometheus metrics over HTTP at /metrics on this address
+    /// [default: none].
+    #[arg(long, env = "PASSERELLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

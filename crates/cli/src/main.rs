@@ -10,6 +10,7 @@ mod args;
 mod commands;
 mod config;
 mod cpu;
+mod metrics_server;
 mod routing;
 mod settings;
 mod shutdown;

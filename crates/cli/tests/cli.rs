@@ -394,3 +394,36 @@ fn a_cascade_of_cascades_stops_the_gateway_at_startup() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_service_alone_serves_its_metrics_over_http() {
+    let model = TinyQwen2::write(TinyQwen2::DEFAULT_SEED).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = passerelle()
+        .args(["llm", "--listen", "127.0.0.1:0", "--offline", "--model"])
+        .arg(model.gguf_path())
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn passerelle llm");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if let Ok(response) = reqwest::get(&url).await
+            && response.status().is_success()
+        {
+            break response.text().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no metrics at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.contains("passerelle_llm_queue_depth"), "{body}");
+}

@@ -27,12 +27,11 @@ pub async fn run(args: EmbeddingsArgs, file: &FileConfig) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "embeddings service listening (gRPC)");
-    passerelle_embeddings::serve(
-        service,
-        listener,
-        prometheus::Registry::new(),
-        shutdown.wait(),
-    )
-    .await
-    .context("embeddings service failed")
+    let registry = prometheus::Registry::new();
+    if let Some(metrics_listen) = args.metrics_listen {
+        crate::metrics_server::spawn(metrics_listen, registry.clone(), shutdown.wait()).await?;
+    }
+    passerelle_embeddings::serve(service, listener, registry, shutdown.wait())
+        .await
+        .context("embeddings service failed")
 }

@@ -18,12 +18,11 @@ pub async fn run(args: LlmArgs, file: &FileConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "llm service listening (gRPC)");
-    passerelle_llm::serve(
-        config,
-        listener,
-        prometheus::Registry::new(),
-        shutdown.wait(),
-    )
-    .await
-    .context("llm service failed")
+    let registry = prometheus::Registry::new();
+    if let Some(metrics_listen) = args.metrics_listen {
+        crate::metrics_server::spawn(metrics_listen, registry.clone(), shutdown.wait()).await?;
+    }
+    passerelle_llm::serve(config, listener, registry, shutdown.wait())
+        .await
+        .context("llm service failed")
 }

@@ -146,12 +146,11 @@ pub async fn run(args: SafetyArgs, file: &FileConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(listen = %bound, pii = service.pii, "safety service listening (gRPC)");
-    passerelle_safety::serve(
-        service,
-        listener,
-        prometheus::Registry::new(),
-        shutdown.wait(),
-    )
-    .await
-    .context("safety service failed")
+    let registry = prometheus::Registry::new();
+    if let Some(metrics_listen) = args.metrics_listen {
+        crate::metrics_server::spawn(metrics_listen, registry.clone(), shutdown.wait()).await?;
+    }
+    passerelle_safety::serve(service, listener, registry, shutdown.wait())
+        .await
+        .context("safety service failed")
 }
