@@ -145,7 +145,7 @@ phase() {
     echo "  $label $*: $(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%.0f req/s, p50 %.0f us, %d errors" % (r["requests_per_sec"], r["latency"]["p50_us"], r["errors"]))' "$line")" >&2
 }
 
-modes=("-c 1" "-c 16" "-c 64" "-c 1 --stream")
+modes=("--concurrency 1" "--concurrency 16" "--concurrency 64" "--concurrency 1 --stream")
 for round in $(seq "$rounds"); do
     for mode in "${modes[@]}"; do
         # shellcheck disable=SC2086 # the mode is several words on purpose

@@ -500,7 +500,7 @@ pub struct LoadArgs {
     #[arg(long, short = 'n', default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: u64,
     /// Connections, each with one request in flight at a time.
-    #[arg(long, short = 'c', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
     /// Unmeasured requests sent first, to open connections and warm caches.
     #[arg(long, default_value_t = 200)]
