@@ -44,6 +44,9 @@ pub enum Command {
     Safety(SafetyArgs),
     /// Create, list and revoke API keys in the embedded store or in Redis.
     Keys(KeysArgs),
+    /// Load-test an OpenAI-compatible chat endpoint, or run a fast mock upstream to measure a
+    /// gateway's own overhead against (see docs/benchmarks.md).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -474,6 +477,76 @@ impl CreateKeyArgs {
         new.safety = self.safety;
         new
     }
+}
+
+/// `passerelle bench`: drives chat requests at a base URL, or with `mock-upstream` answers them.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchMode {
+    /// Answer `POST /v1/chat/completions` at once with a fixed small completion, or a short
+    /// SSE stream when the request asks for one.
+    MockUpstream(MockUpstreamArgs),
+}
+
+/// How much load `passerelle bench` sends, and where.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Base URL of the OpenAI-compatible API, up to `/v1` (plain `http://` only).
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1")]
+    pub url: String,
+    /// API key sent as a bearer token [default: none].
+    #[arg(long, env = "PASSERELLE_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The `model` of each request.
+    #[arg(long, default_value = "bench")]
+    pub model: String,
+    /// Measured requests, shared by all connections.
+    #[arg(long, short = 'n', default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Connections, each with one request in flight at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Unmeasured requests sent first, to open connections and warm caches.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: u64,
+    /// Stop the measured phase after this many seconds even if requests remain.
+    #[arg(long, default_value_t = 60)]
+    pub max_secs: u64,
+    /// Ask for a streamed answer and also report the time to its first SSE event.
+    #[arg(long)]
+    pub stream: bool,
+    /// A process whose CPU time (user + system, its descendants included) is divided by the
+    /// measured requests; repeatable, summed.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The mock upstream's address and answer shape.
+#[derive(Debug, Args)]
+pub struct MockUpstreamArgs {
+    /// Address to listen on.
+    #[arg(long, short = 'l', default_value = "127.0.0.1:18090")]
+    pub listen: SocketAddr,
+    /// Content chunks in a streamed answer.
+    #[arg(long, default_value_t = 4)]
+    pub chunks: u32,
+    /// Pause between streamed events, in microseconds [default: none].
+    #[arg(long, default_value_t = 0)]
+    pub chunk_delay_us: u64,
+    /// Runtime threads serving requests.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: u32,
 }
 
 /// `90s`, `15m`, `12h`, `30d`, `2w`.

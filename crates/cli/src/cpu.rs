@@ -13,7 +13,9 @@ pub fn configured_threads(command: &Command, file: &FileConfig) -> Option<usize>
         Command::Serve(args) => args.model.threads,
         Command::Llm(args) => args.model.threads,
         Command::Embeddings(args) => args.threads,
-        Command::Gateway(_) | Command::Safety(_) | Command::Keys(_) => return None,
+        Command::Gateway(_) | Command::Safety(_) | Command::Keys(_) | Command::Bench(_) => {
+            return None;
+        }
     };
     flag.or(file.threads).filter(|threads| *threads > 0)
 }

@@ -13,6 +13,9 @@ use tokio::sync::{Notify, mpsc};
 /// Records waiting at most; past it new records are dropped and counted, because holding
 /// requests back for the store is worse than a gap in accounting during a long outage.
 const QUEUE_CAPACITY: usize = 100_000;
+/// Most records taken off the queue at once. Consecutive usage records among them go to the
+/// store in one call: under load one transaction (and one sync to disk) carries many requests.
+const BATCH: usize = 512;
 /// Longest pause between two attempts at a record the store refused.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -53,8 +56,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn finished(&self) {
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+    /// `count` records were written or given up.
+    fn finished(&self, count: usize) {
+        if self.outstanding.fetch_sub(count, Ordering::AcqRel) == count {
             self.drained.notify_waiters();
         }
     }
@@ -124,7 +128,7 @@ impl Ledger {
     fn enqueue(&self, record: Record) {
         self.progress.outstanding.fetch_add(1, Ordering::AcqRel);
         if let Err(err) = self.sender.try_send(record) {
-            self.progress.finished();
+            self.progress.finished(1);
             self.dropped.inc();
             tracing::error!(error = %err, "ledger queue full; a record was dropped");
         }
@@ -136,23 +140,66 @@ async fn write_all(
     store: Arc<dyn Store>,
     mut receiver: mpsc::Receiver<Record>,
 ) {
-    while let Some(record) = receiver.recv().await {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match record.write(store.as_ref()).await {
-                Ok(()) => break,
-                Err(err) if err.is_unavailable() => {
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "store unavailable; record kept for retry");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(err) => {
-                    // A record the store refuses for what it is will never be taken.
-                    tracing::error!(error = %err, "store refused a record; dropped");
-                    break;
-                }
+    let mut taken = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut taken, BATCH).await > 0 {
+        let mut records = taken.drain(..).peekable();
+        while let Some(record) = records.next() {
+            let Record::Usage(first) = record else {
+                persist(store.as_ref(), &record).await;
+                progress.finished(1);
+                continue;
+            };
+            let mut usages = vec![first];
+            while let Some(Record::Usage(usage)) =
+                records.next_if(|r| matches!(r, Record::Usage(_)))
+            {
+                usages.push(usage);
             }
+            persist_usages(store.as_ref(), usages.as_slice()).await;
+            progress.finished(usages.len());
         }
-        progress.finished();
+    }
+}
+
+/// Writes usage records in one call, retrying while the store is unavailable; a batch the
+/// store refuses is written record by record, so only the records at fault are lost.
+async fn persist_usages(store: &dyn Store, usages: &[UsageRecord]) {
+    if usages.len() == 1 {
+        persist(store, &Record::Usage(usages[0].clone())).await;
+        return;
+    }
+    if let Err(err) = retrying(|| store.record_usages(usages)).await {
+        tracing::debug!(error = %err, "store refused a usage batch; writing it record by record");
+        for usage in usages {
+            persist(store, &Record::Usage(usage.clone())).await;
+        }
+    }
+}
+
+/// Writes one record, retrying while the store is unavailable; a record it refuses is dropped.
+async fn persist(store: &dyn Store, record: &Record) {
+    if let Err(err) = retrying(|| record.write(store)).await {
+        // A record the store refuses for what it is will never be taken.
+        tracing::error!(error = %err, "store refused a record; dropped");
+    }
+}
+
+/// Runs `write` until it succeeds or fails for another reason than the store being unavailable.
+async fn retrying<F, Fut>(mut write: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "store unavailable; record kept for retry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(err) => return Err(err),
+        }
     }
 }

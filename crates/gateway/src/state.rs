@@ -97,6 +97,12 @@ fn check_endpoint(endpoint: &str) -> Result<(), GatewayError> {
 /// ```
 #[derive(Clone)]
 pub struct AppState {
+    /// Shared, so a clone (several per request: extractors, middleware, accounting) is one
+    /// reference count, not one per client and channel.
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     config: Arc<GatewayConfig>,
     llm: LlmBackend,
     embeddings: Option<EmbeddingsBackend>,
@@ -120,7 +126,7 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("config", &self.config)
+            .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
@@ -191,126 +197,128 @@ impl AppState {
             (Some(_), None) => return Err(GatewayError::DriftWithoutEmbeddings),
         };
         Ok(Self {
-            semantic_cache,
-            drift,
-            safety,
-            catalog: ModelCatalog::new(
-                llm.clone(),
-                embeddings.clone(),
-                routes.clone(),
-                config.models_cache_ttl,
-            ),
-            routes,
-            upstream,
-            embeddings,
-            admission: Admission::new(config.max_concurrent_requests),
-            config: Arc::new(config),
-            llm,
-            keys,
-            key_cache: Arc::default(),
-            store,
-            ledger,
-            limiter,
-            jwt,
-            metrics,
-            registry: registry.clone(),
+            inner: Arc::new(Shared {
+                semantic_cache,
+                drift,
+                safety,
+                catalog: ModelCatalog::new(
+                    llm.clone(),
+                    embeddings.clone(),
+                    routes.clone(),
+                    config.models_cache_ttl,
+                ),
+                routes,
+                upstream,
+                embeddings,
+                admission: Admission::new(config.max_concurrent_requests),
+                config: Arc::new(config),
+                llm,
+                keys,
+                key_cache: Arc::default(),
+                store,
+                ledger,
+                limiter,
+                jwt,
+                metrics,
+                registry: registry.clone(),
+            }),
         })
     }
 
     /// The configuration the gateway runs with.
     pub fn config(&self) -> &GatewayConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// Puts a new routing table in force (upstreams, aliases, fallbacks, policies) without a
     /// restart. Requests already running keep the table they started with; the new table's
     /// replicas start with a clean health record. On error the table in force is kept.
     pub fn reload_routing(&self, routing: &RoutingConfig) -> Result<(), RoutingError> {
-        self.routes.replace(routing)?;
-        self.catalog.invalidate();
+        self.inner.routes.replace(routing)?;
+        self.inner.catalog.invalidate();
         Ok(())
     }
 
     /// Static and stored keys, as the access layer verifies them.
     pub fn keys(&self) -> &Keyring {
-        &self.keys
+        &self.inner.keys
     }
 
     /// The state store: keys, usage, feedback, audit.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.inner.store
     }
 
     pub(crate) fn key_cache(&self) -> &KeyCache {
-        &self.key_cache
+        &self.inner.key_cache
     }
 
     pub(crate) fn limiter(&self) -> &RateLimiter {
-        &self.limiter
+        &self.inner.limiter
     }
 
     pub(crate) fn jwt(&self) -> Option<&JwtVerifier> {
-        self.jwt.as_deref()
+        self.inner.jwt.as_deref()
     }
 
     pub(crate) fn ledger(&self) -> &Ledger {
-        &self.ledger
+        &self.inner.ledger
     }
 
     /// Appends to the audit log, in the background; never fails the request.
     pub(crate) fn audit(&self, event: NewAuditEvent) {
-        self.ledger.audit(event);
+        self.inner.ledger.audit(event);
     }
 
     pub(crate) fn llm(&self) -> &LlmBackend {
-        &self.llm
+        &self.inner.llm
     }
 
     pub(crate) fn embeddings(&self) -> Option<&EmbeddingsBackend> {
-        self.embeddings.as_ref()
+        self.inner.embeddings.as_ref()
     }
 
     pub(crate) fn semantic_cache(&self) -> Option<&SemanticCache> {
-        self.semantic_cache.as_ref()
+        self.inner.semantic_cache.as_ref()
     }
 
     pub(crate) fn safety(&self) -> Option<&SafetyBackend> {
-        self.safety.as_ref()
+        self.inner.safety.as_ref()
     }
 
     pub(crate) fn drift(&self) -> Option<&DriftMonitor> {
-        self.drift.as_ref()
+        self.inner.drift.as_ref()
     }
 
     pub(crate) fn routes(&self) -> std::sync::Arc<RouteTable> {
-        self.routes.current()
+        self.inner.routes.current()
     }
 
     pub(crate) fn upstream_client(&self) -> &UpstreamClient {
-        &self.upstream
+        &self.inner.upstream
     }
 
     pub(crate) fn catalog(&self) -> &ModelCatalog {
-        &self.catalog
+        &self.inner.catalog
     }
 
     pub(crate) fn metrics(&self) -> &GatewayMetrics {
-        &self.metrics
+        &self.inner.metrics
     }
 
     pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
+        &self.inner.registry
     }
 }
 
 impl FromRef<AppState> for GatewayMetrics {
     fn from_ref(state: &AppState) -> Self {
-        state.metrics.clone()
+        state.inner.metrics.clone()
     }
 }
 
 impl FromRef<AppState> for Admission {
     fn from_ref(state: &AppState) -> Self {
-        state.admission.clone()
+        state.inner.admission.clone()
     }
 }

@@ -122,6 +122,20 @@ pub trait UsageStore: Send + Sync + 'static {
     /// at once. A response id already recorded is ignored, so retrying a failed call is safe.
     async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError>;
 
+    /// Records several answered requests exactly as [`record_usage`](Self::record_usage)
+    /// records each, in one write where the store can (one transaction, so one sync to disk,
+    /// for the embedded store). Any invalid record fails the whole call before anything is
+    /// written; an unavailable store may have taken some, which a retry counts once.
+    async fn record_usages(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        for record in records {
+            record.validate()?;
+        }
+        for record in records {
+            self.record_usage(record).await?;
+        }
+        Ok(())
+    }
+
     /// Daily totals per principal and model, sorted by day, principal, model.
     async fn usage_summary(&self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError>;
 

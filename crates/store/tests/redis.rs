@@ -48,6 +48,7 @@ suite_tests!(Redis:
     bad_new_keys_are_rejected,
     a_reachable_store_answers_ping,
     usage_is_summed_by_day_principal_and_model,
+    usage_batches_count_as_single_records,
     feedback_is_replaced_and_counted,
     prompts_are_logged_per_principal,
     audit_ids_increase_and_pages_read_in_order,

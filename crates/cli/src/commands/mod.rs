@@ -1,5 +1,6 @@
 //! What each subcommand does.
 
+mod bench;
 mod embeddings;
 mod gateway;
 mod keys;
@@ -27,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embeddings(_) => "passerelle-embeddings",
         Command::Safety(_) => "passerelle-safety",
         Command::Keys(_) => "passerelle-keys",
+        Command::Bench(_) => "passerelle-bench",
     };
     let _telemetry =
         passerelle_telemetry::init(&settings::telemetry(&cli.log, &file, service_name)?)?;
@@ -37,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embeddings(args) => embeddings::run(args, &file).await,
         Command::Safety(args) => safety::run(args, &file).await,
         Command::Keys(args) => keys::run(args, &file).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

@@ -8,33 +8,10 @@ use crate::time::day_number;
 use crate::usage::{Counters, UsageBucket, UsageQuery, UsageRecord, UsageStore};
 
 impl Inner {
-    fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
+    fn record_usages(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        {
-            let mut records = txn.open_table(USAGE_RECORDS)?;
-            if records.get(record.response_id.as_str())?.is_some() {
-                return Ok(()); // already counted; dropping the transaction aborts it
-            }
-            let json = to_json(&record.response_id, record)?;
-            records.insert(record.response_id.as_str(), json.as_str())?;
-
-            let day = record.day();
-            let bucket = (day, record.principal.as_str(), record.model.as_str());
-            let mut daily = txn.open_table(USAGE_DAILY)?;
-            let mut counters: Counters = match daily.get(bucket)? {
-                Some(json) => from_json("usage bucket", json.value())?,
-                None => Counters::default(),
-            };
-            counters.add(record);
-            let json = to_json("usage bucket", &counters)?;
-            daily.insert(bucket, json.as_str())?;
-
-            if let Some(key_id) = &record.key_id {
-                let mut spend = txn.open_table(KEY_SPEND)?;
-                let slot = (key_id.as_str(), day);
-                let before = spend.get(slot)?.map(|v| v.value()).unwrap_or(0);
-                spend.insert(slot, before.saturating_add(record.cost_micro_usd))?;
-            }
+        for record in batch {
+            add_usage(&txn, record)?;
         }
         txn.commit()?;
         Ok(())
@@ -86,9 +63,15 @@ impl Inner {
 #[async_trait::async_trait]
 impl UsageStore for EmbeddedStore {
     async fn record_usage(&self, record: &UsageRecord) -> Result<(), StoreError> {
-        record.validate()?;
-        let record = record.clone();
-        self.blocking(move |inner| inner.record_usage(&record))
+        self.record_usages(std::slice::from_ref(record)).await
+    }
+
+    async fn record_usages(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        for record in records {
+            record.validate()?;
+        }
+        let records = records.to_vec();
+        self.blocking(move |inner| inner.record_usages(&records))
             .await
     }
 
@@ -112,4 +95,34 @@ impl UsageStore for EmbeddedStore {
         self.blocking(move |inner| inner.usage_by_response(&response_id))
             .await
     }
+}
+
+/// Adds one record, its day's bucket and its key's spend within `txn`; a response id already
+/// recorded is skipped.
+fn add_usage(txn: &redb::WriteTransaction, record: &UsageRecord) -> Result<(), StoreError> {
+    let mut records = txn.open_table(USAGE_RECORDS)?;
+    if records.get(record.response_id.as_str())?.is_some() {
+        return Ok(()); // already counted: nothing of it is written again
+    }
+    let json = to_json(&record.response_id, record)?;
+    records.insert(record.response_id.as_str(), json.as_str())?;
+
+    let day = record.day();
+    let bucket = (day, record.principal.as_str(), record.model.as_str());
+    let mut daily = txn.open_table(USAGE_DAILY)?;
+    let mut counters: Counters = match daily.get(bucket)? {
+        Some(json) => from_json("usage bucket", json.value())?,
+        None => Counters::default(),
+    };
+    counters.add(record);
+    let json = to_json("usage bucket", &counters)?;
+    daily.insert(bucket, json.as_str())?;
+
+    if let Some(key_id) = &record.key_id {
+        let mut spend = txn.open_table(KEY_SPEND)?;
+        let slot = (key_id.as_str(), day);
+        let before = spend.get(slot)?.map(|v| v.value()).unwrap_or(0);
+        spend.insert(slot, before.saturating_add(record.cost_micro_usd))?;
+    }
+    Ok(())
 }

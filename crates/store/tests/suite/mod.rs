@@ -341,6 +341,43 @@ pub async fn usage_is_summed_by_day_principal_and_model(store: &dyn Store) {
     assert_eq!(store.spent_micro_usd("key-alice", 0).await.unwrap(), 400);
 }
 
+pub async fn usage_batches_count_as_single_records(store: &dyn Store) {
+    store
+        .record_usage(&usage("b1", "alice", "tiny", DAY1))
+        .await
+        .unwrap();
+    // b1 again (a retry after a lost reply) and b2 twice in one batch: each counted once.
+    let batch = [
+        usage("b1", "alice", "tiny", DAY1),
+        usage("b2", "alice", "tiny", DAY1 + 1),
+        usage("b2", "alice", "tiny", DAY1 + 1),
+        usage("b3", "bob", "big", DAY2),
+    ];
+    store.record_usages(&batch).await.unwrap();
+    let all = UsageQuery {
+        principal: None,
+        since: DAY1,
+        until: DAY2,
+    };
+    assert_eq!(
+        store.usage_summary(&all).await.unwrap(),
+        vec![
+            bucket("2024-02-29", "alice", "tiny", 2, 0),
+            bucket("2024-03-01", "bob", "big", 1, 0),
+        ]
+    );
+    assert_eq!(store.spent_micro_usd("key-alice", 0).await.unwrap(), 200);
+    // One invalid record refuses the batch before any of it is written.
+    let refused = [
+        usage("b4", "alice", "tiny", DAY1),
+        usage("", "alice", "tiny", DAY1),
+    ];
+    let err = store.record_usages(&refused).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
+    assert_eq!(store.usage_by_response("b4").await.unwrap(), None);
+    store.record_usages(&[]).await.unwrap();
+}
+
 fn feedback(response_id: &str, principal: &str, rating: Rating, at: u64) -> FeedbackRecord {
     FeedbackRecord {
         response_id: response_id.to_owned(),
