@@ -6,7 +6,8 @@ check on and off, for a short and a long user message.
 
 Starts the server twice on 127.0.0.1 (once with `--no-safety`, once with `--safety-model GUARD
 --safety-checks input`), sends each message REPEAT times after one
-warm-up, and prints the median time from sending the request to the first content delta. Stops
+warm-up, and prints the median time from sending the request to the first content delta (or
+the end of the choice, when the random model's first tokens decode to no text). Stops
 only the servers it started.
 """
 
@@ -71,8 +72,10 @@ def ttft(port, text):
         line = line.strip()
         if not line.startswith(b"data: ") or line == b"data: [DONE]":
             continue
-        delta = json.loads(line[6:])["choices"][0]["delta"]
-        if first is None and delta.get("content"):
+        choice = json.loads(line[6:])["choices"][0]
+        # The first token's text, or the end when the random model's first tokens decode to
+        # nothing: either way the input verdict has come.
+        if first is None and (choice["delta"].get("content") or choice.get("finish_reason")):
             first = time.perf_counter() - start
     return first
 
