@@ -188,6 +188,10 @@ pub struct GatewayOptions {
     /// 503, `open` lets it through unchecked [default: closed].
     #[arg(long, env = "PASSERELLE_SAFETY_FAILURE_POLICY", value_name = "POLICY")]
     pub safety_failure_policy: Option<String>,
+    /// Check each prompt before generation starts instead of alongside it: a slower first
+    /// token, but a refused prompt never costs a prefill [default: false, checked alongside].
+    #[arg(long, env = "PASSERELLE_SAFETY_SEQUENTIAL", num_args = 0..=1, default_missing_value = "true")]
+    pub safety_sequential: Option<bool>,
     /// Longest a safety check may take, in milliseconds, before it counts as failed
     /// [default: 5000].
     #[arg(long, env = "PASSERELLE_SAFETY_TIMEOUT_MS")]

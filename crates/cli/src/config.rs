@@ -55,6 +55,7 @@ pub struct FileConfig {
     pub safety_refusal_message: Option<String>,
     pub safety_failure_policy: Option<String>,
     pub safety_timeout_ms: Option<u64>,
+    pub safety_sequential: Option<bool>,
     pub safety_model: Option<String>,
     pub safety_threshold: Option<f32>,
     pub safety_categories: Option<Vec<String>>,

@@ -337,6 +337,10 @@ pub fn safety(
         config.check_input = check_input;
         config.check_output = check_output;
         config.failure_policy = failure_policy;
+        config.overlap = !args
+            .safety_sequential
+            .or(file.safety_sequential)
+            .unwrap_or(false);
         config.refusal_message = args
             .safety_refusal_message
             .clone()

@@ -38,6 +38,10 @@ pub struct SafetyConfig {
     pub refusal_message: Option<String>,
     /// Longest a check may take; past it the check has failed. Default 5 s.
     pub timeout: Duration,
+    /// Run the input check alongside the start of generation (the default), so a check costs
+    /// less than its own time. Off, the check runs first and generation starts once the prompt
+    /// is known to be safe: a slower first token, but a refused prompt never costs a prefill.
+    pub overlap: bool,
     /// What a prompt whose input check failed (service down, timeout, model error) gets:
     /// `Closed` (the default) refuses it with 503, `Open` lets it through unchecked, logged and
     /// counted in `passerelle_safety_unchecked_total`. A failed output check always lets the
@@ -54,6 +58,7 @@ impl SafetyConfig {
             check_output: true,
             refusal_message: None,
             timeout: Duration::from_secs(5),
+            overlap: true,
             failure_policy: FailurePolicy::Closed,
         }
     }
@@ -222,6 +227,8 @@ pub(crate) struct Screening {
     messages: Vec<ChatMessage>,
     request_id: String,
     model: String,
+    /// Choices the request asks for (`n`), for a refusal answered without a generation.
+    choices: u32,
     check_input: bool,
     check_output: bool,
 }
@@ -265,6 +272,7 @@ impl Screening {
             messages,
             request_id: request.request_id.clone(),
             model: request.model.clone(),
+            choices: request.sampling.as_ref().map_or(1, |s| s.n.max(1)),
             check_input,
             check_output,
         }))
@@ -290,6 +298,7 @@ impl Screening {
             messages,
             request_id: request_id.to_owned(),
             model: model.to_owned(),
+            choices: 1,
             check_input,
             check_output: false,
         })
@@ -331,15 +340,25 @@ pub(crate) async fn input_checked<T>(
         request_id: screening.request_id,
         ..CheckRequest::default()
     };
-    let (verdict, started) = tokio::join!(screening.backend.check(request), start);
-    let verdict = verdict_or_policy(&reporter, &screening.backend.config, verdict)?;
+    let config = &screening.backend.config;
+    let mut start = std::pin::pin!(start);
+    let (verdict, started) = if config.overlap {
+        let (verdict, started) = tokio::join!(screening.backend.check(request), &mut start);
+        (verdict, Some(started))
+    } else {
+        (screening.backend.check(request).await, None)
+    };
+    let verdict = verdict_or_policy(&reporter, config, verdict)?;
     if let Some(verdict) = verdict.filter(|v| v.verdict() == Verdict::Unsafe) {
         drop(started);
         let refusal = Refusal::from_verdict(&verdict);
         reporter.refused("input", &refusal).await;
         return Err(ApiError::ContentFiltered(refusal));
     }
-    started
+    match started {
+        Some(started) => started,
+        None => start.await,
+    }
 }
 
 /// Runs the input check alongside `start` (the generation starting) and returns the answer
@@ -361,12 +380,18 @@ pub(crate) async fn screened(
             request_id: screening.request_id.clone(),
             ..CheckRequest::default()
         };
-        let (verdict, started) = tokio::join!(screening.backend.check(request), start);
+        let mut start = std::pin::pin!(start);
+        let (verdict, started) = if config.overlap {
+            let (verdict, started) = tokio::join!(screening.backend.check(request), &mut start);
+            (verdict, Some(started))
+        } else {
+            (screening.backend.check(request).await, None)
+        };
         let verdict = verdict_or_policy(&reporter, config, verdict)?;
         if let Some(verdict) = verdict.filter(|v| v.verdict() == Verdict::Unsafe) {
             let (model, choices) = match &started {
-                Ok(answer) => (answer.model().to_owned(), answer.choices()),
-                Err(_) => (screening.model.clone(), 1),
+                Some(Ok(answer)) => (answer.model().to_owned(), answer.choices()),
+                _ => (screening.model.clone(), screening.choices),
             };
             drop(started);
             let refusal = Refusal::from_verdict(&verdict);
@@ -376,7 +401,10 @@ pub(crate) async fn screened(
                 None => Err(ApiError::ContentFiltered(refusal)),
             };
         }
-        started?
+        match started {
+            Some(started) => started?,
+            None => start.await?,
+        }
     } else {
         start.await?
     };

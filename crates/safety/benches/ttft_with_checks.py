@@ -2,10 +2,12 @@
 """Time to first token of a streamed chat through `passerelle serve`, with the Llama Guard input
 check on and off, for a short and a long user message.
 
-    python3 crates/safety/benches/ttft_with_checks.py PASSERELLE_BINARY LLM_GGUF GUARD_GGUF
+    python3 crates/safety/benches/ttft_with_checks.py PASSERELLE_BINARY LLM_GGUF GUARD_GGUF \
+        [off,on,sequential]
 
-Starts the server twice on 127.0.0.1 (once with `--no-safety`, once with `--safety-model GUARD
---safety-checks input`), sends each message REPEAT times after one
+Starts the server once per mode on 127.0.0.1 (`off`: `--no-safety`; `on`: `--safety-model GUARD
+--safety-checks input`; `sequential`: the same with `--safety-sequential`, the check before
+generation instead of alongside it; default `off,on`), sends each message REPEAT times after one
 warm-up, and prints the median time from sending the request to the first content delta (or
 the end of the choice, when the random model's first tokens decode to no text). Stops
 only the servers it started.
@@ -80,15 +82,17 @@ def ttft(port, text):
     return first
 
 
-def run(binary, llm, guard, checked):
+def run(binary, llm, guard, mode):
     port = free_port()
     args = [binary, "--log-filter", "warn", "serve", "--listen", f"127.0.0.1:{port}",
             "--model", llm, "--model-id", "bench"]
-    if checked:
+    if mode == "off":
+        args += ["--no-safety"]
+    else:
         args += ["--safety-model", guard, "--safety-checks", "input",
                  "--safety-timeout-ms", "60000"]
-    else:
-        args += ["--no-safety"]
+    if mode == "sequential":
+        args += ["--safety-sequential"]
     process = subprocess.Popen(args)
     try:
         wait_ready(port, process)
@@ -106,13 +110,13 @@ def run(binary, llm, guard, checked):
 
 def main():
     binary, llm, guard = sys.argv[1:4]
-    off = run(binary, llm, guard, checked=False)
-    on = run(binary, llm, guard, checked=True)
-    print("| user message | TTFT, check off | TTFT, Llama Guard input check on | added |")
-    print("| --- | --- | --- | --- |")
-    for words in off:
-        print(f"| {words} words | {off[words]*1000:.0f} ms | {on[words]*1000:.0f} ms | "
-              f"{(on[words]-off[words])*1000:.0f} ms |")
+    modes = sys.argv[4].split(",") if len(sys.argv) > 4 else ["off", "on"]
+    results = {mode: run(binary, llm, guard, mode) for mode in modes}
+    print("| user message | " + " | ".join(f"TTFT, {mode}" for mode in modes) + " |")
+    print("| --- |" + " --- |" * len(modes))
+    for words in (20, 200):
+        cells = " | ".join(f"{results[mode][words]*1000:.0f} ms" for mode in modes)
+        print(f"| {words} words | {cells} |")
 
 
 if __name__ == "__main__":

@@ -479,3 +479,39 @@ async fn a_safety_service_that_is_down_yields_the_failure_policy() {
         assert_eq!(unchecked, expected, "{policy:?}");
     }
 }
+
+#[tokio::test]
+async fn sequential_checks_refuse_before_generating_and_pass_safe_prompts() {
+    const REFUSAL: &str = "I can't help with that.";
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.safety = Some(Default::default());
+        let mut safety = passerelle_gateway::safety::SafetyConfig::new("http://unused");
+        safety.overlap = false;
+        safety.refusal_message = Some(REFUSAL.to_owned());
+        options.gateway.safety = Some(safety);
+    })
+    .await;
+    let key = passerelle_testkit::stack::Stack::API_KEY;
+    let safe = post(
+        &served,
+        "/v1/chat/completions",
+        key,
+        &chat("What is a footbridge?"),
+    )
+    .await;
+    assert_eq!(safe.status(), StatusCode::OK);
+    let mut two = chat(ATTACK);
+    two["n"] = json!(2);
+    let refused: Value = post(&served, "/v1/chat/completions", key, &two)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The refusal answers every choice asked for, though no generation started.
+    let choices = refused["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{refused}");
+    for choice in choices {
+        assert_eq!(choice["message"]["content"], REFUSAL);
+        assert_eq!(choice["finish_reason"], "content_filter");
+    }
+}
