@@ -11,7 +11,7 @@
 //! interleaved rotation (pairs `2i, 2i+1`) equals Hugging Face's rotation of halves (`i, i+d/2`).
 //! Weights are kept as stored and each format rotates its own way ([`RopeLayout`]).
 
-use std::{collections::HashMap, io::Read, io::Seek};
+use std::io::{Read, Seek};
 
 use candle_core::{
     DType, Device, Module, Tensor,
@@ -516,7 +516,7 @@ impl SafetensorsSource<'_> {
         let c = self.config;
         let q = c.num_heads * c.head_dim;
         let kv = c.num_kv_heads * c.head_dim;
-        let suffixes: HashMap<&str, (usize, usize)> = HashMap::from([
+        let suffixes = [
             ("q_proj.weight", (q, c.hidden_size)),
             ("k_proj.weight", (kv, c.hidden_size)),
             ("v_proj.weight", (kv, c.hidden_size)),
@@ -524,11 +524,11 @@ impl SafetensorsSource<'_> {
             ("gate_proj.weight", (c.intermediate_size, c.hidden_size)),
             ("up_proj.weight", (c.intermediate_size, c.hidden_size)),
             ("down_proj.weight", (c.hidden_size, c.intermediate_size)),
-        ]);
+        ];
         suffixes
-            .iter()
-            .find(|(suffix, _)| name.ends_with(*suffix))
-            .map(|(_, shape)| *shape)
+            .into_iter()
+            .find(|(suffix, _)| name.ends_with(suffix))
+            .map(|(_, shape)| shape)
     }
 }
 
