@@ -16,6 +16,11 @@ const QUEUE_CAPACITY: usize = 100_000;
 /// Most records taken off the queue at once. Consecutive usage records among them go to the
 /// store in one call: under load one transaction (and one sync to disk) carries many requests.
 const BATCH: usize = 512;
+/// Pause after writing a batch that emptied the queue, so that under steady load one
+/// transaction (and one sync to disk) carries every request of the pause rather than a few.
+/// Without it the writer woke for nearly every request and the store's commits cost about a tenth
+/// of the gateway's CPU time per proxied request.
+const LINGER: Duration = Duration::from_millis(20);
 /// Longest pause between two attempts at a record the store refused.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -142,6 +147,7 @@ async fn write_all(
 ) {
     let mut taken = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut taken, BATCH).await > 0 {
+        let drained = taken.len() < BATCH;
         let mut records = taken.drain(..).peekable();
         while let Some(record) = records.next() {
             let Record::Usage(first) = record else {
@@ -157,6 +163,9 @@ async fn write_all(
             }
             persist_usages(store.as_ref(), usages.as_slice()).await;
             progress.finished(usages.len());
+        }
+        if drained {
+            tokio::time::sleep(LINGER).await;
         }
     }
 }

@@ -287,7 +287,7 @@ impl Screening {
         principal: &Principal,
         model: &str,
         request_id: &str,
-        messages: Vec<ChatMessage>,
+        messages: impl FnOnce() -> Vec<ChatMessage>,
     ) -> Option<Self> {
         let backend = state.safety()?;
         let check_input = principal
@@ -295,7 +295,7 @@ impl Screening {
             .map_or(backend.config.check_input, |checks| checks.input());
         check_input.then(|| Self {
             backend: backend.clone(),
-            messages,
+            messages: messages(),
             request_id: request_id.to_owned(),
             model: model.to_owned(),
             choices: 1,

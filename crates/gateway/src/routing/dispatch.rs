@@ -1,6 +1,7 @@
 //! One chat or text completion request through the routing table: the model named resolved,
 //! then tried with its fallbacks in order, each on the llm service or relayed to an upstream.
 
+use std::cell::OnceCell;
 use std::future::Future;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::forward::ForwardBody;
 use super::relay::{self, Account};
 use super::table::{Pool, RouteTable, Target};
 use super::upstream::{Outgoing, SendError};
@@ -30,13 +32,6 @@ pub(crate) enum Api {
 }
 
 impl Api {
-    fn path(self) -> &'static str {
-        match self {
-            Api::Chat => "chat/completions",
-            Api::Completions => "completions",
-        }
-    }
-
     pub(crate) fn route(self) -> &'static str {
         match self {
             Api::Chat => "/v1/chat/completions",
@@ -209,49 +204,45 @@ async fn upstream(
     pool: &std::sync::Arc<Pool>,
 ) -> Result<(Response, String), ApiError> {
     let state = routed.state;
-    let mut body: Map<String, Value> = parse_json(&routed.body)?;
-    if body.contains_key("retrieval") {
+    let body = ForwardBody::parse(&routed.body)?;
+    if body.has_retrieval() {
         return Err(ApiError::invalid_param(
             "retrieval",
             "`retrieval` is not available for models served by an upstream.",
         ));
     }
-    let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let client_wants_usage = streaming && wants_usage(&body);
-    if streaming && !client_wants_usage {
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        match options {
-            Value::Object(options) => {
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-            }
-            other => *other = serde_json::json!({"include_usage": true}),
-        }
-    }
-    let messages = prompt_messages(routed.api, &body);
-    let meter = Meter::new(
-        state,
-        routed.principal,
-        routed.api.endpoint(),
-        &response_id(routed.api.id_prefix()),
-        routed.started_at,
-    )
-    .with_prompt_text(|| prompt_text(&messages));
-    let screening = Screening::of_messages(
-        state,
-        routed.principal,
-        &pool.model,
-        routed.request_id,
-        messages,
-    );
+    let streaming = body.streaming();
+    let client_wants_usage = streaming && body.wants_usage();
+    // Read only when the prompt log or the safety check wants them; in a block, since the
+    // cell is not `Sync` and the future must stay `Send`.
+    let (meter, screening) = {
+        let messages = OnceCell::new();
+        let messages = || messages.get_or_init(|| prompt_messages(routed.api, &body));
+        let meter = Meter::new(
+            state,
+            routed.principal,
+            routed.api.endpoint(),
+            &response_id(routed.api.id_prefix()),
+            routed.started_at,
+        )
+        .with_prompt_text(|| prompt_text(messages()));
+        let screening = Screening::of_messages(
+            state,
+            routed.principal,
+            &pool.model,
+            routed.request_id,
+            || messages().clone(),
+        );
+        (meter, screening)
+    };
     let timeout = table.timeout.unwrap_or(state.config().request_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let outgoing = Outgoing {
         client: state.upstream_client(),
         pool,
-        path: routed.api.path(),
-        body,
+        api: routed.api,
+        body: &body,
+        ask_usage: streaming && !client_wants_usage,
         request_id: routed.request_id,
         retries: table.retries,
         deadline,
@@ -299,7 +290,7 @@ pub(crate) fn wants_usage(body: &Map<String, Value>) -> bool {
 
 /// The prompt as messages, for the safety check and the prompt log: chat messages with their
 /// text parts, or each completion prompt as a user message.
-fn prompt_messages(api: Api, body: &Map<String, Value>) -> Vec<ChatMessage> {
+fn prompt_messages(api: Api, body: &ForwardBody<'_>) -> Vec<ChatMessage> {
     let message = |role: &str, content: String| ChatMessage {
         role: role.to_owned(),
         content,
@@ -307,7 +298,8 @@ fn prompt_messages(api: Api, body: &Map<String, Value>) -> Vec<ChatMessage> {
     };
     match api {
         Api::Chat => body
-            .get("messages")
+            .messages()
+            .as_ref()
             .and_then(Value::as_array)
             .map(|messages| {
                 messages
@@ -319,8 +311,8 @@ fn prompt_messages(api: Api, body: &Map<String, Value>) -> Vec<ChatMessage> {
                     .collect()
             })
             .unwrap_or_default(),
-        Api::Completions => match body.get("prompt") {
-            Some(Value::String(prompt)) => vec![message("user", prompt.clone())],
+        Api::Completions => match body.prompt() {
+            Some(Value::String(prompt)) => vec![message("user", prompt)],
             Some(Value::Array(prompts)) => prompts
                 .iter()
                 .filter_map(Value::as_str)
@@ -358,28 +350,27 @@ mod tests {
 
     use super::*;
 
-    fn map(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("not an object"),
-        }
+    fn body(value: &Value) -> Vec<u8> {
+        serde_json::to_vec(value).unwrap()
     }
 
     #[test]
     fn chat_prompts_are_read_with_their_text_parts() {
-        let body = map(json!({"messages": [
+        let raw = body(&json!({"model": "m", "messages": [
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "image_url"}]}
         ]}));
-        let messages = prompt_messages(Api::Chat, &body);
+        let messages = prompt_messages(Api::Chat, &ForwardBody::parse(&raw).unwrap());
         assert_eq!(prompt_text(&messages), "system: Be brief.\nuser: Hi");
     }
 
     #[test]
     fn completion_prompts_are_user_messages() {
-        let body = map(json!({"prompt": ["a", "b"]}));
-        assert_eq!(prompt_messages(Api::Completions, &body).len(), 2);
-        let body = map(json!({"prompt": "once"}));
-        assert_eq!(prompt_messages(Api::Completions, &body)[0].content, "once");
+        let raw = body(&json!({"model": "m", "prompt": ["a", "b"]}));
+        let parsed = ForwardBody::parse(&raw).unwrap();
+        assert_eq!(prompt_messages(Api::Completions, &parsed).len(), 2);
+        let raw = body(&json!({"model": "m", "prompt": "once"}));
+        let parsed = ForwardBody::parse(&raw).unwrap();
+        assert_eq!(prompt_messages(Api::Completions, &parsed)[0].content, "once");
     }
 }

@@ -12,6 +12,7 @@ mod balancer;
 mod cascade;
 pub mod config;
 pub(crate) mod dispatch;
+mod forward;
 mod relay;
 mod sse_split;
 pub(crate) mod table;

@@ -60,9 +60,23 @@ pub enum RoutingError {
 pub(crate) struct Replica {
     /// The base URL without a trailing slash.
     pub(crate) base_url: String,
+    /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once: parsing a URL
+    /// per request is a measurable share of the gateway's cost.
+    pub(crate) chat_url: reqwest::Url,
+    pub(crate) completions_url: reqwest::Url,
     pub(crate) api_key: Option<String>,
     /// The model name sent upstream.
     pub(crate) upstream_model: String,
+}
+
+impl Replica {
+    /// The URL a request through `api` goes to.
+    pub(crate) fn endpoint(&self, api: super::dispatch::Api) -> &reqwest::Url {
+        match api {
+            super::dispatch::Api::Chat => &self.chat_url,
+            super::dispatch::Api::Completions => &self.completions_url,
+        }
+    }
 }
 
 /// The replicas of one upstream model and their balancing state.
@@ -162,6 +176,15 @@ impl RouteTable {
                 return Err(RoutingError::EmptyModel);
             }
             let url = upstream.url.trim_end_matches('/');
+            let endpoint = |path: &str| reqwest::Url::parse(&format!("{url}/{path}")).ok();
+            let (Some(chat_url), Some(completions_url)) =
+                (endpoint("chat/completions"), endpoint("completions"))
+            else {
+                return Err(RoutingError::InvalidUrl {
+                    model: upstream.model.clone(),
+                    url: upstream.url.clone(),
+                });
+            };
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.parse::<http::Uri>().is_err()
             {
@@ -178,6 +201,8 @@ impl RouteTable {
             }
             grouped.entry(&upstream.model).or_default().push(Replica {
                 base_url: url.to_owned(),
+                chat_url,
+                completions_url,
                 api_key: upstream.api_key.clone().filter(|k| !k.is_empty()),
                 upstream_model: upstream
                     .upstream_model

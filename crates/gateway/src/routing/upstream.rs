@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bytes::Bytes;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::forward::ForwardBody;
 use super::table::{Lease, Pool};
 use crate::extract::REQUEST_ID_HEADER;
 
@@ -115,10 +115,11 @@ pub(crate) enum SendError {
 pub(crate) struct Outgoing<'a> {
     pub(crate) client: &'a UpstreamClient,
     pub(crate) pool: &'a Arc<Pool>,
-    /// `chat/completions` or `completions`.
-    pub(crate) path: &'static str,
+    pub(crate) api: super::dispatch::Api,
     /// The client's JSON, whose `model` is replaced by each replica's upstream name.
-    pub(crate) body: serde_json::Map<String, serde_json::Value>,
+    pub(crate) body: &'a ForwardBody<'a>,
+    /// Whether to ask for the usage chunk of a stream the client did not ask for.
+    pub(crate) ask_usage: bool,
     pub(crate) request_id: &'a str,
     pub(crate) retries: u32,
     pub(crate) deadline: Instant,
@@ -128,7 +129,7 @@ impl Outgoing<'_> {
     /// Sends until a replica answers with a 2xx head (returned with its lease, to be held
     /// while the body is read) or a 4xx (passed on), or the retries run out. Nothing of any
     /// answer has been read when a retry is made.
-    pub(crate) async fn send(mut self) -> Result<(reqwest::Response, Lease), SendError> {
+    pub(crate) async fn send(self) -> Result<(reqwest::Response, Lease), SendError> {
         let mut tried = Vec::new();
         let mut last = SendError::Unavailable {
             retry_after: UNAVAILABLE_RETRY,
@@ -148,23 +149,13 @@ impl Outgoing<'_> {
             };
             tried.push(lease.index());
             let replica = lease.replica();
-            self.body.insert(
-                "model".to_owned(),
-                serde_json::Value::String(replica.upstream_model.clone()),
-            );
-            let body = match serde_json::to_vec(&self.body) {
-                Ok(body) => Bytes::from(body),
-                // A map of JSON values always serialises; kept as a clean failure regardless.
-                Err(_) => {
-                    return Err(SendError::Failed {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                    });
-                }
-            };
+            let body = self
+                .body
+                .to_upstream(&replica.upstream_model, self.ask_usage);
             let mut request = self
                 .client
                 .http
-                .post(format!("{}/{}", replica.base_url, self.path))
+                .post(replica.endpoint(self.api).clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID_HEADER, self.request_id)
                 .body(body);
