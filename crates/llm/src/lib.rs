@@ -1,4 +1,5 @@
-//! Text generation on candle (CPU) for Qwen2, Qwen3, Llama and Phi-3 models, as a library and as a gRPC service.
+//! Text generation on candle (CPU) for Qwen2, Qwen3, Llama and Phi-3 models, as a library and
+//! as a gRPC service.
 //!
 //! - [`model`]: a model's files ([`ModelFiles`]: one GGUF file, or a Hugging Face directory with
 //!   safetensors weights) and the decoder forward pass over them (shared weights, one KV cache

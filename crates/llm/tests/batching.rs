@@ -157,3 +157,47 @@ fn a_cloned_cache_resumes_like_the_original_and_errors_leave_caches_untouched() 
     assert_eq!(c, d);
     assert!(decoder.forward(&[], &mut KvCache::new()).is_err());
 }
+
+#[test]
+fn a_longrope_sequence_crossing_its_original_context_in_a_batch_matches_it_alone() {
+    // tiny-phi3's original context is 24 positions: the first item crosses it in this step
+    // (and is run again with the long factors), the second does not.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-phi3");
+    let decoder = decoder(&dir);
+    let long: Vec<u32> = (1..=23).collect();
+    let short: Vec<u32> = vec![9, 8, 7];
+    let prefill = |prompt: &[u32]| {
+        let mut cache = KvCache::new();
+        decoder.forward(prompt, &mut cache).unwrap();
+        cache
+    };
+    let alone: Vec<Vec<f32>> = [(&long, [40u32, 41]), (&short, [42, 43])]
+        .iter()
+        .map(|(prompt, next)| {
+            let mut cache = prefill(prompt);
+            decoder
+                .forward(next, &mut cache)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    let (mut a, mut b) = (prefill(&long), prefill(&short));
+    let mut items = [
+        BatchItem {
+            tokens: &[40, 41],
+            cache: &mut a,
+        },
+        BatchItem {
+            tokens: &[42, 43],
+            cache: &mut b,
+        },
+    ];
+    let batched = rows(&decoder.forward_batch(&mut items).unwrap());
+    for (i, (x, y)) in alone.iter().zip(&batched).enumerate() {
+        let diff = max_diff(x, y);
+        assert!(diff <= 1e-4, "item {i}: max |diff| {diff}");
+    }
+    assert_eq!((a.len(), b.len()), (25, 5));
+    assert_eq!(&a.tokens()[23..], &[40, 41]);
+}

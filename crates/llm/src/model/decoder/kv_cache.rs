@@ -10,13 +10,14 @@ use candle_core::Tensor;
 #[derive(Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
+    /// The tokens of the cached positions (a sequence whose rotation changes is run again).
+    tokens: Vec<u32>,
 }
 
 impl std::fmt::Debug for KvCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvCache")
-            .field("len", &self.len)
+            .field("len", &self.len())
             .field("layers", &self.layers.len())
             .finish()
     }
@@ -30,17 +31,22 @@ impl KvCache {
 
     /// Positions cached: the position the next token takes.
     pub fn len(&self) -> usize {
-        self.len
+        self.tokens.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.tokens.is_empty()
+    }
+
+    /// The tokens whose keys and values are cached, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
     }
 
     /// Forgets every position.
     pub fn clear(&mut self) {
         self.layers.clear();
-        self.len = 0;
+        self.tokens.clear();
     }
 
     /// Appends `k` and `v` of new positions to `layer` and returns the whole layer's keys and
@@ -65,14 +71,15 @@ impl KvCache {
         Ok((k, v))
     }
 
-    pub(crate) fn advance(&mut self, by: usize) {
-        self.len += by;
+    /// Records that every layer now holds `tokens` after the previous positions.
+    pub(crate) fn advance(&mut self, tokens: &[u32]) {
+        self.tokens.extend_from_slice(tokens);
     }
 
     /// Drops whatever a failed forward appended past [`KvCache::len`], so the cache is as it
     /// was before that forward.
     pub(crate) fn roll_back(&mut self) {
-        let len = self.len;
+        let len = self.len();
         for layer in &mut self.layers {
             let kept = match layer.take() {
                 Some(_) if len == 0 => None,
@@ -104,7 +111,7 @@ mod tests {
         for layer in 0..2 {
             cache.append(layer, positions(3), positions(3)).unwrap();
         }
-        cache.advance(3);
+        cache.advance(&[1, 2, 3]);
         // A pass that got through layer 0 only.
         cache.append(0, positions(2), positions(2)).unwrap();
         cache.roll_back();

@@ -160,11 +160,37 @@ impl Decoder {
     /// `[items, vocab]`. The projections and the MLP run once over all items' rows together;
     /// attention runs per item against its own cache. On error every cache is left as it was.
     pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> candle_core::Result<Tensor> {
-        let result = self.run_batch(items);
+        // A longrope sequence outgrowing the original context is run again from its start with
+        // the long factors, as `transformers` generates it; the old cache is kept for errors.
+        let mut reruns: Vec<Option<Vec<u32>>> = Vec::with_capacity(items.len());
+        let mut backups: Vec<Option<KvCache>> = Vec::with_capacity(items.len());
         for item in items.iter_mut() {
-            match &result {
-                Ok(_) => item.cache.advance(item.tokens.len()),
-                Err(_) => item.cache.roll_back(),
+            let cached = item.cache.len();
+            let rerun = self.rope.must_recompute(cached, cached + item.tokens.len());
+            if rerun {
+                let mut all = item.cache.tokens().to_vec();
+                all.extend_from_slice(item.tokens);
+                reruns.push(Some(all));
+                backups.push(Some(std::mem::take(item.cache)));
+            } else {
+                reruns.push(None);
+                backups.push(None);
+            }
+        }
+        let mut effective: Vec<BatchItem<'_>> = items
+            .iter_mut()
+            .zip(&reruns)
+            .map(|(item, rerun)| BatchItem {
+                tokens: rerun.as_deref().unwrap_or(item.tokens),
+                cache: &mut *item.cache,
+            })
+            .collect();
+        let result = self.run_batch(&mut effective);
+        for (item, backup) in effective.iter_mut().zip(backups) {
+            match (&result, backup) {
+                (Ok(_), _) => item.cache.advance(item.tokens),
+                (Err(_), Some(old)) => *item.cache = old,
+                (Err(_), None) => item.cache.roll_back(),
             }
         }
         result

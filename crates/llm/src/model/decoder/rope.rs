@@ -160,23 +160,35 @@ impl Rope {
         })
     }
 
+    /// Whether a sequence `len` positions long rotates with the long factors.
+    fn is_long(&self, len: usize) -> bool {
+        self.long.as_ref().is_some_and(|(from, _)| len > *from)
+    }
+
+    /// Whether extending a sequence from `cached` to `len` positions changes its regime, so
+    /// that the cached keys, rotated with the short factors, must be computed again.
+    pub(crate) fn must_recompute(&self, cached: usize, len: usize) -> bool {
+        cached > 0 && !self.is_long(cached) && self.is_long(len)
+    }
+
     /// `cos` and `sin` of positions `start..start + len`, `[len, head_dim / 2]`. With longrope,
-    /// each position takes the factors of its own regime (as vLLM does), so cached keys never
-    /// change rotation; for a sequence within the original context this equals `transformers`.
+    /// the factors are those of a sequence ending at `start + len`: long ones once it outgrows
+    /// the original context, as `transformers` decides it (which recomputes the whole sequence
+    /// when it crosses that length; see [`Rope::must_recompute`]).
     pub(crate) fn tables(
         &self,
         start: usize,
         len: usize,
         device: &Device,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+        let freqs = match &self.long {
+            Some((_, long)) if self.is_long(start + len) => long,
+            _ => &self.inv_freq,
+        };
+        let half = freqs.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
         for pos in start..start + len {
-            let freqs = match &self.long {
-                Some((from, long)) if pos >= *from => long,
-                _ => &self.inv_freq,
-            };
             for freq in freqs {
                 let angle = pos as f32 * freq;
                 cos.push(angle.cos() * self.attention_factor);
@@ -208,7 +220,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn longrope_switches_factors_at_the_original_context() {
+    fn longrope_switches_factors_once_the_sequence_outgrows_the_original_context() {
         let config = RopeConfig {
             theta: 10_000.0,
             layout: RopeLayout::Halves,
@@ -220,12 +232,23 @@ mod tests {
             })),
         };
         let rope = Rope::new(&config, 4).unwrap();
-        let (cos, _) = rope.tables(3, 2, &Device::Cpu).unwrap();
-        let cos: Vec<Vec<f32>> = cos.to_vec2().unwrap();
-        // Position 3 is short (plain frequencies 1 and 0.01), position 4 long (halved, quartered).
-        assert!((cos[0][0] - 3f32.cos() * 1.5).abs() < 1e-6);
-        assert!((cos[1][0] - 2f32.cos() * 1.5).abs() < 1e-6);
-        assert!((cos[1][1] - (4.0 * 0.01f32 / 4.0).cos() * 1.5).abs() < 1e-6);
+        let cos = |start, len| -> Vec<Vec<f32>> {
+            rope.tables(start, len, &Device::Cpu)
+                .unwrap()
+                .0
+                .to_vec2()
+                .unwrap()
+        };
+        // Four positions are short (plain frequencies 1 and 0.01).
+        assert!((cos(3, 1)[0][0] - 3f32.cos() * 1.5).abs() < 1e-6);
+        // Five are long (frequencies halved and quartered), every position of them.
+        let long = cos(3, 2);
+        assert!((long[0][0] - 1.5f32.cos() * 1.5).abs() < 1e-6);
+        assert!((long[1][0] - 2f32.cos() * 1.5).abs() < 1e-6);
+        assert!((long[1][1] - (4.0 * 0.01f32 / 4.0).cos() * 1.5).abs() < 1e-6);
+        assert!(rope.must_recompute(4, 5));
+        assert!(!rope.must_recompute(0, 5));
+        assert!(!rope.must_recompute(5, 6));
     }
 
     #[test]
