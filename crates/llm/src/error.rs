@@ -17,7 +17,9 @@ pub use passerelle_grpc_server::status::PARAM_METADATA;
 pub enum LoadError {
     #[error("{path}: {reason}")]
     NotAModel { path: PathBuf, reason: String },
-    #[error("{path}: unsupported architecture `{found}` (this service runs qwen2 models)")]
+    #[error(
+        "{path}: unsupported architecture `{found}` (this service runs qwen2, qwen3, llama and phi3 models)"
+    )]
     UnsupportedArchitecture { path: PathBuf, found: String },
     #[error("unsupported tokenizer: {0}")]
     UnsupportedTokenizer(String),

@@ -1,7 +1,9 @@
-//! Text generation on candle (CPU) for Qwen2 models, as a library and as a gRPC service.
+//! Text generation on candle (CPU) for Qwen2, Qwen3, Llama and Phi-3 models, as a library and
+//! as a gRPC service.
 //!
 //! - [`model`]: a model's files ([`ModelFiles`]: one GGUF file, or a Hugging Face directory with
-//!   safetensors weights) and the Qwen2 forward pass over them.
+//!   safetensors weights) and the decoder forward pass over them (shared weights, one KV cache
+//!   per sequence).
 //! - [`tokenizer`]: `tokenizer.json`, or a tokenizer rebuilt from GGUF metadata, with each
 //!   token's bytes; [`detokenizer`] turns tokens into text without ever splitting a character.
 //! - [`template`]: the model's own Jinja chat template, rendered like `transformers` does.

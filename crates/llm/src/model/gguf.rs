@@ -3,11 +3,10 @@
 use std::{collections::BTreeSet, fs::File, path::Path};
 
 use candle_core::{Device, quantized::gguf_file};
-use candle_transformers::models::quantized_qwen2;
 
 use crate::{
     error::LoadError,
-    model::{Architecture, ModelAssets, ModelFormat, Weights, llama::Llama},
+    model::{Architecture, ModelAssets, ModelFormat, decoder::Decoder},
     sampler::SamplingDefaults,
     tokenizer::{TextTokenizer, bad_metadata, metadata},
 };
@@ -27,7 +26,7 @@ const END_OF_GENERATION_TEXTS: [&str; 9] = [
     "<|eom_id|>",
 ];
 
-pub(super) fn load(path: &Path, device: &Device) -> Result<(Weights, ModelAssets), LoadError> {
+pub(super) fn load(path: &Path, device: &Device) -> Result<(Decoder, ModelAssets), LoadError> {
     let mut file = File::open(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
@@ -84,14 +83,7 @@ pub(super) fn load(path: &Path, device: &Device) -> Result<(Weights, ModelAssets
             .filter(|id| tokenizer.pieces().is_special(*id)),
     );
 
-    let weights = match arch {
-        Architecture::Qwen2 => Weights::QwenGguf(Box::new(
-            quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?,
-        )),
-        Architecture::Llama => {
-            Weights::Llama(Box::new(Llama::from_gguf(content, &mut file, device)?))
-        }
-    };
+    let weights = Decoder::from_gguf(&content, &mut file, device)?;
     let assets = ModelAssets {
         format: ModelFormat::Gguf,
         architecture: arch,

@@ -2,33 +2,29 @@
 //!
 //! [`ModelFiles`] resolves a local path; [`load`] reads it into a [`CausalLm`] plus the
 //! [`ModelAssets`] that prompts and stopping need: tokenizer, chat template, end-of-sequence ids
-//! and sampling defaults. Qwen2 runs on candle's `quantized_qwen2` (GGUF) and `qwen2`
-//! (safetensors); Llama on [`llama::Llama`], one implementation for both formats.
+//! and sampling defaults. Every family (Llama, Qwen2, Qwen3, Phi-3) runs on one
+//! [`decoder::Decoder`] for both formats; its weights are shared and each sequence has its own
+//! [`KvCache`].
 
+pub mod decoder;
 mod files;
 mod gguf;
-pub mod llama;
+mod hf_config;
 mod safetensors;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{quantized_qwen2, qwen2};
+use candle_core::{DType, Device};
 
+pub use decoder::{BatchItem, Decoder, DecoderConfig, KvCache};
 pub use files::{ModelFiles, ModelFormat};
 
 use crate::{error::LoadError, sampler::SamplingDefaults, tokenizer::TextTokenizer};
 
-/// A decoder-only language model with its KV cache.
+/// A decoder with one KV cache: the single-sequence view the engine and Llama Guard use.
 pub struct CausalLm {
-    weights: Weights,
-    device: Device,
-}
-
-enum Weights {
-    QwenGguf(Box<quantized_qwen2::ModelWeights>),
-    QwenSafetensors(Box<qwen2::ModelForCausalLM>),
-    Llama(Box<llama::Llama>),
+    decoder: Arc<Decoder>,
+    cache: KvCache,
 }
 
 /// The decoder architectures served, by their `config.json` `model_type` and GGUF
@@ -36,7 +32,9 @@ enum Weights {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     Qwen2,
+    Qwen3,
     Llama,
+    Phi3,
 }
 
 impl Architecture {
@@ -44,7 +42,9 @@ impl Architecture {
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "qwen2" => Some(Self::Qwen2),
+            "qwen3" => Some(Self::Qwen3),
             "llama" => Some(Self::Llama),
+            "phi3" => Some(Self::Phi3),
             _ => None,
         }
     }
@@ -52,64 +52,63 @@ impl Architecture {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
             Self::Llama => "llama",
+            Self::Phi3 => "phi3",
         }
     }
 }
 
 impl std::fmt::Debug for CausalLm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let architecture = match self.weights {
-            Weights::QwenGguf(_) | Weights::QwenSafetensors(_) => Architecture::Qwen2,
-            Weights::Llama(_) => Architecture::Llama,
-        };
         f.debug_struct("CausalLm")
-            .field("architecture", &architecture)
+            .field("architecture", &self.decoder.config().architecture)
+            .field("cached", &self.cache.len())
             .finish_non_exhaustive()
     }
 }
 
 impl CausalLm {
+    /// Wraps shared decoder weights with an empty cache.
+    pub fn new(decoder: Arc<Decoder>) -> Self {
+        Self {
+            decoder,
+            cache: KvCache::new(),
+        }
+    }
+
+    /// The shared weights, for running other sequences with caches of their own.
+    pub fn decoder(&self) -> &Arc<Decoder> {
+        &self.decoder
+    }
+
     /// Runs `tokens` at positions `pos..pos + tokens.len()` (extending the KV cache) and returns
-    /// the logits of the last position.
+    /// the logits of the last position. `pos` must be the number of cached positions.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
-        let input = || Tensor::new(tokens, &self.device)?.unsqueeze(0);
-        let logits = match &mut self.weights {
-            Weights::QwenGguf(model) => model.forward(&input()?, pos)?,
-            Weights::QwenSafetensors(model) => model.forward(&input()?, pos)?,
-            Weights::Llama(model) => model.forward(tokens, pos)?,
-        };
-        logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+        if pos != self.cache.len() {
+            candle_core::bail!(
+                "forward at position {pos}, but the cache holds {} positions",
+                self.cache.len()
+            );
+        }
+        let logits = self.decoder.forward(tokens, &mut self.cache)?;
+        logits.to_dtype(DType::F32)?.to_vec1()
     }
 
-    /// The KV cache as it stands, for architectures whose cache this crate owns (Llama);
-    /// `None` for the others.
-    pub fn kv_snapshot(&self) -> Option<llama::KvSnapshot> {
-        match &self.weights {
-            Weights::Llama(model) => Some(model.kv_snapshot()),
-            Weights::QwenGguf(_) | Weights::QwenSafetensors(_) => None,
-        }
+    /// The KV cache as it stands (tensors are shared, not copied).
+    pub fn kv_snapshot(&self) -> KvCache {
+        self.cache.clone()
     }
 
-    /// Puts back a cache from [`CausalLm::kv_snapshot`]; false (nothing changed) for
-    /// architectures without one.
-    pub fn restore_kv(&mut self, snapshot: &llama::KvSnapshot) -> bool {
-        match &mut self.weights {
-            Weights::Llama(model) => {
-                model.restore_kv(snapshot);
-                true
-            }
-            Weights::QwenGguf(_) | Weights::QwenSafetensors(_) => false,
-        }
+    /// Puts back a cache from [`CausalLm::kv_snapshot`]; the next forward continues after the
+    /// positions it holds.
+    pub fn restore_kv(&mut self, snapshot: &KvCache) {
+        self.cache = snapshot.clone();
     }
 
     /// Forgets every cached position; the next forward starts a new sequence at 0.
     pub fn clear_kv_cache(&mut self) {
-        match &mut self.weights {
-            Weights::QwenGguf(model) => model.clear_kv_cache(),
-            Weights::QwenSafetensors(model) => model.clear_kv_cache(),
-            Weights::Llama(model) => model.clear_kv_cache(),
-        }
+        self.cache.clear();
     }
 }
 
@@ -139,18 +138,15 @@ pub struct LoadedModel {
     pub assets: ModelAssets,
 }
 
-/// Loads `files` onto `device`. Qwen2 and Llama are accepted; anything else is refused with
-/// the architecture that was found.
+/// Loads `files` onto `device`. Qwen2, Qwen3, Llama and Phi-3 are accepted; anything else is
+/// refused with the architecture that was found.
 pub fn load(files: &ModelFiles, device: &Device) -> Result<LoadedModel, LoadError> {
-    let (weights, assets) = match files {
+    let (decoder, assets) = match files {
         ModelFiles::Gguf { path } => gguf::load(path, device)?,
         ModelFiles::Safetensors { .. } => safetensors::load(files, device)?,
     };
     Ok(LoadedModel {
-        model: CausalLm {
-            weights,
-            device: device.clone(),
-        },
+        model: CausalLm::new(Arc::new(decoder)),
         assets,
     })
 }

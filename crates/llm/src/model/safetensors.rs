@@ -1,4 +1,4 @@
-//! Loading a Hugging Face Qwen2 or Llama directory: `config.json`, memory-mapped safetensors weights
+//! Loading a Hugging Face Qwen2, Qwen3, Llama or Phi-3 directory: `config.json`, memory-mapped safetensors weights
 //! (converted to F32 for the CPU), `tokenizer.json`, `tokenizer_config.json` and the optional
 //! `generation_config.json`.
 
@@ -8,15 +8,12 @@ use std::{
 };
 
 use candle_core::{DType, Device};
-use candle_nn::Activation;
-use candle_transformers::models::qwen2::{Config, ModelForCausalLM};
 use serde::Deserialize;
 
 use crate::{
     error::LoadError,
     model::{
-        Architecture, ModelAssets, ModelFiles, ModelFormat, Weights,
-        llama::{Llama, Llama3Scaling, LlamaConfig, RopeLayout},
+        Architecture, ModelAssets, ModelFiles, ModelFormat, decoder::Decoder, hf_config::HfConfig,
     },
     sampler::SamplingDefaults,
     tokenizer::TextTokenizer,
@@ -24,129 +21,6 @@ use crate::{
 
 /// A template saved beside the tokenizer, where newer `transformers` versions write it.
 const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
-
-/// The `config.json` fields Qwen2 uses, with `transformers`' defaults for optional ones.
-#[derive(Debug, Deserialize)]
-struct HfConfig {
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    max_position_embeddings: usize,
-    sliding_window: Option<usize>,
-    max_window_layers: Option<usize>,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    rope_theta: Option<f64>,
-    rms_norm_eps: Option<f64>,
-    #[serde(default)]
-    use_sliding_window: bool,
-    hidden_act: Option<Activation>,
-}
-
-impl HfConfig {
-    fn into_candle(self) -> Config {
-        // candle always masks by `sliding_window`; a model that does not use one gets a window as
-        // long as its context so the mask is plain causal.
-        let sliding_window = match (self.use_sliding_window, self.sliding_window) {
-            (true, Some(window)) => window,
-            _ => self.max_position_embeddings,
-        };
-        Config {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            max_position_embeddings: self.max_position_embeddings,
-            sliding_window,
-            max_window_layers: self.max_window_layers.unwrap_or(self.num_hidden_layers),
-            tie_word_embeddings: self.tie_word_embeddings,
-            rope_theta: self.rope_theta.unwrap_or(10_000.0),
-            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            use_sliding_window: self.use_sliding_window,
-            hidden_act: self.hidden_act.unwrap_or(Activation::Silu),
-        }
-    }
-}
-
-/// The `config.json` fields Llama uses.
-#[derive(Debug, Deserialize)]
-struct HfLlamaConfig {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<RopeParameters>,
-    /// Where `transformers` 5 writes `rope_theta` and the scaling together.
-    rope_parameters: Option<RopeParameters>,
-    #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    mlp_bias: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct RopeParameters {
-    rope_type: Option<String>,
-    /// The older spelling of `rope_type`.
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    rope_theta: Option<f64>,
-    factor: Option<f64>,
-    low_freq_factor: Option<f64>,
-    high_freq_factor: Option<f64>,
-    original_max_position_embeddings: Option<usize>,
-}
-
-impl HfLlamaConfig {
-    fn into_parts(self) -> Result<(LlamaConfig, Option<Llama3Scaling>), String> {
-        if self.attention_bias || self.mlp_bias {
-            return Err("Llama checkpoints with biases are not supported".to_owned());
-        }
-        let rope = self.rope_scaling.or(self.rope_parameters);
-        let rope_theta = self
-            .rope_theta
-            .or_else(|| rope.as_ref().and_then(|r| r.rope_theta))
-            .unwrap_or(10_000.0);
-        let scaling = match rope {
-            None => None,
-            Some(r) => match r.rope_type.as_deref().or(r.kind.as_deref()) {
-                None | Some("default") => None,
-                Some("llama3") => Some(Llama3Scaling {
-                    factor: r.factor.ok_or("llama3 rope scaling without `factor`")?,
-                    low_freq_factor: r.low_freq_factor.unwrap_or(1.0),
-                    high_freq_factor: r.high_freq_factor.unwrap_or(4.0),
-                    original_max_position_embeddings: r
-                        .original_max_position_embeddings
-                        .unwrap_or(8192),
-                }),
-                Some(other) => return Err(format!("rope scaling `{other}` is not supported")),
-            },
-        };
-        let config = LlamaConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_layers: self.num_hidden_layers,
-            num_heads: self.num_attention_heads,
-            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self
-                .head_dim
-                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
-            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_layout: RopeLayout::Halves,
-        };
-        Ok((config, scaling))
-    }
-}
 
 /// The sizes every architecture's `config.json` has.
 #[derive(Debug, Deserialize)]
@@ -236,7 +110,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError
     })
 }
 
-/// The architecture `config.json` declares; anything but Qwen2 and Llama is refused by name.
+/// The architecture `config.json` declares; anything not served is refused by name.
 fn check_architecture(path: &Path) -> Result<Architecture, LoadError> {
     let json: serde_json::Value = read_json(path)?;
     let model_type = json.get("model_type").and_then(|v| v.as_str());
@@ -268,7 +142,7 @@ fn check_architecture(path: &Path) -> Result<Architecture, LoadError> {
 pub(super) fn load(
     files: &ModelFiles,
     device: &Device,
-) -> Result<(Weights, ModelAssets), LoadError> {
+) -> Result<(Decoder, ModelAssets), LoadError> {
     let ModelFiles::Safetensors {
         dir,
         config,
@@ -311,28 +185,14 @@ pub(super) fn load(
 
     let weights: Vec<PathBuf> = weights.clone();
     let vb = passerelle_model_runtime::weights::mmap_safetensors(&weights, DType::F32, device)?;
-    let model = match architecture {
-        Architecture::Qwen2 => {
-            let hf_config: HfConfig = read_json(config_path)?;
-            Weights::QwenSafetensors(Box::new(ModelForCausalLM::new(
-                &hf_config.into_candle(),
-                vb,
-            )?))
-        }
-        Architecture::Llama => {
-            let hf_config: HfLlamaConfig = read_json(config_path)?;
-            let (config, scaling) =
-                hf_config
-                    .into_parts()
-                    .map_err(|reason| LoadError::NotAModel {
-                        path: config_path.clone(),
-                        reason,
-                    })?;
-            Weights::Llama(Box::new(Llama::from_safetensors(
-                config, scaling, vb, device,
-            )?))
-        }
-    };
+    let hf_config: HfConfig = read_json(config_path)?;
+    let config = hf_config
+        .into_decoder(architecture)
+        .map_err(|reason| LoadError::NotAModel {
+            path: config_path.clone(),
+            reason,
+        })?;
+    let model = Decoder::from_safetensors(config, vb, device)?;
     let assets = ModelAssets {
         format: ModelFormat::Safetensors,
         architecture,
@@ -401,18 +261,5 @@ mod tests {
         assert_eq!(defaults.top_k, 20);
         assert_eq!(defaults.top_p, 1.0);
         assert!(matches!(config.eos_token_id, Some(Ids::Many(ref ids)) if ids == &[5, 6]));
-    }
-
-    #[test]
-    fn unused_sliding_windows_become_the_context() {
-        let config: HfConfig = serde_json::from_str(
-            r#"{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-                "num_attention_heads": 2, "max_position_embeddings": 128, "sliding_window": 4,
-                "use_sliding_window": false}"#,
-        )
-        .unwrap();
-        let config = config.into_candle();
-        assert_eq!(config.sliding_window, 128);
-        assert_eq!(config.num_key_value_heads, 2);
     }
 }

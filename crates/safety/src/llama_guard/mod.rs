@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use candle_core::Device;
 use passerelle_llm::{
     ModelFiles,
-    model::{self, Architecture, CausalLm, llama::KvSnapshot},
+    model::{self, Architecture, CausalLm, KvCache},
     tokenizer::TextTokenizer,
 };
 use passerelle_model_runtime::DeviceChoice;
@@ -50,7 +50,7 @@ struct CachedPrefix {
     assessed: Speaker,
     categories: Vec<HazardCategory>,
     ids: Vec<u32>,
-    kv: KvSnapshot,
+    kv: KvCache,
 }
 
 /// How the service runs the Llama Guard layer.
@@ -273,13 +273,11 @@ impl LlamaGuard {
             .iter()
             .position(|p| p.assessed == assessed && p.categories == categories)
         {
-            Some(index) => Some(index),
+            Some(index) => index,
             None => self.cache_prefix(assessed, categories)?,
         };
-        if let Some(prefix) = index.map(|i| &self.prefixes[i])
-            && ids.len() > prefix.ids.len()
-            && ids.starts_with(&prefix.ids)
-        {
+        let prefix = &self.prefixes[index];
+        if ids.len() > prefix.ids.len() && ids.starts_with(&prefix.ids) {
             let start = prefix.ids.len();
             self.model.restore_kv(&prefix.kv);
             return Ok(self.model.forward(&ids[start..], start)?);
@@ -288,19 +286,16 @@ impl LlamaGuard {
         Ok(self.model.forward(ids, 0)?)
     }
 
-    /// Computes and keeps the prefix of `assessed` under `categories`; `None` when the model's
-    /// cache cannot be kept.
+    /// Computes and keeps the prefix of `assessed` under `categories`, returning its index.
     fn cache_prefix(
         &mut self,
         assessed: Speaker,
         categories: &[HazardCategory],
-    ) -> Result<Option<usize>, LlamaGuardError> {
+    ) -> Result<usize, LlamaGuardError> {
         let ids = self.encode(&render_prefix(assessed, categories))?;
         self.model.clear_kv_cache();
         self.model.forward(&ids, 0)?;
-        let Some(kv) = self.model.kv_snapshot() else {
-            return Ok(None);
-        };
+        let kv = self.model.kv_snapshot();
         if self.prefixes.len() == MAX_PREFIXES {
             self.prefixes.remove(0);
         }
@@ -310,7 +305,7 @@ impl LlamaGuard {
             ids,
             kv,
         });
-        Ok(Some(self.prefixes.len() - 1))
+        Ok(self.prefixes.len() - 1)
     }
 
     /// Greedy tokens after feeding `first` at `pos`, until the end of the turn.
