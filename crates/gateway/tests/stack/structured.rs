@@ -215,4 +215,15 @@ async fn n_text_completions_stream_every_choice_with_its_index() {
         assert_eq!(texts[index], choice["text"].as_str().unwrap());
     }
     assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], 15);
+
+    let (status, body) = client
+        .post_json(
+            "/v1/completions",
+            &json!({"model": MODEL_ID, "prompt": "JSON:", "max_tokens": 100, "seed": 1,
+                "response_format": {"type": "json_schema",
+                    "json_schema": {"name": "person", "schema": person_schema()}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_person(body["choices"][0]["text"].as_str().unwrap());
 }
