@@ -30,7 +30,7 @@ pub enum GrammarSpec {
     JsonObject,
     /// JSON valid against this schema.
     JsonSchema(Value),
-    /// One call of `tools[index]`, in the chat template's `<tool_call>` tags.
+    /// One call of `tool`, in the chat template's `<tool_call>` tags.
     ToolCall { tool: ToolSpec },
     /// One or more calls of any of the tools.
     AnyToolCalls { tools: Vec<ToolSpec> },
