@@ -225,6 +225,7 @@ impl Answer {
                     let choice = &mut choices[delta.index as usize];
                     choice.text.push_str(&delta.text);
                     choice.logprobs.extend(delta.logprobs);
+                    choice.tool_calls.extend(delta.tool_calls);
                 }
                 Progress::Finished(finished) => {
                     choices[finished.index as usize].finish_reason = Some(finished.reason);
@@ -287,8 +288,7 @@ impl Replay {
             events.push_back(Progress::Delta(Delta {
                 index: index_u32,
                 text: choice.text.clone(),
-                tokens: 0,
-                logprobs: Vec::new(),
+                ..Delta::default()
             }));
             events.push_back(Progress::Finished(Finished {
                 index: index_u32,

@@ -7,7 +7,7 @@ use passerelle_proto::llm::GenerateRequest;
 
 use crate::llm::{
     BackendError, Delta, FinishReason, Finished, GenerationEvent, GenerationStream, TokenLogprob,
-    Usage,
+    ToolCallOut, Usage,
 };
 use crate::metrics::{GatewayMetrics, UNKNOWN_MODEL};
 use crate::semantic_cache::{CacheKey, SemanticCache, StoredAnswer, StoredChoice};
@@ -248,6 +248,7 @@ pub(crate) struct Collected {
 pub(crate) struct CollectedChoice {
     pub(crate) text: String,
     pub(crate) logprobs: Vec<TokenLogprob>,
+    pub(crate) tool_calls: Vec<ToolCallOut>,
     /// Always set once collection succeeded.
     pub(crate) finish_reason: Option<FinishReason>,
 }

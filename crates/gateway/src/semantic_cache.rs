@@ -111,7 +111,8 @@ impl SemanticCache {
     }
 
     /// The key of a request, or `None` when its answer must not come from a cache: token-id
-    /// prompts, and requests for log probabilities (a replay has none to give).
+    /// prompts, requests for log probabilities and chats offering tools (a replay has neither
+    /// logprobs nor tool calls to give).
     pub(crate) fn key(&self, principal: &Principal, request: &GenerateRequest) -> Option<CacheKey> {
         key_for(&self.config, &principal.tenant(), request)
     }
@@ -186,7 +187,11 @@ fn key_for(
     if request.logprobs.as_ref().is_some_and(|l| l.enabled) {
         return None;
     }
-    let prompt = prompt_text(request.prompt.as_ref()?.kind.as_ref()?)?;
+    let kind = request.prompt.as_ref()?.kind.as_ref()?;
+    if matches!(kind, prompt::Kind::Chat(chat) if !chat.tools.is_empty()) {
+        return None;
+    }
+    let prompt = prompt_text(kind)?;
     let tenant = if config.shared_across_keys {
         "shared"
     } else {
@@ -271,6 +276,7 @@ mod tests {
                         .collect(),
                     tools: vec![],
                     add_generation_prompt: true,
+                    ..Default::default()
                 })),
             }),
             sampling: Some(SamplingParams {

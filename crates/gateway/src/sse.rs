@@ -22,8 +22,9 @@ use crate::llm::{Delta, Finished, Usage};
 pub(crate) trait ChunkEncoder: Send + 'static {
     /// Chunks sent as soon as the stream opens (chat: the assistant role of each choice).
     fn opening(&mut self, choices: u32) -> Vec<Event>;
-    /// A chunk for new text, or `None` when there is nothing to send (no text, no logprobs).
-    fn delta(&mut self, delta: Delta) -> Option<Event>;
+    /// The chunks for new text and tool calls; none when there is nothing to send (no text,
+    /// no logprobs, no calls).
+    fn delta(&mut self, delta: Delta) -> Vec<Event>;
     /// The chunk that closes one choice with its finish reason.
     fn finished(&mut self, finished: &Finished) -> Event;
     /// The final usage chunk (`"choices": []`), sent when the client asked for usage.
@@ -44,7 +45,7 @@ pub(crate) fn stream<E: ChunkEncoder>(
         while let Some(progress) = generation.next().await {
             match progress {
                 Ok(Progress::Delta(delta)) => {
-                    if let Some(event) = encoder.delta(delta) {
+                    for event in encoder.delta(delta) {
                         yield Ok(event);
                     }
                 }

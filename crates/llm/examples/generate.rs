@@ -42,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         messages: vec![ChatMessage::new("user", prompt.as_str())],
         tools: Vec::new(),
         add_generation_prompt: true,
+        ..ChatPrompt::default()
     };
     let mut request = GenerationRequest::new("model", Prompt::Chat(chat));
     request.sampling.temperature = Some(0.0);

@@ -6,7 +6,8 @@ use crate::{
     error::LlmError,
     request::{
         ChatMessage, ChatPrompt, FinishReason, GenerationEvent, GenerationRequest, Prompt,
-        ResponseFormat, SamplingParams, StoppingParams, TokenLogprob, ToolCall, ToolSpec,
+        ResponseFormat, SamplingParams, StoppingParams, TokenLogprob, ToolCall, ToolCallDelta,
+        ToolChoice, ToolSpec,
     },
 };
 
@@ -16,6 +17,7 @@ pub fn prompt(prompt: Option<llm::Prompt>) -> Result<Prompt, LlmError> {
     match prompt.and_then(|p| p.kind) {
         Some(Kind::Text(text)) => Ok(Prompt::Text(text)),
         Some(Kind::Chat(chat)) => Ok(Prompt::Chat(ChatPrompt {
+            tool_choice: tool_choice(chat.tool_choice(), chat.tool_choice_function)?,
             messages: chat.messages.into_iter().map(message).collect(),
             tools: chat
                 .tools
@@ -31,6 +33,21 @@ pub fn prompt(prompt: Option<llm::Prompt>) -> Result<Prompt, LlmError> {
         Some(Kind::Tokens(tokens)) => Ok(Prompt::Tokens(tokens.ids)),
         None => Err(LlmError::invalid("prompt", "the request has no prompt")),
     }
+}
+
+fn tool_choice(mode: llm::ToolChoice, function: String) -> Result<ToolChoice, LlmError> {
+    Ok(match mode {
+        llm::ToolChoice::Auto => ToolChoice::Auto,
+        llm::ToolChoice::None => ToolChoice::None,
+        llm::ToolChoice::Required => ToolChoice::Required,
+        llm::ToolChoice::Function if function.is_empty() => {
+            return Err(LlmError::invalid(
+                "tool_choice",
+                "tool_choice `function` needs the function's name",
+            ));
+        }
+        llm::ToolChoice::Function => ToolChoice::Function(function),
+    })
 }
 
 fn message(m: common::ChatMessage) -> ChatMessage {
@@ -105,16 +122,18 @@ pub fn event(event: GenerationEvent, model: &str) -> llm::GenerateResponse {
             model: model.to_owned(),
         }),
         GenerationEvent::Delta(delta) => Event::Delta(llm::TokenDelta {
-            index: 0,
+            index: delta.index,
             text: delta.text,
             token_ids: delta.token_ids,
             logprobs: delta.logprobs.into_iter().map(logprob).collect(),
+            tool_calls: delta.tool_calls.into_iter().map(tool_call).collect(),
         }),
         GenerationEvent::Finished(finished) => Event::Finished(llm::Finished {
-            index: 0,
+            index: finished.index,
             reason: match finished.reason {
                 FinishReason::Stop => llm::FinishReason::Stop,
                 FinishReason::Length => llm::FinishReason::Length,
+                FinishReason::ToolCalls => llm::FinishReason::ToolCalls,
             } as i32,
             usage: Some(common::Usage {
                 prompt_tokens: finished.usage.prompt_tokens,
@@ -126,6 +145,15 @@ pub fn event(event: GenerationEvent, model: &str) -> llm::GenerateResponse {
         }),
     };
     llm::GenerateResponse { event: Some(event) }
+}
+
+fn tool_call(delta: ToolCallDelta) -> llm::ToolCallDelta {
+    llm::ToolCallDelta {
+        index: delta.index,
+        id: delta.call.id,
+        name: delta.call.name,
+        arguments: delta.call.arguments_json,
+    }
 }
 
 fn logprob(lp: TokenLogprob) -> llm::TokenLogprob {

@@ -41,6 +41,8 @@ pub enum LoadError {
     Tokenizer(#[source] tokenizers::Error),
     #[error("chat template does not compile: {0}")]
     Template(#[source] minijinja::Error),
+    #[error(transparent)]
+    Grammar(#[from] crate::grammar::GrammarSetupError),
     #[error("model weights: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("cannot start {threads} compute threads: {source}")]

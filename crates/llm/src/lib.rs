@@ -7,8 +7,10 @@
 //! - [`tokenizer`]: `tokenizer.json`, or a tokenizer rebuilt from GGUF metadata, with each
 //!   token's bytes; [`detokenizer`] turns tokens into text without ever splitting a character.
 //! - [`template`]: the model's own Jinja chat template, rendered like `transformers` does.
-//! - [`sampler`], [`stop`]: pure policies — OpenAI sampling semantics, stop strings across token
-//!   boundaries.
+//! - [`sampler`], [`stop`], [`tool_calls`]: pure policies — OpenAI sampling semantics, stop
+//!   strings across token boundaries, `<tool_call>` blocks parsed out of streamed text.
+//! - [`grammar`]: constrained decoding with llguidance — JSON `response_format`s and forced
+//!   tool calls as token masks applied before sampling.
 //! - [`plan`]: admission — a request checked against the model and turned into a plan.
 //! - [`engine`]: the actor that owns the model on its own thread; [`EngineHandle`] is the plain
 //!   Rust API (`Engine::load`, `EngineHandle::generate -> Stream`).
@@ -22,6 +24,7 @@ pub mod convert;
 pub mod detokenizer;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod model;
 pub mod plan;
 pub mod request;
@@ -32,14 +35,15 @@ pub mod service;
 pub mod stop;
 pub mod template;
 pub mod tokenizer;
+pub mod tool_calls;
 
 pub use engine::{Engine, EngineConfig, EngineHandle, EngineState, EngineStats, GenerationStream};
 pub use error::{LlmError, LoadError};
 pub use model::{ModelFiles, ModelFormat};
 pub use request::{
     ChatMessage, ChatPrompt, FinishReason, Finished, GenerationEvent, GenerationRequest, Prompt,
-    ResponseFormat, SamplingParams, StoppingParams, TokenDelta, TokenLogprob, ToolCall, ToolSpec,
-    TopLogprob, Usage,
+    ResponseFormat, SamplingParams, StoppingParams, TokenDelta, TokenLogprob, ToolCall,
+    ToolCallDelta, ToolChoice, ToolSpec, TopLogprob, Usage,
 };
 pub use serve::{LlmServiceConfig, serve};
 pub use served::{RenderedPrompt, ServedModel};

@@ -6,13 +6,16 @@ use std::collections::BTreeSet;
 
 use crate::{
     error::LlmError,
-    request::{GenerationRequest, Prompt, ResponseFormat},
+    grammar::{Constraint, GrammarSpec},
+    request::{GenerationRequest, Prompt, ResponseFormat, ToolChoice},
     sampler::SamplerConfig,
     served::{RenderedPrompt, ServedModel},
 };
 
 /// Most alternatives per position OpenAI allows for `top_logprobs`.
 const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most choices one request may ask for (the gateway's limit too).
+const MAX_CHOICES: u32 = 16;
 
 /// A validated request, ready for the engine.
 #[derive(Debug, Clone)]
@@ -28,11 +31,17 @@ pub struct GenerationPlan {
     /// The request's own stop token ids; their text is reported as the matched stop.
     pub stop_token_ids: BTreeSet<u32>,
     pub echo: bool,
+    /// Choices to generate, at least one.
+    pub choices: u32,
+    /// The grammar every choice's output must follow, at its start.
+    pub constraint: Option<Constraint>,
+    /// Parse `<tool_call>` blocks out of the output into tool calls.
+    pub parse_tool_calls: bool,
 }
 
 /// Validates `request` for `model` and renders its prompt.
 pub fn plan(model: &ServedModel, request: &GenerationRequest) -> Result<GenerationPlan, LlmError> {
-    check_supported(request)?;
+    let choices = choices(request.sampling.n)?;
     let sampler = sampler_config(model, request)?;
     for &id in &request.stopping.stop_token_ids {
         check_token("stop_token_ids", id, model.vocab_size)?;
@@ -61,28 +70,91 @@ pub fn plan(model: &ServedModel, request: &GenerationRequest) -> Result<Generati
         },
         stop_token_ids: request.stopping.stop_token_ids.iter().copied().collect(),
         echo: request.echo,
+        choices,
+        constraint: constraint(model, request)?,
+        parse_tool_calls: parses_tool_calls(request),
     })
 }
 
-/// Features the engine does not have yet are refused rather than ignored.
-fn check_supported(request: &GenerationRequest) -> Result<(), LlmError> {
-    if request.sampling.n > 1 {
+/// `n`: 0 and 1 both mean one choice.
+fn choices(n: u32) -> Result<u32, LlmError> {
+    if n > MAX_CHOICES {
         return Err(LlmError::invalid(
             "n",
-            "n > 1 is not supported yet; request one completion at a time",
+            format!("n must be at most {MAX_CHOICES}, got {n}"),
         ));
     }
-    match request.response_format {
-        ResponseFormat::Text => Ok(()),
-        ResponseFormat::JsonObject => Err(LlmError::invalid(
-            "response_format",
-            "response_format `json_object` is not supported yet",
-        )),
-        ResponseFormat::JsonSchema { .. } => Err(LlmError::invalid(
-            "response_format",
-            "response_format `json_schema` is not supported yet",
-        )),
+    Ok(n.max(1))
+}
+
+/// Chat requests offering tools get the calls in their output parsed out.
+fn parses_tool_calls(request: &GenerationRequest) -> bool {
+    match &request.prompt {
+        Prompt::Chat(chat) => !chat.tools.is_empty() && chat.tool_choice != ToolChoice::None,
+        Prompt::Text(_) | Prompt::Tokens(_) => false,
     }
+}
+
+/// What the output must look like, as a grammar: from `response_format`, or from a
+/// `tool_choice` that forces a call.
+fn grammar_spec(
+    request: &GenerationRequest,
+) -> Result<Option<(GrammarSpec, &'static str)>, LlmError> {
+    let forced_call = match &request.prompt {
+        Prompt::Chat(chat) => match &chat.tool_choice {
+            ToolChoice::Auto | ToolChoice::None => None,
+            ToolChoice::Required if chat.tools.is_empty() => {
+                return Err(LlmError::invalid(
+                    "tool_choice",
+                    "tool_choice `required` needs at least one tool in `tools`",
+                ));
+            }
+            ToolChoice::Required => Some(GrammarSpec::AnyToolCalls {
+                tools: chat.tools.clone(),
+            }),
+            ToolChoice::Function(name) => {
+                let tool = chat.tools.iter().find(|t| &t.name == name).ok_or_else(|| {
+                    LlmError::invalid(
+                        "tool_choice",
+                        format!("tool_choice names function `{name}`, which is not in `tools`"),
+                    )
+                })?;
+                Some(GrammarSpec::ToolCall { tool: tool.clone() })
+            }
+        },
+        Prompt::Text(_) | Prompt::Tokens(_) => None,
+    };
+    let format = match &request.response_format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(GrammarSpec::JsonObject),
+        ResponseFormat::JsonSchema { schema_json, .. } => {
+            let schema = serde_json::from_str(schema_json).map_err(|e| {
+                LlmError::invalid(
+                    "response_format",
+                    format!("the JSON schema is not valid JSON: {e}"),
+                )
+            })?;
+            Some(GrammarSpec::JsonSchema(schema))
+        }
+    };
+    match (forced_call, format) {
+        (Some(_), Some(_)) => Err(LlmError::invalid(
+            "response_format",
+            "a JSON response_format cannot be combined with a tool_choice that forces a tool call",
+        )),
+        (Some(call), None) => Ok(Some((call, "tool_choice"))),
+        (None, Some(format)) => Ok(Some((format, "response_format"))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn constraint(
+    model: &ServedModel,
+    request: &GenerationRequest,
+) -> Result<Option<Constraint>, LlmError> {
+    grammar_spec(request)?
+        .map(|(spec, param)| model.grammar.compile(&spec, param))
+        .transpose()
 }
 
 fn check_range(
@@ -248,18 +320,61 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_name_their_parameter() {
-        let mut request = GenerationRequest::new("m", Prompt::Text("x".into()));
-        request.sampling.n = 2;
-        assert_eq!(param_of(check_supported(&request).unwrap_err()), "n");
-        request.sampling.n = 1;
-        request.response_format = ResponseFormat::JsonObject;
+    fn n_zero_and_one_are_one_choice_and_too_many_are_refused() {
+        assert_eq!(choices(0).unwrap(), 1);
+        assert_eq!(choices(1).unwrap(), 1);
+        assert_eq!(choices(MAX_CHOICES).unwrap(), MAX_CHOICES);
+        assert_eq!(param_of(choices(MAX_CHOICES + 1).unwrap_err()), "n");
+    }
+
+    fn chat_with_tools(choice: ToolChoice) -> GenerationRequest {
+        let chat = crate::request::ChatPrompt {
+            messages: vec![crate::request::ChatMessage::new("user", "hi")],
+            tools: vec![crate::request::ToolSpec {
+                name: "f".into(),
+                description: String::new(),
+                parameters_json: r#"{"type": "object"}"#.into(),
+            }],
+            tool_choice: choice,
+            add_generation_prompt: true,
+        };
+        GenerationRequest::new("m", Prompt::Chat(chat))
+    }
+
+    #[test]
+    fn forced_tool_calls_and_json_formats_become_grammars() {
+        let named = grammar_spec(&chat_with_tools(ToolChoice::Function("f".into()))).unwrap();
+        assert!(matches!(
+            named,
+            Some((GrammarSpec::ToolCall { .. }, "tool_choice"))
+        ));
+        let unknown = grammar_spec(&chat_with_tools(ToolChoice::Function("g".into())));
+        assert_eq!(param_of(unknown.unwrap_err()), "tool_choice");
+        assert!(
+            grammar_spec(&chat_with_tools(ToolChoice::Auto))
+                .unwrap()
+                .is_none()
+        );
+        assert!(parses_tool_calls(&chat_with_tools(ToolChoice::Auto)));
+        assert!(!parses_tool_calls(&chat_with_tools(ToolChoice::None)));
+
+        let mut both = chat_with_tools(ToolChoice::Required);
+        both.response_format = ResponseFormat::JsonObject;
         assert_eq!(
-            param_of(check_supported(&request).unwrap_err()),
+            param_of(grammar_spec(&both).unwrap_err()),
             "response_format"
         );
-        request.response_format = ResponseFormat::Text;
-        check_supported(&request).unwrap();
+
+        let mut bad_schema = GenerationRequest::new("m", Prompt::Text("x".into()));
+        bad_schema.response_format = ResponseFormat::JsonSchema {
+            name: "s".into(),
+            schema_json: "{not json".into(),
+            strict: true,
+        };
+        assert_eq!(
+            param_of(grammar_spec(&bad_schema).unwrap_err()),
+            "response_format"
+        );
     }
 
     #[test]

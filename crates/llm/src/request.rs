@@ -19,6 +19,8 @@ pub enum Prompt {
 pub struct ChatPrompt {
     pub messages: Vec<ChatMessage>,
     pub tools: Vec<ToolSpec>,
+    /// Whether and which of `tools` the model must call.
+    pub tool_choice: ToolChoice,
     /// Open an assistant turn after the last message.
     pub add_generation_prompt: bool,
 }
@@ -54,6 +56,28 @@ pub struct ToolCall {
     pub name: String,
     /// Arguments as a serialised JSON object.
     pub arguments_json: String,
+}
+
+/// Whether the model must call a tool (OpenAI `tool_choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// The model decides; calls in its output are parsed out.
+    #[default]
+    Auto,
+    /// Tools are neither offered to the model nor parsed out of its output.
+    None,
+    /// The output is one or more tool calls (enforced with a grammar).
+    Required,
+    /// The output is one call of this function (enforced with a grammar).
+    Function(String),
+}
+
+/// A tool call parsed out of the generated text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCallDelta {
+    /// Position of the call among the choice's calls.
+    pub index: u32,
+    pub call: ToolCall,
 }
 
 /// A function the model may call.
@@ -140,7 +164,8 @@ impl GenerationRequest {
     }
 }
 
-/// One event of a generation stream: `Started`, then `Delta`s, then `Finished`.
+/// One event of a generation stream: `Started`, then for each choice in turn its `Delta`s and
+/// its `Finished`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerationEvent {
     Started { prompt_tokens: u32 },
@@ -151,11 +176,16 @@ pub enum GenerationEvent {
 /// Text generated since the previous delta.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TokenDelta {
+    /// Which of the `n` choices this belongs to.
+    pub index: u32,
     /// Complete UTF-8; may be empty while text is held back.
     pub text: String,
     pub token_ids: Vec<u32>,
     /// One per token id, when logprobs were requested.
     pub logprobs: Vec<TokenLogprob>,
+    /// Tool calls completed by this delta (chat requests with tools); their text is not in
+    /// `text`.
+    pub tool_calls: Vec<ToolCallDelta>,
 }
 
 /// The log probability of one generated token.
@@ -186,6 +216,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length.
     Length,
+    /// The model stopped after calling tools.
+    ToolCalls,
 }
 
 /// Token counts of a request.
@@ -202,10 +234,14 @@ impl Usage {
     }
 }
 
-/// The last event of a stream.
+/// The last event of a choice.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
+    /// Which of the `n` choices ended.
+    pub index: u32,
     pub reason: FinishReason,
+    /// Usage of the request so far: prompt tokens once, completion tokens of every choice
+    /// finished up to this one. On the last choice, the whole request's.
     pub usage: Usage,
     /// The stop string, or the stop token's text, that ended generation.
     pub matched_stop: Option<String>,

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 
 use crate::{
     error::{LlmError, LoadError},
+    grammar::GrammarCompiler,
     model::{ModelAssets, ModelFormat},
-    request::Prompt,
+    request::{Prompt, ToolChoice},
     sampler::SamplingDefaults,
     template::{ChatTemplate, TemplateError},
     tokenizer::TextTokenizer,
@@ -28,6 +29,8 @@ pub struct ServedModel {
     pub template: Option<ChatTemplate>,
     pub eos_token_ids: BTreeSet<u32>,
     pub sampling_defaults: SamplingDefaults,
+    /// Compiles the grammars of constrained requests over this model's tokens.
+    pub grammar: GrammarCompiler,
 }
 
 /// A prompt as text and token ids.
@@ -46,16 +49,19 @@ impl ServedModel {
             .map(|source| ChatTemplate::new(source, assets.bos_token, assets.eos_token))
             .transpose()
             .map_err(LoadError::Template)?;
+        let vocab_size = assets.vocab_size.max(assets.tokenizer.pieces().len());
+        let grammar = GrammarCompiler::new(&assets.tokenizer, vocab_size, &assets.eos_token_ids)?;
         Ok(Self {
             id,
             format: assets.format,
             context_length: assets.context_length,
-            vocab_size: assets.vocab_size.max(assets.tokenizer.pieces().len()),
+            vocab_size,
             created_unix,
             tokenizer: assets.tokenizer,
             template,
             eos_token_ids: assets.eos_token_ids,
             sampling_defaults: assets.sampling_defaults,
+            grammar,
         })
     }
 
@@ -79,6 +85,17 @@ impl ServedModel {
                         ),
                     )
                 })?;
+                // `tool_choice: none`: the model is not told about the tools at all.
+                let without_tools;
+                let chat = if chat.tool_choice == ToolChoice::None && !chat.tools.is_empty() {
+                    without_tools = crate::request::ChatPrompt {
+                        tools: Vec::new(),
+                        ..chat.clone()
+                    };
+                    &without_tools
+                } else {
+                    chat
+                };
                 if !chat.tools.is_empty() && !template.supports_tools() {
                     return Err(LlmError::invalid(
                         "tools",

@@ -50,6 +50,7 @@ fn chat_of(case: &Value) -> ChatPrompt {
         messages,
         tools,
         add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
+        tool_choice: Default::default(),
     }
 }
 
@@ -82,6 +83,7 @@ async fn the_default_system_prompt_is_the_templates_own() {
         messages: vec![ChatMessage::new("user", "Hi")],
         tools: vec![],
         add_generation_prompt: true,
+        tool_choice: Default::default(),
     };
     let rendered = engine.tokenize(MODEL_ID, &Prompt::Chat(chat)).unwrap();
     assert_eq!(
@@ -116,6 +118,7 @@ async fn special_tokens_in_message_text_cannot_open_turns() {
             messages: vec![ChatMessage::new("user", injected)],
             tools: vec![],
             add_generation_prompt: true,
+            tool_choice: Default::default(),
         };
         let rendered = engine.tokenize(MODEL_ID, &Prompt::Chat(chat)).unwrap();
         let count = |id: u32| rendered.ids.iter().filter(|t| **t == id).count();

@@ -267,10 +267,14 @@ async fn requests_the_engine_cannot_honour_are_invalid_arguments() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     };
     let mut r = greedy("Hi", 5);
-    r.sampling.n = 2;
+    r.sampling.n = 17;
     assert_eq!(param(r), "n");
     let mut r = greedy("Hi", 5);
-    r.response_format = ResponseFormat::JsonObject;
+    r.response_format = ResponseFormat::JsonSchema {
+        name: "s".into(),
+        schema_json: "[]".into(),
+        strict: true,
+    };
     assert_eq!(param(r), "response_format");
     assert_eq!(param(greedy("Hi", 5000)), "max_tokens");
     assert_eq!(param(greedy("Hi", 0)), "max_tokens");

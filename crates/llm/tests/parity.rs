@@ -37,6 +37,7 @@ async fn chat_prompts_render_and_generate_identically_in_both_formats() {
         messages: vec![ChatMessage::new("user", "Where is the station?")],
         tools: vec![],
         add_generation_prompt: true,
+        ..ChatPrompt::default()
     });
     let rendered_a = from_safetensors.tokenize(MODEL_ID, &chat).unwrap();
     let rendered_b = from_gguf.tokenize(MODEL_ID, &chat).unwrap();

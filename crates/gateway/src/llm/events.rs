@@ -65,13 +65,27 @@ pub struct TopLogprob {
 }
 
 /// Text generated for one choice since its previous delta.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Delta {
     pub index: u32,
     pub text: String,
     /// How many tokens this delta covers (text may be empty while tokens are held back).
     pub tokens: u32,
     pub logprobs: Vec<TokenLogprob>,
+    /// Tool calls the service parsed out of the text, whole.
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A function call the model made, parsed out of its output by the service.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolCallOut {
+    /// Position among the choice's calls.
+    pub index: u32,
+    /// `call_...`.
+    pub id: String,
+    pub name: String,
+    /// The arguments as a serialised JSON object.
+    pub arguments: String,
 }
 
 /// A choice ended.
@@ -105,6 +119,16 @@ impl TryFrom<llm::GenerateResponse> for GenerationEvent {
                 tokens: u32::try_from(d.token_ids.len()).unwrap_or(u32::MAX),
                 text: d.text,
                 logprobs: d.logprobs.into_iter().map(TokenLogprob::from).collect(),
+                tool_calls: d
+                    .tool_calls
+                    .into_iter()
+                    .map(|c| ToolCallOut {
+                        index: c.index,
+                        id: c.id,
+                        name: c.name,
+                        arguments: c.arguments,
+                    })
+                    .collect(),
             })),
             Some(generate_response::Event::Finished(f)) => {
                 let reason = match f.reason() {
@@ -195,6 +219,7 @@ mod tests {
                 text: "hi".into(),
                 token_ids: vec![5, 6],
                 logprobs: vec![],
+                tool_calls: vec![],
             })),
         };
         match GenerationEvent::try_from(response).unwrap() {

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 pub use crate::backend::{BackendError, Readiness};
 pub use events::{
-    Delta, FinishReason, Finished, GenerationEvent, ModelEntry, TokenLogprob, TopLogprob, Usage,
+    Delta, FinishReason, Finished, GenerationEvent, ModelEntry, TokenLogprob, ToolCallOut,
+    TopLogprob, Usage,
 };
 
 use crate::GatewayConfig;

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use passerelle_proto::common::{ChatMessage, ToolCall};
-use passerelle_proto::llm::{ChatPrompt, GenerateRequest, LogprobsOptions, Prompt, Tool, prompt};
+use passerelle_proto::llm::{
+    ChatPrompt, GenerateRequest, LogprobsOptions, Prompt, Tool, ToolChoice, prompt,
+};
 use serde::Deserialize;
 
 use super::params::{Sampling, Stop, StreamOptions, stopping};
@@ -193,7 +195,7 @@ impl ChatCompletionRequest {
             .enumerate()
             .map(|(i, m)| m.into_proto(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let tools = tools(self.tools, self.tool_choice.as_ref())?;
+        let offered = tools(self.tools, self.tool_choice.as_ref())?;
         let sampling = Sampling {
             temperature: self.temperature,
             top_p: self.top_p,
@@ -211,8 +213,10 @@ impl ChatCompletionRequest {
             prompt: Some(Prompt {
                 kind: Some(prompt::Kind::Chat(ChatPrompt {
                     messages,
-                    tools,
+                    tools: offered.tools,
                     add_generation_prompt: true,
+                    tool_choice: offered.choice as i32,
+                    tool_choice_function: offered.function,
                 })),
             }),
             sampling: Some(sampling.into_proto()?),
@@ -313,24 +317,23 @@ fn text_of_parts(parts: Vec<ContentPart>, i: usize) -> Result<String, ApiError> 
     Ok(texts.join("\n"))
 }
 
-/// The tools the template sees. The contract has no `tool_choice`, so only the choices that need
-/// none are accepted: `auto` (the model decides) and `none` (tools are not offered).
+/// The tools offered to the model and whether it must call one.
+#[derive(Debug)]
+struct OfferedTools {
+    tools: Vec<Tool>,
+    choice: ToolChoice,
+    /// The function a named `tool_choice` forces.
+    function: String,
+}
+
+/// The tools the template sees and the `tool_choice`: `auto` (the model decides), `none` (tools
+/// are not offered), `required` (a call of any tool) or `{"type": "function", "function":
+/// {"name": ...}}` (a call of that one); the last two are enforced by the service's grammar.
 fn tools(
     tools: Option<Vec<ToolIn>>,
     choice: Option<&serde_json::Value>,
-) -> Result<Vec<Tool>, ApiError> {
-    match choice {
-        None => {}
-        Some(serde_json::Value::String(s)) if s == "auto" => {}
-        Some(serde_json::Value::String(s)) if s == "none" => return Ok(Vec::new()),
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "tool_choice",
-                "Only `tool_choice` \"auto\" and \"none\" are supported.",
-            ));
-        }
-    }
-    tools
+) -> Result<OfferedTools, ApiError> {
+    let tools = tools
         .unwrap_or_default()
         .into_iter()
         .enumerate()
@@ -354,7 +357,54 @@ fn tools(
                     .unwrap_or_default(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let bad_choice = || {
+        ApiError::invalid_param(
+            "tool_choice",
+            "`tool_choice` must be \"none\", \"auto\", \"required\" or \
+             {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+        )
+    };
+    let (choice, function) = match choice {
+        None => (ToolChoice::Auto, String::new()),
+        Some(serde_json::Value::String(s)) => match s.as_str() {
+            "auto" => (ToolChoice::Auto, String::new()),
+            "none" => {
+                return Ok(OfferedTools {
+                    tools: Vec::new(),
+                    choice: ToolChoice::None,
+                    function: String::new(),
+                });
+            }
+            "required" => (ToolChoice::Required, String::new()),
+            _ => return Err(bad_choice()),
+        },
+        Some(serde_json::Value::Object(object)) => {
+            let name = (object.get("type").and_then(|t| t.as_str()) == Some("function"))
+                .then(|| object.get("function")?.get("name")?.as_str())
+                .flatten()
+                .ok_or_else(bad_choice)?;
+            (ToolChoice::Function, name.to_owned())
+        }
+        Some(_) => return Err(bad_choice()),
+    };
+    if choice != ToolChoice::Auto && tools.is_empty() {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            "`tool_choice` \"required\" or a named function needs `tools`.",
+        ));
+    }
+    if choice == ToolChoice::Function && !tools.iter().any(|t| t.name == function) {
+        return Err(ApiError::invalid_param(
+            "tool_choice",
+            format!("`tool_choice` names function {function:?}, which is not in `tools`."),
+        ));
+    }
+    Ok(OfferedTools {
+        tools,
+        choice,
+        function,
+    })
 }
 
 #[cfg(test)]
@@ -517,6 +567,11 @@ mod tests {
             "tool_choice"
         );
         assert_eq!(
+            param(base(serde_json::json!({"tool_choice": "sometimes",
+                "tools": [{"type": "function", "function": {"name": "f"}}]}))),
+            "tool_choice"
+        );
+        assert_eq!(
             param(base(
                 serde_json::json!({"tools": [{"type": "retrieval", "function": {"name": "f"}}]})
             )),
@@ -580,6 +635,35 @@ mod tests {
             plan(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
                 .unwrap();
         assert!(none.retrieval.is_none());
+    }
+
+    #[test]
+    fn tool_choice_required_and_named_are_passed_on() {
+        let with = |choice: serde_json::Value| {
+            plan(
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "tool_choice": choice,
+                "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            )
+        };
+        let p = with(serde_json::json!("required")).unwrap();
+        assert_eq!(chat(&p).tool_choice(), ToolChoice::Required);
+        let p = with(serde_json::json!({"type": "function", "function": {"name": "f"}})).unwrap();
+        assert_eq!(chat(&p).tool_choice(), ToolChoice::Function);
+        assert_eq!(chat(&p).tool_choice_function, "f");
+        assert_eq!(chat(&p).tools.len(), 1);
+        for bad in [
+            serde_json::json!({"type": "function", "function": {"name": "g"}}),
+            serde_json::json!({"type": "function"}),
+            serde_json::json!(3),
+        ] {
+            match with(bad).unwrap_err() {
+                ApiError::InvalidRequest { param, .. } => {
+                    assert_eq!(param.as_deref(), Some("tool_choice"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::logprobs::ChatLogprobs;
 use super::{ResponseMeta, UsageOut, chunk_usage};
 use crate::generation::Collected;
-use crate::llm::{Delta, Finished, Usage};
+use crate::llm::{Delta, Finished, ToolCallOut, Usage};
 use crate::retrieval::Citation;
 use crate::sse::{ChunkEncoder, json_event};
 
@@ -34,7 +34,57 @@ struct ChatChoice {
 #[derive(Debug, Serialize)]
 struct AssistantMessage {
     role: &'static str,
-    content: String,
+    /// `null` when the model only called tools.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallJson>,
+}
+
+/// A tool call in a message: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+#[derive(Debug, Serialize)]
+struct ToolCallJson {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionJson,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionJson {
+    name: String,
+    arguments: String,
+}
+
+impl From<ToolCallOut> for ToolCallJson {
+    fn from(call: ToolCallOut) -> Self {
+        ToolCallJson {
+            id: call.id,
+            kind: "function",
+            function: FunctionJson {
+                name: call.name,
+                arguments: call.arguments,
+            },
+        }
+    }
+}
+
+/// A piece of a streamed tool call, as OpenAI streams them: the id and name first, then the
+/// arguments.
+#[derive(Debug, Serialize)]
+struct ToolCallChunk {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionChunk,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionChunk {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    arguments: String,
 }
 
 impl ChatCompletion {
@@ -47,7 +97,9 @@ impl ChatCompletion {
                 index,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: choice.text,
+                    content: (!choice.text.is_empty() || choice.tool_calls.is_empty())
+                        .then_some(choice.text),
+                    tool_calls: choice.tool_calls.into_iter().map(Into::into).collect(),
                 },
                 logprobs: logprobs.then(|| ChatLogprobs::from_tokens(choice.logprobs)),
                 finish_reason: choice.finish_reason.map(|r| r.as_openai()),
@@ -97,6 +149,8 @@ struct ChunkDelta {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCallChunk>>,
 }
 
 /// Encodes a chat stream.
@@ -144,6 +198,7 @@ impl ChunkEncoder for ChatChunks {
                     delta: ChunkDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -152,21 +207,55 @@ impl ChunkEncoder for ChatChunks {
             .collect()
     }
 
-    fn delta(&mut self, delta: Delta) -> Option<Event> {
-        if delta.text.is_empty() && delta.logprobs.is_empty() {
-            return None;
+    fn delta(&mut self, delta: Delta) -> Vec<Event> {
+        let mut events = Vec::new();
+        if !delta.text.is_empty() || !delta.logprobs.is_empty() {
+            let logprobs = (self.logprobs && !delta.logprobs.is_empty())
+                .then(|| ChatLogprobs::from_tokens(delta.logprobs));
+            events.push(self.chunk(vec![ChunkChoice {
+                index: delta.index,
+                delta: ChunkDelta {
+                    content: Some(delta.text),
+                    ..ChunkDelta::default()
+                },
+                logprobs,
+                finish_reason: None,
+            }]));
         }
-        let logprobs = (self.logprobs && !delta.logprobs.is_empty())
-            .then(|| ChatLogprobs::from_tokens(delta.logprobs));
-        Some(self.chunk(vec![ChunkChoice {
-            index: delta.index,
-            delta: ChunkDelta {
-                role: None,
-                content: Some(delta.text),
-            },
-            logprobs,
-            finish_reason: None,
-        }]))
+        for call in delta.tool_calls {
+            let pieces = [
+                ToolCallChunk {
+                    index: call.index,
+                    id: Some(call.id),
+                    kind: Some("function"),
+                    function: FunctionChunk {
+                        name: Some(call.name),
+                        arguments: String::new(),
+                    },
+                },
+                ToolCallChunk {
+                    index: call.index,
+                    id: None,
+                    kind: None,
+                    function: FunctionChunk {
+                        name: None,
+                        arguments: call.arguments,
+                    },
+                },
+            ];
+            for piece in pieces {
+                events.push(self.chunk(vec![ChunkChoice {
+                    index: delta.index,
+                    delta: ChunkDelta {
+                        tool_calls: Some(vec![piece]),
+                        ..ChunkDelta::default()
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }]));
+            }
+        }
+        events
     }
 
     fn finished(&mut self, finished: &Finished) -> Event {
@@ -216,6 +305,7 @@ mod tests {
             choices: vec![CollectedChoice {
                 text: "Hi!".into(),
                 logprobs: vec![],
+                tool_calls: vec![],
                 finish_reason: Some(FinishReason::Stop),
             }],
         };
@@ -253,9 +343,9 @@ mod tests {
             index: 0,
             text: "Hi".into(),
             tokens: 1,
-            logprobs: vec![],
+            ..Delta::default()
         };
-        let chunk = event_json(enc.delta(delta).unwrap());
+        let chunk = event_json(enc.delta(delta).remove(0));
         assert_eq!(
             chunk["choices"][0]["delta"],
             serde_json::json!({"content": "Hi"})
@@ -263,11 +353,10 @@ mod tests {
         assert!(
             enc.delta(Delta {
                 index: 0,
-                text: String::new(),
                 tokens: 1,
-                logprobs: vec![]
+                ..Delta::default()
             })
-            .is_none()
+            .is_empty()
         );
 
         let fin = event_json(enc.finished(&Finished {
@@ -277,6 +366,64 @@ mod tests {
         }));
         assert_eq!(fin["choices"][0]["delta"], serde_json::json!({}));
         assert_eq!(fin["choices"][0]["finish_reason"], "length");
+    }
+
+    fn call() -> ToolCallOut {
+        ToolCallOut {
+            index: 0,
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn tool_calls_leave_content_null_in_a_whole_completion() {
+        let collected = Collected {
+            usage: Usage::default(),
+            choices: vec![CollectedChoice {
+                tool_calls: vec![call()],
+                finish_reason: Some(FinishReason::ToolCalls),
+                ..CollectedChoice::default()
+            }],
+        };
+        let body = serde_json::to_value(ChatCompletion::new(meta(), collected, false)).unwrap();
+        assert_eq!(
+            body["choices"][0]["message"],
+            serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn streamed_tool_calls_send_id_and_name_then_arguments() {
+        let mut enc = ChatChunks::new(meta(), false, false);
+        let events = enc.delta(Delta {
+            index: 1,
+            text: "Sure.".into(),
+            tokens: 3,
+            tool_calls: vec![call()],
+            ..Delta::default()
+        });
+        let chunks: Vec<_> = events.into_iter().map(event_json).collect();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"],
+            serde_json::json!({"content": "Sure."})
+        );
+        assert_eq!(
+            chunks[1]["choices"][0]["delta"],
+            serde_json::json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]})
+        );
+        assert_eq!(
+            chunks[2]["choices"][0]["delta"],
+            serde_json::json!({"tool_calls": [{"index": 0,
+                "function": {"arguments": "{\"city\":\"Paris\"}"}}]})
+        );
+        assert!(chunks.iter().all(|c| c["choices"][0]["index"] == 1));
     }
 
     fn citation() -> Citation {

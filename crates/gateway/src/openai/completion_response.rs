@@ -88,9 +88,10 @@ impl ChunkEncoder for TextChunks {
         Vec::new()
     }
 
-    fn delta(&mut self, delta: Delta) -> Option<Event> {
+    /// Text completions have no tools, so deltas carry no tool calls.
+    fn delta(&mut self, delta: Delta) -> Vec<Event> {
         if delta.text.is_empty() && delta.logprobs.is_empty() {
-            return None;
+            return Vec::new();
         }
         let logprobs = match self.offsets.get_mut(delta.index as usize) {
             Some(offset) if self.logprobs => {
@@ -98,12 +99,12 @@ impl ChunkEncoder for TextChunks {
             }
             _ => None,
         };
-        Some(self.chunk(TextChoice {
+        vec![self.chunk(TextChoice {
             text: delta.text,
             index: delta.index,
             logprobs,
             finish_reason: None,
-        }))
+        })]
     }
 
     fn finished(&mut self, finished: &Finished) -> Event {
@@ -157,6 +158,7 @@ mod tests {
                     logprob: -0.25,
                     top: vec![],
                 }],
+                tool_calls: vec![],
                 finish_reason: Some(FinishReason::Length),
             }],
         };
@@ -184,8 +186,9 @@ mod tests {
                 text: "a".into(),
                 tokens: 1,
                 logprobs: vec![],
+                ..Delta::default()
             })
-            .unwrap(),
+            .remove(0),
         );
         assert_eq!(chunk["object"], "text_completion");
         assert_eq!(
@@ -220,8 +223,9 @@ mod tests {
                 text: "ab".into(),
                 tokens: 1,
                 logprobs: vec![token("ab")],
+                ..Delta::default()
             })
-            .unwrap(),
+            .remove(0),
         );
         let second = event_json(
             enc.delta(Delta {
@@ -229,8 +233,9 @@ mod tests {
                 text: "c".into(),
                 tokens: 1,
                 logprobs: vec![token("c")],
+                ..Delta::default()
             })
-            .unwrap(),
+            .remove(0),
         );
         assert_eq!(
             first["choices"][0]["logprobs"]["text_offset"],

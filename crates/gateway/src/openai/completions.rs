@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use passerelle_proto::llm::{GenerateRequest, LogprobsOptions, Prompt, TokenIds, prompt};
 use serde::Deserialize;
 
-use super::StreamPlan;
 use super::params::{Sampling, Stop, StreamOptions, stopping};
+use super::{ResponseFormat, StreamPlan};
 use crate::error::ApiError;
 
 /// Most alternatives per position in the completions API, as in OpenAI's.
@@ -39,6 +39,8 @@ pub struct CompletionRequest {
     pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
+    /// Structured output, as for chat (a vLLM extension of the legacy API).
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// `prompt`: text or token ids, alone or in a batch.
@@ -121,7 +123,10 @@ impl CompletionRequest {
                 self.stop,
             )?),
             logprobs: Some(logprobs),
-            response_format: None,
+            response_format: self
+                .response_format
+                .map(ResponseFormat::into_proto)
+                .transpose()?,
             request_id: request_id.to_owned(),
             echo: self.echo.unwrap_or(false),
         };

@@ -83,6 +83,7 @@ async fn prompt_tokens_match_the_services_own_tokenization() {
                     ],
                     tools: vec![],
                     add_generation_prompt: true,
+                    ..Default::default()
                 })),
             }),
         })

@@ -19,5 +19,6 @@ mod mock;
 mod safety;
 mod semantic_cache;
 mod shared_redis;
+mod structured;
 mod support;
 mod usage;

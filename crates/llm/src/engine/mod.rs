@@ -36,8 +36,8 @@ use crate::{
 use metrics::EngineMetrics;
 use worker::{Command, Job, Worker};
 
-/// Events the reply channel holds besides one per token: `Started`, the echoed prompt and
-/// `Finished`. Sized so the engine never waits on a slow reader.
+/// Events the reply channel holds per choice besides one per token: `Started` (once), the
+/// echoed prompt and `Finished`. Sized so the engine never waits on a slow reader.
 const REPLY_OVERHEAD: usize = 3;
 
 /// What the engine serves and how.
@@ -193,7 +193,8 @@ impl EngineHandle {
             prompt_tokens = plan.prompt.ids.len(),
             max_tokens = plan.max_tokens,
         );
-        let (reply, events) = mpsc::channel(plan.max_tokens + REPLY_OVERHEAD);
+        let choices = plan.choices as usize;
+        let (reply, events) = mpsc::channel(choices * (plan.max_tokens + REPLY_OVERHEAD));
         let job = Job {
             plan,
             reply,

@@ -1,6 +1,6 @@
-//! One request's decoding state, separate from the model: what a scheduler would hold one of
-//! per sequence in a batch. It turns logits into tokens, tokens into text deltas, and decides
-//! when the sequence is finished.
+//! One choice's decoding state, separate from the model: what a scheduler would hold one of
+//! per sequence in a batch. It turns logits into tokens (through the request's grammar, when it
+//! has one), tokens into text deltas (and tool calls), and decides when the choice is finished.
 
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use crate::{
     detokenizer::Detokenizer,
     engine::metrics::{EngineMetrics, Outcome},
     error::LlmError,
+    grammar::Constraint,
     plan::GenerationPlan,
     request::{
         FinishReason, Finished, GenerationEvent, TokenDelta, TokenLogprob, TopLogprob, Usage,
@@ -17,6 +18,7 @@ use crate::{
     sampler::{Logprobs, Sampler},
     stop::{StopMatcher, StopOutcome},
     tokenizer::TokenPieces,
+    tool_calls::ToolCallParser,
 };
 
 /// Where a stream's events go.
@@ -32,37 +34,65 @@ pub(crate) enum Step {
 }
 
 pub(crate) struct Sequence<'a> {
-    plan: GenerationPlan,
+    plan: &'a GenerationPlan,
+    /// Which of the request's choices this is.
+    index: u32,
+    /// Completion tokens of the choices before this one, for the cumulative usage.
+    earlier_tokens: u32,
     reply: Reply,
     pieces: &'a TokenPieces,
     sampler: Sampler,
+    constraint: Option<Constraint>,
     detokenizer: Detokenizer<'a>,
     stops: StopMatcher,
+    tools: Option<ToolCallParser>,
     generated: usize,
     admitted: Instant,
     last_token: Option<Instant>,
 }
 
+/// Where a choice starts: its index and what the choices before it generated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Choice {
+    pub index: u32,
+    pub earlier_tokens: u32,
+}
+
 impl<'a> Sequence<'a> {
     pub fn new(
-        plan: GenerationPlan,
+        plan: &'a GenerationPlan,
+        choice: Choice,
         reply: Reply,
         pieces: &'a TokenPieces,
         admitted: Instant,
     ) -> Self {
-        let sampler = Sampler::new(plan.sampler.clone(), &plan.prompt.ids);
+        let mut sampler_config = plan.sampler.clone();
+        // Each choice draws its own tokens, reproducibly: seed + choice index.
+        sampler_config.seed = sampler_config
+            .seed
+            .map(|seed| seed.wrapping_add(u64::from(choice.index)));
+        let sampler = Sampler::new(sampler_config, &plan.prompt.ids);
         let stops = StopMatcher::new(plan.stop.iter().cloned());
         Self {
             plan,
+            index: choice.index,
+            earlier_tokens: choice.earlier_tokens,
             reply,
             pieces,
             sampler,
+            constraint: plan.constraint.clone(),
             detokenizer: Detokenizer::new(pieces),
             stops,
+            tools: plan.parse_tool_calls.then(ToolCallParser::new),
             generated: 0,
             admitted,
             last_token: None,
         }
+    }
+
+    /// Tokens sampled so far.
+    pub fn generated(&self) -> u32 {
+        u32::try_from(self.generated).unwrap_or(u32::MAX)
     }
 
     pub fn prompt(&self) -> &[u32] {
@@ -74,19 +104,15 @@ impl<'a> Sequence<'a> {
         self.reply.is_closed()
     }
 
-    /// Sends `Started` (and the echoed prompt). False when the caller is gone.
+    /// Sends the echoed prompt, when asked for. False when the caller is gone.
     pub fn start(&self) -> bool {
-        let prompt_tokens = self.plan.prompt.ids.len() as u32;
-        if !self.send(GenerationEvent::Started { prompt_tokens }) {
-            return false;
-        }
         // The echoed prompt carries no token ids, so that the deltas' ids are exactly the
         // completion's tokens (and line up with their logprobs).
         !self.plan.echo
             || self.send(GenerationEvent::Delta(TokenDelta {
+                index: self.index,
                 text: self.plan.prompt.text.clone(),
-                token_ids: Vec::new(),
-                logprobs: Vec::new(),
+                ..TokenDelta::default()
             }))
     }
 
@@ -99,8 +125,18 @@ impl<'a> Sequence<'a> {
 
     /// Samples the next token from `logits`, emits its text and says what comes next.
     pub fn accept(&mut self, logits: &mut [f32], metrics: &EngineMetrics) -> Step {
+        if let Some(constraint) = &mut self.constraint
+            && let Err(err) = constraint.mask(logits)
+        {
+            return Step::Finished(self.fail(err));
+        }
         let sampled = self.sampler.sample(logits);
         let token = sampled.token;
+        let grammar_complete = match self.constraint.as_mut().map(|c| c.commit(token)) {
+            Some(Err(err)) => return Step::Finished(self.fail(err)),
+            Some(Ok(complete)) => complete,
+            None => false,
+        };
         self.generated += 1;
         metrics.generated_tokens.inc();
         self.observe_latency(metrics);
@@ -111,9 +147,10 @@ impl<'a> Sequence<'a> {
             .into_iter()
             .collect();
         let mut delta = TokenDelta {
-            text: String::new(),
+            index: self.index,
             token_ids: vec![token],
             logprobs,
+            ..TokenDelta::default()
         };
         let mut finish: Option<(FinishReason, Option<String>)> = None;
 
@@ -141,7 +178,16 @@ impl<'a> Sequence<'a> {
                 }
                 StopOutcome::Continue { emit } => delta.text = emit,
             }
-            if finish.is_none() && self.generated >= self.plan.max_tokens {
+            // A complete grammar allows nothing but the end: stop now rather than spend a
+            // forward pass on sampling it.
+            let ended = if grammar_complete {
+                Some(FinishReason::Stop)
+            } else if self.generated >= self.plan.max_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let (None, Some(reason)) = (&finish, ended) {
                 let rest = self.detokenizer.finish();
                 finish = Some(match self.stops.push(&rest) {
                     StopOutcome::Stopped { emit, matched } => {
@@ -151,9 +197,23 @@ impl<'a> Sequence<'a> {
                     StopOutcome::Continue { emit } => {
                         delta.text.push_str(&emit);
                         delta.text.push_str(&self.stops.flush());
-                        (FinishReason::Length, None)
+                        (reason, None)
                     }
                 });
+            }
+        }
+
+        if let Some(tools) = &mut self.tools {
+            let mut parsed = tools.push(&delta.text);
+            if finish.is_some() {
+                parsed.text.push_str(&tools.finish().text);
+            }
+            delta.text = parsed.text;
+            delta.tool_calls = parsed.calls;
+            if let Some((reason @ FinishReason::Stop, _)) = &mut finish
+                && tools.calls() > 0
+            {
+                *reason = FinishReason::ToolCalls;
             }
         }
 
@@ -165,9 +225,10 @@ impl<'a> Sequence<'a> {
         };
         let usage = Usage {
             prompt_tokens: self.plan.prompt.ids.len() as u32,
-            completion_tokens: self.generated as u32,
+            completion_tokens: self.earlier_tokens.saturating_add(self.generated()),
         };
         if !self.send(GenerationEvent::Finished(Finished {
+            index: self.index,
             reason,
             usage,
             matched_stop,
@@ -175,7 +236,7 @@ impl<'a> Sequence<'a> {
             return Step::Finished(Outcome::Cancelled);
         }
         Step::Finished(match reason {
-            FinishReason::Stop => Outcome::Stop,
+            FinishReason::Stop | FinishReason::ToolCalls => Outcome::Stop,
             FinishReason::Length => Outcome::Length,
         })
     }

@@ -1,5 +1,7 @@
 //! The engine thread: owns the model and its KV cache, loads and warms it up, then runs queued
-//! generations one at a time. Candle work runs inside a rayon pool of the configured size.
+//! generations one at a time, and the choices of a request with `n > 1` one after the other
+//! (batching them is the scheduler's job, later). Candle work runs inside a rayon pool of the
+//! configured size.
 
 use std::{
     any::Any,
@@ -17,11 +19,12 @@ use crate::{
     engine::{
         EngineState,
         metrics::{EngineMetrics, Outcome},
-        sequence::{Reply, Sequence, Step},
+        sequence::{Choice, Reply, Sequence, Step},
     },
     error::{LlmError, LoadError},
     model::{self, CausalLm, ModelFiles},
     plan::GenerationPlan,
+    request::GenerationEvent,
     served::ServedModel,
 };
 
@@ -125,7 +128,7 @@ fn load_and_warm_up(
     Ok((model, Arc::new(served)))
 }
 
-/// Runs one request to its end. The KV cache is cleared first: one sequence at a time.
+/// Runs one request to its end: its choices one after the other, each from a cleared KV cache.
 fn generate(
     model: &mut CausalLm,
     served: &ServedModel,
@@ -133,7 +136,49 @@ fn generate(
     pool: &ThreadPool,
     metrics: &EngineMetrics,
 ) -> Outcome {
-    let mut sequence = Sequence::new(job.plan, job.reply, served.tokenizer.pieces(), job.admitted);
+    let Job {
+        plan,
+        reply,
+        admitted,
+        ..
+    } = job;
+    let prompt_tokens = u32::try_from(plan.prompt.ids.len()).unwrap_or(u32::MAX);
+    if reply
+        .blocking_send(Ok(GenerationEvent::Started { prompt_tokens }))
+        .is_err()
+    {
+        return Outcome::Cancelled;
+    }
+    let mut outcome = Outcome::Stop;
+    let mut earlier_tokens = 0u32;
+    for index in 0..plan.choices {
+        let choice = Choice {
+            index,
+            earlier_tokens,
+        };
+        let mut sequence = Sequence::new(
+            &plan,
+            choice,
+            reply.clone(),
+            served.tokenizer.pieces(),
+            admitted,
+        );
+        outcome = run_choice(model, &mut sequence, pool, metrics);
+        if matches!(outcome, Outcome::Cancelled | Outcome::Error) {
+            return outcome;
+        }
+        earlier_tokens = earlier_tokens.saturating_add(sequence.generated());
+    }
+    outcome
+}
+
+/// Generates one choice; the KV cache is cleared first: one sequence at a time.
+fn run_choice(
+    model: &mut CausalLm,
+    sequence: &mut Sequence<'_>,
+    pool: &ThreadPool,
+    metrics: &EngineMetrics,
+) -> Outcome {
     if !sequence.start() || sequence.is_cancelled() {
         return Outcome::Cancelled;
     }
