@@ -21,7 +21,8 @@ struct Fields<'a> {
     model: &'a RawValue,
     #[serde(borrow, default)]
     stream: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    // Kept when `null` too, so that it is replaced rather than sent twice.
+    #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
     #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
@@ -29,6 +30,14 @@ struct Fields<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(default)]
     retrieval: Option<IgnoredAny>,
+}
+
+/// A field's raw value whatever it is, `null` included (an `Option` alone reads `null` as absent).
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A chat or completion body on its way to an upstream.
@@ -47,6 +56,12 @@ pub(crate) struct ForwardBody<'a> {
 impl<'a> ForwardBody<'a> {
     /// Reads `raw`, a JSON object with a `model`; anything else is the client's 400.
     pub(crate) fn parse(raw: &'a [u8]) -> Result<Self, ApiError> {
+        // serde would also read a struct from an array, by position.
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid_request(
+                "The request body must be a JSON object.",
+            ));
+        }
         let fields: Fields<'a> = parse_json(raw)?;
         Ok(Self {
             raw,
