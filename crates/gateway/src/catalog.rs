@@ -74,6 +74,7 @@ impl ModelCatalog {
                     id: name.to_owned(),
                     created: 0,
                     owned_by: ROUTED_OWNER.to_owned(),
+                    context_length: 0,
                 });
             }
         }

@@ -84,6 +84,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/completions", post(routes::completions::create))
         .route("/v1/embeddings", post(routes::embeddings::create))
         .route("/v1/moderations", post(routes::moderations::create))
+        .route("/tokenize", post(routes::tokenize::tokenize))
+        .route("/detokenize", post(routes::tokenize::detokenize))
         .route("/v1/usage", get(routes::usage::get))
         .route("/v1/feedback", post(routes::feedback::create))
         .route("/admin/drift", get(routes::admin::drift))

@@ -109,6 +109,8 @@ pub struct ModelEntry {
     pub created: i64,
     /// Organisation shown as `owned_by`.
     pub owned_by: String,
+    /// Longest sequence, prompt and completion together, in tokens; 0 when unknown.
+    pub context_length: u32,
 }
 
 impl ModelEntry {
@@ -129,6 +131,7 @@ impl ModelEntry {
                 },
                 id: info.id,
                 created: info.created_unix,
+                context_length: info.context_length,
             }),
         }
     }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use passerelle_proto::common::ListModelsRequest;
 use passerelle_proto::llm::llm_client::LlmClient;
-use passerelle_proto::llm::{GenerateRequest, GenerateResponse, llm_server};
+use passerelle_proto::llm::{
+    GenerateRequest, GenerateResponse, TokenizeRequest, TokenizeResponse, llm_server,
+};
 use tokio::time::Instant;
 
 pub use crate::backend::{BackendError, Readiness};
@@ -82,6 +84,21 @@ impl LlmBackend {
             deadline,
             done: false,
         })
+    }
+
+    /// Renders and tokenizes a prompt exactly as a generation would (a prompt of token ids is
+    /// decoded instead).
+    pub async fn tokenize(
+        &self,
+        request: TokenizeRequest,
+    ) -> Result<TokenizeResponse, BackendError> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.control_timeout);
+        let response =
+            tokio::time::timeout(self.control_timeout, self.llm.clone().tokenize(request))
+                .await
+                .map_err(|_| BackendError::DeadlineExceeded)??;
+        Ok(response.into_inner())
     }
 
     /// Whether the llm service reports SERVING.

@@ -242,7 +242,7 @@ impl ChatCompletionRequest {
 }
 
 impl MessageIn {
-    fn into_proto(self, i: usize) -> Result<ChatMessage, ApiError> {
+    pub(crate) fn into_proto(self, i: usize) -> Result<ChatMessage, ApiError> {
         let role = match self.role.as_str() {
             "system" | "user" | "assistant" | "tool" => self.role,
             // OpenAI's newer name for system instructions; chat templates know only "system".

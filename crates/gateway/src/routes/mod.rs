@@ -12,6 +12,7 @@ pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod models;
 pub(crate) mod moderations;
+pub(crate) mod tokenize;
 pub(crate) mod usage;
 pub(crate) mod users;
 

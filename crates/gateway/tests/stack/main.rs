@@ -21,4 +21,5 @@ mod semantic_cache;
 mod shared_redis;
 mod structured;
 mod support;
+mod tokenize;
 mod usage;
