@@ -1,7 +1,7 @@
 //! Writes random-weight models for trying Passerelle without downloading one.
 //!
 //! `passerelle-testkit write-qwen2 --preset tiny --format gguf --dtype q8_0 --seed 1 --out m.gguf`
-//! `passerelle-testkit convert-llama --hf-dir llama-dir --dtype q4_k --out m.gguf`
+//! `passerelle-testkit convert-hf --hf-dir model-dir --dtype q4_k --out m.gguf`
 
 use std::path::PathBuf;
 
@@ -21,12 +21,14 @@ struct Args {
 enum Command {
     /// Write a random-weight Qwen2 model.
     WriteQwen2(WriteQwen2),
-    /// Convert a Hugging Face Llama directory to GGUF as llama.cpp's converter does.
-    ConvertLlama(ConvertLlama),
+    /// Convert a Hugging Face Llama, Qwen2, Qwen3 or Phi-3 directory to GGUF as llama.cpp's
+    /// converter does.
+    #[command(alias = "convert-llama")]
+    ConvertHf(ConvertHf),
 }
 
 #[derive(Debug, clap::Args)]
-struct ConvertLlama {
+struct ConvertHf {
     /// The Hugging Face directory (config.json, tokenizer.json, model.safetensors).
     #[arg(long)]
     hf_dir: PathBuf,
@@ -76,8 +78,8 @@ fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
 fn main() -> anyhow::Result<()> {
     let args = match Args::parse().command {
         Command::WriteQwen2(args) => args,
-        Command::ConvertLlama(args) => {
-            passerelle_testkit::models::convert_llama_to_gguf(&args.hf_dir, &args.out, args.dtype)
+        Command::ConvertHf(args) => {
+            passerelle_testkit::models::convert_hf_to_gguf(&args.hf_dir, &args.out, args.dtype)
                 .with_context(|| format!("converting {}", args.hf_dir.display()))?;
             println!("wrote {} ({})", args.out.display(), args.dtype);
             return Ok(());
