@@ -90,7 +90,10 @@ impl QuantPlan {
             } else {
                 GgmlDType::Q8_0
             }
-        } else if layer_of("attn_v").or_else(|| layer_of("ffn_down")).is_some_and(more_bits) {
+        } else if layer_of("attn_v")
+            .or_else(|| layer_of("ffn_down"))
+            .is_some_and(more_bits)
+        {
             GgmlDType::Q6K
         } else {
             GgmlDType::Q4K
@@ -249,7 +252,9 @@ mod tests {
             ..q
         };
         assert_eq!(
-            untied.tensor_type("token_embd.weight", &[1024, 512]).unwrap(),
+            untied
+                .tensor_type("token_embd.weight", &[1024, 512])
+                .unwrap(),
             GgmlDType::Q4K
         );
         assert_eq!(
