@@ -32,7 +32,8 @@ struct ConvertHf {
     /// The Hugging Face directory (config.json, tokenizer.json, model.safetensors).
     #[arg(long)]
     hf_dir: PathBuf,
-    /// Matrix type: f32, f16, bf16, q8_0 or q4_k (Q4_K_M-style, Q8_0 for short rows).
+    /// Matrix type: f32, f16, bf16, q8_0, q4_k (Q4_K, Q8_0 for short rows) or q4_k_m
+    /// (llama.cpp's Q4_K_M mix).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: WeightDtype,
     /// The GGUF file to write.
@@ -48,7 +49,8 @@ struct WriteQwen2 {
     /// `safetensors` writes a Hugging Face directory; `gguf` writes one llama.cpp file.
     #[arg(long, value_enum, default_value_t = Format::Safetensors)]
     format: Format,
-    /// Weight type: f32, f16, bf16 (safetensors and gguf), q8_0 or q4_k (gguf only).
+    /// Weight type: f32, f16, bf16 (safetensors and gguf), q8_0, q4_k or q4_k_m (llama.cpp's
+    /// Q4_K_M mix) (gguf only).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: WeightDtype,
     /// Seed of the random weights; the same seed gives the same weights in every format.

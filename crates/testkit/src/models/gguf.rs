@@ -22,34 +22,88 @@ fn file_type(dtype: WeightDtype) -> u32 {
         WeightDtype::F32 => 0,
         WeightDtype::F16 => 1,
         WeightDtype::Q8_0 => 7,
-        // MOSTLY_Q4_K_M: k-quants with higher-precision fallbacks, which is what we write.
-        WeightDtype::Q4K => 15,
+        // MOSTLY_Q4_K_M: k-quants with higher-precision fallbacks, which is what both write.
+        WeightDtype::Q4K | WeightDtype::Q4KM => 15,
         WeightDtype::Bf16 => 32,
     }
 }
 
-/// The storage type of one tensor: vectors stay F32 as in llama.cpp; matrices take `dtype`,
-/// falling back from Q4_K to Q8_0 when rows are not a multiple of 256.
-pub(crate) fn tensor_dtype(shape: &[usize], dtype: WeightDtype) -> Result<GgmlDType, TestkitError> {
-    if shape.len() < 2 {
-        return Ok(GgmlDType::F32);
+/// How the matrices of one file are stored: the requested [`WeightDtype`] plus what llama.cpp's
+/// `llama-quantize` needs to pick per-tensor types for a mix such as Q4_K_M.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QuantPlan {
+    pub dtype: WeightDtype,
+    /// `block_count`: llama.cpp gives some layers more bits.
+    pub layers: usize,
+    /// No `output.weight`: the token embeddings double as the output projection.
+    pub tied_embeddings: bool,
+}
+
+impl QuantPlan {
+    /// The storage type of the tensor with GGUF name `name`: vectors stay F32 as in llama.cpp;
+    /// matrices take the plan's type, falling back as llama.cpp does when rows are too short.
+    pub fn tensor_type(&self, name: &str, shape: &[usize]) -> Result<GgmlDType, TestkitError> {
+        if shape.len() < 2 {
+            return Ok(GgmlDType::F32);
+        }
+        let row = shape[shape.len() - 1];
+        let wanted = match self.dtype {
+            WeightDtype::F32 => GgmlDType::F32,
+            WeightDtype::F16 => GgmlDType::F16,
+            WeightDtype::Bf16 => GgmlDType::BF16,
+            WeightDtype::Q8_0 => GgmlDType::Q8_0,
+            WeightDtype::Q4K if row.is_multiple_of(GgmlDType::Q4K.block_size()) => GgmlDType::Q4K,
+            WeightDtype::Q4K => GgmlDType::Q8_0,
+            WeightDtype::Q4KM => self.q4_k_m(name, row),
+        };
+        if !row.is_multiple_of(wanted.block_size()) {
+            return Err(TestkitError::InvalidSpec(format!(
+                "rows of {row} values cannot be stored as {wanted:?} (blocks of {})",
+                wanted.block_size()
+            )));
+        }
+        Ok(wanted)
     }
-    let row = shape[shape.len() - 1];
-    let wanted = match dtype {
-        WeightDtype::F32 => GgmlDType::F32,
-        WeightDtype::F16 => GgmlDType::F16,
-        WeightDtype::Bf16 => GgmlDType::BF16,
-        WeightDtype::Q8_0 => GgmlDType::Q8_0,
-        WeightDtype::Q4K if row.is_multiple_of(GgmlDType::Q4K.block_size()) => GgmlDType::Q4K,
-        WeightDtype::Q4K => GgmlDType::Q8_0,
-    };
-    if !row.is_multiple_of(wanted.block_size()) {
-        return Err(TestkitError::InvalidSpec(format!(
-            "rows of {row} values cannot be stored as {wanted:?} (blocks of {})",
-            wanted.block_size()
-        )));
+
+    /// `llama_tensor_get_type` for `LLAMA_FTYPE_MOSTLY_Q4_K_M` (llama.cpp `src/llama-quant.cpp`,
+    /// dense non-Falcon models): Q4_K by default; Q6_K for the output matrix (the tied
+    /// embeddings) and for `attn_v` and `ffn_down` in the layers `use_more_bits` picks; then
+    /// the fallback for rows that are not a multiple of 256: Q4_K to Q5_0, Q6_K to Q8_0.
+    fn q4_k_m(&self, name: &str, row: usize) -> GgmlDType {
+        let more_bits = |layer: usize| {
+            let n = self.layers;
+            // Past the first test, layer >= n / 8, so the subtraction cannot underflow.
+            layer < n / 8 || layer >= 7 * n / 8 || (layer - n / 8) % 3 == 2
+        };
+        let layer_of = |part: &str| -> Option<usize> {
+            let rest = name.strip_prefix("blk.")?;
+            let (layer, tensor) = rest.split_once('.')?;
+            (tensor == format!("{part}.weight"))
+                .then(|| layer.parse().ok())
+                .flatten()
+        };
+        let is_output =
+            name == "output.weight" || (self.tied_embeddings && name == "token_embd.weight");
+        let wanted = if is_output {
+            if row.is_multiple_of(GgmlDType::Q6K.block_size()) {
+                GgmlDType::Q6K
+            } else {
+                GgmlDType::Q8_0
+            }
+        } else if layer_of("attn_v")
+            .or_else(|| layer_of("ffn_down"))
+            .is_some_and(more_bits)
+        {
+            GgmlDType::Q6K
+        } else {
+            GgmlDType::Q4K
+        };
+        match wanted {
+            _ if row.is_multiple_of(wanted.block_size()) => wanted,
+            GgmlDType::Q4K => GgmlDType::Q5_0,
+            _ => GgmlDType::Q8_0,
+        }
     }
-    Ok(wanted)
 }
 
 /// Writes `tensors` and the tokenizer as a GGUF file at `path`.
@@ -130,13 +184,18 @@ pub fn write_gguf(
         ),
     ];
 
+    let plan = QuantPlan {
+        dtype,
+        layers: spec.num_hidden_layers,
+        tied_embeddings: spec.tie_word_embeddings,
+    };
     let mut quantized = Vec::with_capacity(tensors.len());
     for tensor in tensors {
         let name = gguf_name(&tensor.name).ok_or_else(|| {
             TestkitError::InvalidSpec(format!("no GGUF name for tensor {}", tensor.name))
         })?;
         let data = Tensor::from_slice(&tensor.data, tensor.shape.as_slice(), &Device::Cpu)?;
-        let qtensor = QTensor::quantize(&data, tensor_dtype(&tensor.shape, dtype)?)?;
+        let qtensor = QTensor::quantize(&data, plan.tensor_type(&name, &tensor.shape)?)?;
         quantized.push((name, qtensor));
     }
 
@@ -153,24 +212,54 @@ pub fn write_gguf(
 mod tests {
     use super::*;
 
+    fn plan(dtype: WeightDtype) -> QuantPlan {
+        QuantPlan {
+            dtype,
+            layers: 24,
+            tied_embeddings: true,
+        }
+    }
+
     #[test]
     fn vectors_stay_f32_and_q4k_falls_back_on_short_rows() {
+        let q8 = plan(WeightDtype::Q8_0);
+        let q4 = plan(WeightDtype::Q4K);
+        assert_eq!(q8.tensor_type("x", &[64]).unwrap(), GgmlDType::F32);
+        assert_eq!(q8.tensor_type("x", &[64, 64]).unwrap(), GgmlDType::Q8_0);
+        assert_eq!(q4.tensor_type("x", &[64, 896]).unwrap(), GgmlDType::Q8_0);
+        assert_eq!(q4.tensor_type("x", &[896, 4864]).unwrap(), GgmlDType::Q4K);
+        assert!(q8.tensor_type("x", &[64, 48]).is_err());
+    }
+
+    #[test]
+    fn q4_k_m_follows_llama_quantize_for_qwen2_5_0_5b() {
+        let q = plan(WeightDtype::Q4KM);
+        let t = |name: &str, shape: &[usize]| q.tensor_type(name, shape).unwrap();
+        // Tied embeddings are the output matrix: Q6_K, but 896-wide rows fall back to Q8_0.
+        assert_eq!(t("token_embd.weight", &[151_936, 896]), GgmlDType::Q8_0);
+        // Q4_K on 896-wide rows falls back to Q5_0.
+        assert_eq!(t("blk.3.attn_q.weight", &[896, 896]), GgmlDType::Q5_0);
+        assert_eq!(t("blk.3.ffn_up.weight", &[4864, 896]), GgmlDType::Q5_0);
+        // use_more_bits: layers 0-2, 21-23 and every third from 5.
+        assert_eq!(t("blk.0.attn_v.weight", &[128, 896]), GgmlDType::Q8_0);
+        assert_eq!(t("blk.4.attn_v.weight", &[128, 896]), GgmlDType::Q5_0);
+        assert_eq!(t("blk.5.ffn_down.weight", &[896, 4864]), GgmlDType::Q6K);
+        assert_eq!(t("blk.6.ffn_down.weight", &[896, 4864]), GgmlDType::Q4K);
+        assert_eq!(t("blk.23.ffn_down.weight", &[896, 4864]), GgmlDType::Q6K);
+        assert_eq!(t("blk.6.attn_norm.weight", &[896]), GgmlDType::F32);
+        let untied = QuantPlan {
+            tied_embeddings: false,
+            ..q
+        };
         assert_eq!(
-            tensor_dtype(&[64], WeightDtype::Q8_0).unwrap(),
-            GgmlDType::F32
-        );
-        assert_eq!(
-            tensor_dtype(&[64, 64], WeightDtype::Q8_0).unwrap(),
-            GgmlDType::Q8_0
-        );
-        assert_eq!(
-            tensor_dtype(&[64, 896], WeightDtype::Q4K).unwrap(),
-            GgmlDType::Q8_0
-        );
-        assert_eq!(
-            tensor_dtype(&[896, 4864], WeightDtype::Q4K).unwrap(),
+            untied
+                .tensor_type("token_embd.weight", &[1024, 512])
+                .unwrap(),
             GgmlDType::Q4K
         );
-        assert!(tensor_dtype(&[64, 48], WeightDtype::Q8_0).is_err());
+        assert_eq!(
+            untied.tensor_type("output.weight", &[1024, 512]).unwrap(),
+            GgmlDType::Q6K
+        );
     }
 }

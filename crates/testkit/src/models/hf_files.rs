@@ -42,7 +42,7 @@ fn torch_dtype(dtype: WeightDtype) -> &'static str {
     match dtype {
         WeightDtype::F16 => "float16",
         WeightDtype::Bf16 => "bfloat16",
-        WeightDtype::F32 | WeightDtype::Q8_0 | WeightDtype::Q4K => "float32",
+        WeightDtype::F32 | WeightDtype::Q8_0 | WeightDtype::Q4K | WeightDtype::Q4KM => "float32",
     }
 }
 

@@ -20,7 +20,7 @@ use candle_core::{
 };
 use serde_json::Value;
 
-use crate::models::{TestkitError, WeightDtype, gguf::tensor_dtype};
+use crate::models::{TestkitError, WeightDtype, gguf::QuantPlan};
 
 /// llama.cpp `llama_token_type` values.
 const NORMAL: i32 = 1;
@@ -358,6 +358,11 @@ pub fn convert_hf_to_gguf(
     }
 
     let weights = candle_core::safetensors::load(hf_dir.join("model.safetensors"), &Device::Cpu)?;
+    let plan = QuantPlan {
+        dtype,
+        layers: usize_field(&config, "num_hidden_layers")?,
+        tied_embeddings: !weights.contains_key("lm_head.weight"),
+    };
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(weights.len() + 2);
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
@@ -369,7 +374,7 @@ pub fn convert_hf_to_gguf(
         } else if arch == "llama" && hf.ends_with("k_proj.weight") {
             data = permute(&data, kv_heads)?;
         }
-        let stored = tensor_dtype(data.dims(), dtype)?;
+        let stored = plan.tensor_type(&name, data.dims())?;
         tensors.push((name, QTensor::quantize(&data, stored)?));
     }
     let vector = |values: Vec<f32>| -> Result<QTensor, TestkitError> {

@@ -95,7 +95,7 @@ impl Qwen2Checkpoint {
             WeightDtype::F32 => DType::F32,
             WeightDtype::F16 => DType::F16,
             WeightDtype::Bf16 => DType::BF16,
-            WeightDtype::Q8_0 | WeightDtype::Q4K => {
+            WeightDtype::Q8_0 | WeightDtype::Q4K | WeightDtype::Q4KM => {
                 return Err(TestkitError::InvalidSpec(format!(
                     "safetensors checkpoints are f32, f16 or bf16, not {dtype}"
                 )));

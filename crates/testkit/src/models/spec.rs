@@ -151,6 +151,10 @@ pub enum WeightDtype {
     /// GGUF only: 4-bit k-quant blocks of 256. Like llama.cpp, matrices whose rows are not a
     /// multiple of 256 fall back to Q8_0.
     Q4K,
+    /// GGUF only: llama.cpp's Q4_K_M mix, tensor by tensor as `llama-quantize` chooses it
+    /// (Q4_K, Q6_K for the output and some `attn_v`/`ffn_down`, and its fallbacks for short
+    /// rows: Q5_0 and Q8_0), so that a file is comparable with a llama.cpp-quantized one.
+    Q4KM,
 }
 
 impl FromStr for WeightDtype {
@@ -163,8 +167,9 @@ impl FromStr for WeightDtype {
             "bf16" => Ok(Self::Bf16),
             "q8_0" => Ok(Self::Q8_0),
             "q4_k" => Ok(Self::Q4K),
+            "q4_k_m" => Ok(Self::Q4KM),
             other => Err(TestkitError::InvalidSpec(format!(
-                "unknown dtype `{other}` (expected f32, f16, bf16, q8_0 or q4_k)"
+                "unknown dtype `{other}` (expected f32, f16, bf16, q8_0, q4_k or q4_k_m)"
             ))),
         }
     }
@@ -178,6 +183,7 @@ impl fmt::Display for WeightDtype {
             Self::Bf16 => "bf16",
             Self::Q8_0 => "q8_0",
             Self::Q4K => "q4_k",
+            Self::Q4KM => "q4_k_m",
         })
     }
 }
