@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
+pub use crate::vector::dot;
+
 /// Below this many vectors a namespace is scanned; from it up, searched through HNSW.
 /// At 384 dimensions a 512-vector scan costs about as much as a graph search.
 pub const SCAN_THRESHOLD: usize = 512;
@@ -292,26 +294,6 @@ impl Distance<f32> for UnitDot {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
         (1.0 - dot(a, b)).max(0.0)
     }
-}
-
-/// Dot product with eight independent sums, so the compiler can keep them in SIMD lanes
-/// (a single running float sum has to be added in order and cannot be vectorised).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut sums = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            sums[lane] += x[lane] * y[lane];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
