@@ -20,7 +20,8 @@ pub fn config(dir: &Path) -> EngineConfig {
     EngineConfig {
         model_path: dir.to_path_buf(),
         model_id: MODEL_ID.to_owned(),
-        threads: Some(2),
+        device: passerelle_embeddings::DeviceChoice::Cpu,
+            threads: Some(2),
         queue_capacity: 16,
         max_batch: 32,
         matryoshka: false,

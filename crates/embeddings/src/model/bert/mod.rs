@@ -305,7 +305,7 @@ mod tests {
                 vec![config.type_vocab_size, h],
             ),
         ];
-        let mut norm = |prefix: String, shapes: &mut Vec<(String, Vec<usize>)>| {
+        let norm = |prefix: String, shapes: &mut Vec<(String, Vec<usize>)>| {
             shapes.push((format!("{prefix}.weight"), vec![h]));
             shapes.push((format!("{prefix}.bias"), vec![h]));
         };
