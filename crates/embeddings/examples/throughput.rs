@@ -34,7 +34,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         EngineConfig {
             model_path,
             model_id: "bench".to_owned(),
-            device: std::env::var("THROUGHPUT_DEVICE").map_or(Ok(DeviceChoice::Cpu), |d| d.parse())?,
+            device: std::env::var("THROUGHPUT_DEVICE")
+                .map_or(Ok(DeviceChoice::Cpu), |d| d.parse())?,
             threads: Some(threads),
             queue_capacity: 4,
             max_batch: batches.iter().copied().max().unwrap_or(32),

@@ -49,7 +49,7 @@ const MAX_CONNECTIONS: usize = 16;
 const EF_CONSTRUCTION: usize = 100;
 /// Candidates explored while searching (and returned, so that tombstones among them still
 /// leave live ones): recall against latency.
-const EF_SEARCH: usize = 64;
+pub const EF_SEARCH: usize = 64;
 /// Live candidates from the graph re-scored exactly, the best of which answers: more than
 /// one, because the graph ranks by 8-bit approximations.
 const NEIGHBOURS: usize = 8;
@@ -66,6 +66,8 @@ pub struct IndexTuning {
     pub rebuild_fraction: f32,
     /// Graphs of at least this many live vectors rebuild on a background thread.
     pub background_rebuild_from: usize,
+    /// Candidates a graph search explores (`ef`): recall against latency.
+    pub ef_search: usize,
 }
 
 impl Default for IndexTuning {
@@ -74,6 +76,7 @@ impl Default for IndexTuning {
             scan_threshold: SCAN_THRESHOLD,
             rebuild_fraction: REBUILD_TOMBSTONE_FRACTION,
             background_rebuild_from: BACKGROUND_REBUILD_FROM,
+            ef_search: EF_SEARCH,
         }
     }
 }
@@ -136,6 +139,11 @@ impl VectorIndex {
     /// Whether searches go through the graph.
     pub fn uses_graph(&self) -> bool {
         self.graph.is_some()
+    }
+
+    /// Changes how many candidates later graph searches explore.
+    pub fn set_ef_search(&mut self, ef_search: usize) {
+        self.tuning.ef_search = ef_search;
     }
 
     /// Whether a replacement graph is being built in the background.
@@ -239,10 +247,11 @@ impl VectorIndex {
             Some(graph) => {
                 // Unfiltered on purpose: `hnsw_rs` turns off its early exit when given a filter
                 // and walks the whole graph (10 ms at 100,000 points instead of well under 1).
-                // The `EF_SEARCH` closest come back sorted; tombstones are skipped here.
+                // The `ef_search` closest come back sorted; tombstones are skipped here.
+                let ef = self.tuning.ef_search.max(NEIGHBOURS);
                 let best = graph
                     .hnsw
-                    .search(&quantize(query), EF_SEARCH, EF_SEARCH)
+                    .search(&quantize(query), ef, ef)
                     .iter()
                     .filter(|neighbour| !graph.tombstones.contains(&neighbour.d_id))
                     .take(NEIGHBOURS)
@@ -279,7 +288,10 @@ impl VectorIndex {
         let Some(mut rebuild) = self.rebuild.take() else {
             return;
         };
-        let built = rebuild.worker.take().is_none_or(|worker| worker.join().is_ok());
+        let built = rebuild
+            .worker
+            .take()
+            .is_none_or(|worker| worker.join().is_ok());
         if built {
             self.graph = Some(Graph {
                 hnsw: Arc::clone(&rebuild.hnsw),

@@ -21,7 +21,7 @@ pub fn config(dir: &Path) -> EngineConfig {
         model_path: dir.to_path_buf(),
         model_id: MODEL_ID.to_owned(),
         device: passerelle_embeddings::DeviceChoice::Cpu,
-            threads: Some(2),
+        threads: Some(2),
         queue_capacity: 16,
         max_batch: 32,
         matryoshka: false,

@@ -36,7 +36,7 @@ struct Dense {
 
 impl Dense {
     fn load(vb: &VarBuilder<'_>, inputs: usize, outputs: usize) -> candle_core::Result<Self> {
-        Self::stack(&[vb.clone()], inputs, outputs)
+        Self::stack(std::slice::from_ref(vb), inputs, outputs)
     }
 
     /// Several layers of the same input side by side, as one: `x @ [w1 w2 ...]`.
@@ -82,7 +82,7 @@ impl PackedBert {
     /// Reads the encoder under `vb` (already at the checkpoint's prefix, if any).
     pub fn load(vb: &VarBuilder<'_>, config: &Config) -> candle_core::Result<Self> {
         let hidden = config.hidden_size;
-        if config.num_attention_heads == 0 || hidden % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !hidden.is_multiple_of(config.num_attention_heads) {
             candle_core::bail!(
                 "hidden_size {hidden} is not a multiple of num_attention_heads {}",
                 config.num_attention_heads
@@ -252,10 +252,8 @@ fn add_bias(rows: &mut [f32], bias: &[f32]) {
 }
 
 /// Runs `step` over blocks of whole rows of `width` values, in parallel.
-fn par_rows(values: &mut [f32], width: usize, step: impl Fn(&mut [f32]) + Sync) {
-    values
-        .par_chunks_mut(width * ROWS_PER_TASK)
-        .for_each(|rows| step(rows));
+fn par_rows(values: &mut [f32], width: usize, step: impl Fn(&mut [f32]) + Send + Sync) {
+    values.par_chunks_mut(width * ROWS_PER_TASK).for_each(step);
 }
 
 /// `hidden = norm(hidden + projected + bias)` over blocks of rows, in parallel.
