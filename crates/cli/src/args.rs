@@ -120,6 +120,10 @@ pub struct EmbeddingArgs {
     /// a restart [default: `documents` in the data directory].
     #[arg(long, env = "PASSERELLE_DOCUMENTS_DIR")]
     pub documents_dir: Option<PathBuf>,
+    /// Device the embedding model runs on: cpu, cuda or cuda:N (a GPU needs a build with the
+    /// `cuda` feature) [default: cpu].
+    #[arg(long, env = "PASSERELLE_EMBEDDING_DEVICE")]
+    pub embedding_device: Option<passerelle_model_runtime::DeviceChoice>,
 }
 
 /// How the HTTP gateway runs.

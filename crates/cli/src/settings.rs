@@ -34,6 +34,7 @@ pub struct EmbeddingSettings {
     /// Where the document store keeps its documents.
     pub documents_dir: PathBuf,
     pub threads: Option<usize>,
+    pub device: passerelle_model_runtime::DeviceChoice,
     pub hub: HubOptions,
 }
 
@@ -125,6 +126,7 @@ pub fn embedding(
                     .join("documents")
             }),
         threads,
+        device: args.embedding_device.unwrap_or_default(),
         hub,
     })
 }

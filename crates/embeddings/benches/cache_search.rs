@@ -2,14 +2,15 @@
 //! unit vectors in one namespace (the HNSW path), with the recall it buys.
 //!
 //! `cargo bench -p passerelle-embeddings --bench cache_search` (release profile). Set
-//! `CACHE_BENCH_ENTRIES` to try another size. Prints build time, p50 / p99 / max of the search
+//! `CACHE_BENCH_ENTRIES` to try another size, `CACHE_BENCH_EF=16,32,64` to compare `ef_search`
+//! values on the one index. Prints build time, p50 / p99 / max of the search
 //! alone, and recall@1 against an exact scan, for random queries and for queries near a stored
 //! vector (a paraphrase, which is what a cache hit looks like).
 
 use std::time::{Duration, Instant};
 
 use passerelle_embeddings::{
-    cache::index::{IndexTuning, VectorIndex, dot},
+    cache::index::{EF_SEARCH, IndexTuning, VectorIndex, dot},
     vector::l2_normalize,
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
@@ -81,34 +82,20 @@ fn main() {
             }
         })
         .collect();
-    for query in queries.iter().take(100) {
-        std::hint::black_box(index.nearest(query));
-    }
-    let mut latencies: Vec<Duration> = queries
-        .iter()
-        .map(|query| {
-            let started = Instant::now();
-            std::hint::black_box(index.nearest(query));
-            started.elapsed()
+    let recall_queries: Vec<(Vec<f32>, u64, Vec<f32>, u64)> = (0..RECALL_QUERIES)
+        .map(|_| {
+            let random = random_unit(&mut rng);
+            let target = rng.random_range(0..entries);
+            let close = near(&mut rng, &vectors[target]);
+            let (truth_random, truth_close) = (exact(&vectors, &random), exact(&vectors, &close));
+            (random, truth_random, close, truth_close)
         })
         .collect();
-    latencies.sort();
-
     let mut scan = Vec::new();
-    let (mut random_hits, mut near_hits) = (0, 0);
-    for _ in 0..RECALL_QUERIES {
-        let query = random_unit(&mut rng);
+    for (query, ..) in recall_queries.iter().take(50) {
         let started = Instant::now();
-        let truth = exact(&vectors, &query);
+        std::hint::black_box(exact(&vectors, query));
         scan.push(started.elapsed());
-        if index.nearest(&query).map(|n| n.id) == Some(truth) {
-            random_hits += 1;
-        }
-        let target = rng.random_range(0..entries);
-        let query = near(&mut rng, &vectors[target]);
-        if index.nearest(&query).map(|n| n.id) == Some(exact(&vectors, &query)) {
-            near_hits += 1;
-        }
     }
     scan.sort();
 
@@ -118,18 +105,44 @@ fn main() {
     );
     println!("build (parallel insert): {build:.2?}; one incremental insert: {one_insert:.2?}");
     println!(
-        "search ({QUERIES} queries, half random, half near a stored vector): p50 {:.1?}  p99 {:.1?}  max {:.1?}",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies[latencies.len() - 1],
-    );
-    println!(
-        "recall@1 vs exact scan: random queries {random_hits}/{RECALL_QUERIES}, near queries {near_hits}/{RECALL_QUERIES}"
-    );
-    println!(
         "exact scan for comparison: p50 {:.1?}",
         percentile(&scan, 0.50)
     );
+    let sweep: Vec<usize> = std::env::var("CACHE_BENCH_EF")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|ef| ef.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![EF_SEARCH]);
+    for ef in sweep {
+        index.set_ef_search(ef);
+        for query in queries.iter().take(100) {
+            std::hint::black_box(index.nearest(query));
+        }
+        let mut latencies: Vec<Duration> = queries
+            .iter()
+            .map(|query| {
+                let started = Instant::now();
+                std::hint::black_box(index.nearest(query));
+                started.elapsed()
+            })
+            .collect();
+        latencies.sort();
+        let (mut random_hits, mut near_hits) = (0, 0);
+        for (random, truth_random, close, truth_close) in &recall_queries {
+            random_hits += usize::from(index.nearest(random).map(|n| n.id) == Some(*truth_random));
+            near_hits += usize::from(index.nearest(close).map(|n| n.id) == Some(*truth_close));
+        }
+        println!(
+            "ef_search {ef}: search ({QUERIES} queries, half random, half near a stored vector) p50 {:.2?}  p99 {:.2?}  max {:.2?}; \
+             recall@1 vs exact scan: random queries {random_hits}/{RECALL_QUERIES}, near queries {near_hits}/{RECALL_QUERIES}",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1],
+        );
+    }
 }
 
 fn rayon_threads() -> usize {

@@ -7,12 +7,13 @@
 //!
 //! Set `CANDLE_NUM_THREADS` to the same `threads` so candle's element-wise kernels are bounded
 //! too. The texts are the 32 sentences of `short_sentences.txt` (8 to 14 tokens each, special
-//! tokens included), repeated or cut to the batch size; `st_throughput.py` runs the same
+//! tokens included), repeated or cut to the batch size; `THROUGHPUT_DEVICE=cuda` runs the model on
+//! a GPU (a build with `--features cuda`); `st_throughput.py` runs the same
 //! measurement with sentence-transformers. Build with `--release` for figures worth recording.
 
 use std::{path::PathBuf, time::Instant};
 
-use passerelle_embeddings::{EmbedOptions, EmbeddingEngine, EngineConfig};
+use passerelle_embeddings::{DeviceChoice, EmbedOptions, EmbeddingEngine, EngineConfig};
 
 /// One short English sentence per line, shared with `st_throughput.py`.
 const SENTENCES: &str = include_str!("short_sentences.txt");
@@ -33,6 +34,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         EngineConfig {
             model_path,
             model_id: "bench".to_owned(),
+            device: std::env::var("THROUGHPUT_DEVICE")
+                .map_or(Ok(DeviceChoice::Cpu), |d| d.parse())?,
             threads: Some(threads),
             queue_capacity: 4,
             max_batch: batches.iter().copied().max().unwrap_or(32),

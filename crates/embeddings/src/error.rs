@@ -43,6 +43,8 @@ pub enum LoadError {
     Weights { reason: String },
     #[error("the warm-up pass failed: {0}")]
     WarmUp(String),
+    #[error(transparent)]
+    Device(#[from] passerelle_model_runtime::DeviceError),
     #[error("cannot start {threads} compute threads: {source}")]
     ThreadPool {
         threads: usize,

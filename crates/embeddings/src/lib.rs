@@ -39,6 +39,7 @@ pub use engine::{
 };
 pub use error::{EmbedFailure, EmbeddingsError, LoadError};
 pub use model::{ModelSpec, SentenceModel, SentenceVector};
+pub use passerelle_model_runtime::DeviceChoice;
 pub use request::{EmbedOptions, Embedded, Inputs, MAX_INPUTS};
 pub use serve::{EmbeddingsServiceConfig, serve};
 pub use service::{EmbeddingsService, TRUNCATED_METADATA};

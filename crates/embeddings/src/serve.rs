@@ -4,6 +4,7 @@
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use passerelle_grpc_server::{GrpcServer, ServerConfig};
+use passerelle_model_runtime::DeviceChoice;
 use passerelle_proto::embeddings::embeddings_server::EmbeddingsServer;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -27,6 +28,8 @@ pub struct EmbeddingsServiceConfig {
     pub source: String,
     /// Compute threads; candle's default when `None`.
     pub threads: Option<usize>,
+    /// Where the model runs: the CPU, or a GPU in a build with the `cuda` feature.
+    pub device: DeviceChoice,
     /// Requests that may wait for the engine before new ones get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
     /// Most texts in one forward pass.
@@ -48,6 +51,7 @@ impl Default for EmbeddingsServiceConfig {
             model_id: "all-MiniLM-L6-v2".to_owned(),
             source: "sentence-transformers/all-MiniLM-L6-v2".to_owned(),
             threads: None,
+            device: DeviceChoice::Cpu,
             queue_capacity: 64,
             max_batch: 32,
             matryoshka: false,
@@ -77,6 +81,7 @@ pub async fn serve(
             model_path: config.model_path,
             model_id: config.model_id,
             threads: config.threads,
+            device: config.device,
             queue_capacity: config.queue_capacity,
             max_batch: config.max_batch,
             matryoshka: config.matryoshka,

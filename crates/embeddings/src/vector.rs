@@ -1,5 +1,5 @@
 //! Vector arithmetic applied after pooling: L2 normalisation (as `torch.nn.functional.normalize`
-//! computes it) and Matryoshka truncation.
+//! computes it) and Matryoshka truncation; and the dot product the cache and the encoder share.
 
 /// Smallest norm divided by, as in `torch.nn.functional.normalize`: a zero vector stays zero.
 const NORM_EPSILON: f32 = 1e-12;
@@ -27,6 +27,26 @@ pub fn truncate(vector: &mut Vec<f32>, dimensions: usize, renormalize: bool) {
 /// Euclidean length.
 pub fn norm(vector: &[f32]) -> f32 {
     vector.iter().map(|v| v * v).sum::<f32>().sqrt()
+}
+
+/// Dot product with eight independent sums, so the compiler can keep them in SIMD lanes
+/// (a single running float sum has to be added in order and cannot be vectorised).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut sums = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

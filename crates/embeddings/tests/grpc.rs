@@ -48,6 +48,7 @@ impl Server {
             queue_capacity: 8,
             max_batch: 32,
             matryoshka: false,
+            device: Default::default(),
             cache: Default::default(),
             documents: Default::default(),
         };

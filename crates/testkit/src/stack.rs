@@ -126,6 +126,7 @@ impl Stack {
                     queue_capacity: options.queue_capacity,
                     max_batch: 32,
                     matryoshka: false,
+                    device: Default::default(),
                     cache: Default::default(),
                     documents: Default::default(),
                 };

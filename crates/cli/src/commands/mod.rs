@@ -69,6 +69,7 @@ async fn embeddings_config(
         model_id: embedding.model_id.clone().unwrap_or(resolved.default_id),
         source: embedding.model.clone(),
         threads: embedding.threads,
+        device: embedding.device,
         queue_capacity: EMBEDDINGS_QUEUE_CAPACITY,
         max_batch: EMBEDDINGS_MAX_BATCH,
         matryoshka: embedding.matryoshka,

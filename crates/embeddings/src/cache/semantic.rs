@@ -175,9 +175,12 @@ impl SemanticCache {
         self.sweep(now);
         let Some(best) = self
             .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.index.as_ref())
-            .and_then(|index| index.nearest(vector))
+            .get_mut(namespace)
+            .and_then(|ns| ns.index.as_mut())
+            .and_then(|index| {
+                index.poll_rebuild();
+                index.nearest(vector)
+            })
         else {
             return Nearest::default();
         };
@@ -599,6 +602,7 @@ mod tests {
             IndexTuning {
                 scan_threshold: 8,
                 rebuild_fraction: 0.25,
+                ..IndexTuning::default()
             },
         );
         let mut vectors = Vec::new();

@@ -10,7 +10,10 @@
 mod metrics;
 mod worker;
 
-use passerelle_model_runtime::lifecycle::{ModelState, WaitError, wait_ready};
+use passerelle_model_runtime::{
+    DeviceChoice,
+    lifecycle::{ModelState, WaitError, wait_ready},
+};
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use prometheus::Registry;
@@ -35,6 +38,8 @@ pub struct EngineConfig {
     pub model_id: String,
     /// Compute threads; candle's default (physical cores, or `RAYON_NUM_THREADS`) when `None`.
     pub threads: Option<usize>,
+    /// Where the model runs. CPU threads still tokenize and pool on a GPU.
+    pub device: DeviceChoice,
     /// Requests that may wait for the engine before new ones are refused.
     pub queue_capacity: usize,
     /// Most texts in one forward pass.
@@ -78,6 +83,7 @@ impl EmbeddingEngine {
         let worker = Worker {
             model_path: config.model_path,
             model_id: config.model_id.clone(),
+            device: config.device,
             threads,
             max_batch: config.max_batch.max(1),
             state: state_tx,

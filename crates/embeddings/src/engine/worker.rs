@@ -10,7 +10,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use candle_core::Device;
+use passerelle_model_runtime::DeviceChoice;
 use rayon::ThreadPool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Span;
@@ -40,6 +40,7 @@ pub(crate) struct Job {
 pub(crate) struct Worker {
     pub model_path: PathBuf,
     pub model_id: String,
+    pub device: DeviceChoice,
     pub threads: usize,
     pub max_batch: usize,
     pub state: watch::Sender<EngineState>,
@@ -51,7 +52,7 @@ impl Worker {
     /// Runs until every handle is dropped.
     pub fn run(mut self) {
         let loaded = self.compute_pool().and_then(|pool| {
-            let model = pool.install(|| load_and_warm_up(&self.model_path))?;
+            let model = pool.install(|| load_and_warm_up(&self.model_path, self.device))?;
             Ok((pool, model))
         });
         let (pool, model) = match loaded {
@@ -217,11 +218,14 @@ fn encode_all(
 }
 
 /// Loads the model and embeds one text so the first request pays no first-run cost.
-fn load_and_warm_up(path: &std::path::Path) -> Result<SentenceModel, LoadError> {
+fn load_and_warm_up(
+    path: &std::path::Path,
+    device: DeviceChoice,
+) -> Result<SentenceModel, LoadError> {
     let started = Instant::now();
-    let model = SentenceModel::load(path, &Device::Cpu)?;
+    let model = SentenceModel::load(path, &device.open()?)?;
     model.warm_up()?;
-    tracing::info!(elapsed = ?started.elapsed(), "embedding model loaded and warmed up");
+    tracing::info!(elapsed = ?started.elapsed(), %device, "embedding model loaded and warmed up");
     Ok(model)
 }
 

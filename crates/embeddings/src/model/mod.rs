@@ -1,6 +1,7 @@
 //! A sentence-transformers model: the directory's [`layout`], its [`tokenize`]r, the BERT
 //! [`encoder`] and the [`pooling`] after it, put together as [`SentenceModel`].
 
+mod bert;
 pub mod encoder;
 pub mod layout;
 pub mod pooling;
@@ -15,7 +16,7 @@ use crate::{
     error::{EmbedFailure, LoadError},
     vector,
 };
-use encoder::Encoder;
+use encoder::{Backend, Encoder};
 use layout::ModelLayout;
 use pooling::Pooling;
 use tokenize::{Encoded, TextEncoder};
@@ -57,8 +58,14 @@ pub struct SentenceModel {
 }
 
 impl SentenceModel {
-    /// Reads `dir` and maps its weights onto `device`.
+    /// Reads `dir` and maps its weights onto `device`, with the forward pass that suits it.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, LoadError> {
+        Self::load_with(dir, device, Backend::for_device(device))
+    }
+
+    /// Reads `dir` onto `device` and runs it with `backend` (which must suit the device:
+    /// [`Backend::Packed`] is CPU only).
+    pub fn load_with(dir: &Path, device: &Device, backend: Backend) -> Result<Self, LoadError> {
         let layout = ModelLayout::read(dir)?;
         let pad_id = u32::try_from(layout.bert.pad_token_id).unwrap_or(0);
         let text = TextEncoder::load(
@@ -75,7 +82,7 @@ impl SentenceModel {
         .map_err(|err| LoadError::Weights {
             reason: err.to_string(),
         })?;
-        let encoder = Encoder::load(vb, &layout.bert)?;
+        let encoder = Encoder::load(vb, &layout.bert, backend)?;
         let spec = ModelSpec {
             dimension: layout.dimension(),
             max_seq_length: layout.max_seq_length,

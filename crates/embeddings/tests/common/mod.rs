@@ -20,6 +20,7 @@ pub fn config(dir: &Path) -> EngineConfig {
     EngineConfig {
         model_path: dir.to_path_buf(),
         model_id: MODEL_ID.to_owned(),
+        device: passerelle_embeddings::DeviceChoice::Cpu,
         threads: Some(2),
         queue_capacity: 16,
         max_batch: 32,
