@@ -9,8 +9,8 @@ use std::{io::Write as _, time::Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    BatchConfig, ChatMessage, ChatPrompt, Engine, EngineConfig, GenerationEvent,
-    GenerationRequest, Prompt,
+    BatchConfig, ChatMessage, ChatPrompt, Engine, EngineConfig, GenerationEvent, GenerationRequest,
+    Prompt,
 };
 
 #[tokio::main]

@@ -154,7 +154,11 @@ mod tests {
             waited: Duration::from_millis(2500),
         });
         assert_eq!(overloaded.code(), Code::ResourceExhausted);
-        assert!(overloaded.message().contains("2.5s"), "{}", overloaded.message());
+        assert!(
+            overloaded.message().contains("2.5s"),
+            "{}",
+            overloaded.message()
+        );
         assert!(passerelle_grpc_server::status::retry_after(&overloaded).is_some());
         let loading = Status::from(LlmError::Loading);
         assert_eq!(loading.code(), Code::Unavailable);

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use common::{MODEL_ID, collect, engine, greedy, run, tiny, try_engine_with, wait_for_stats};
 use futures::StreamExt as _;
 use passerelle_llm::{
-    BatchConfig, FinishReason, GenerationEvent, GenerationRequest, LlmError, Prompt, ResponseFormat,
-    detokenizer::Detokenizer,
+    BatchConfig, FinishReason, GenerationEvent, GenerationRequest, LlmError, Prompt,
+    ResponseFormat, detokenizer::Detokenizer,
 };
 
 fn sampled(prompt: &str, seed: Option<u64>, max_tokens: u32) -> GenerationRequest {

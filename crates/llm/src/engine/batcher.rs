@@ -479,10 +479,9 @@ impl<'s> Batcher<'s> {
             if group.rows.iter().all(|row| row.ended.is_none()) {
                 continue;
             }
-            let (ended, running): (Vec<Row<'s>>, Vec<Row<'s>>) =
-                std::mem::take(&mut group.rows)
-                    .into_iter()
-                    .partition(|row| row.ended.is_some());
+            let (ended, running): (Vec<Row<'s>>, Vec<Row<'s>>) = std::mem::take(&mut group.rows)
+                .into_iter()
+                .partition(|row| row.ended.is_some());
             group.rows = running;
             let done = group.decoding && group.rows.is_empty();
             for row in ended {

@@ -164,7 +164,13 @@ mod tests {
         assert_eq!(open.max_tokens, 156);
         let mut prompt_too_long = plan(600, 3496, 1);
         let err = fit_to_budget(&mut prompt_too_long, false, &limits(512)).unwrap_err();
-        assert!(matches!(err, LlmError::InvalidArgument { param: "prompt", .. }));
+        assert!(matches!(
+            err,
+            LlmError::InvalidArgument {
+                param: "prompt",
+                ..
+            }
+        ));
 
         let mut many = plan(10, 10, 5);
         let err = fit_to_budget(&mut many, true, &limits(512)).unwrap_err();

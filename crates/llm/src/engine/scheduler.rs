@@ -183,7 +183,7 @@ pub struct Scheduler<S> {
 impl<S: Clone> Scheduler<S> {
     pub fn new(config: SchedulerConfig) -> Result<Self, SchedulerConfigError> {
         config.check()?;
-        let prefixes = PrefixCache::new(config.max_prefixes);
+        let prefixes = PrefixCache::new(config.max_prefixes, BLOCK_TOKENS);
         Ok(Self {
             config,
             waiting: VecDeque::new(),
@@ -307,7 +307,9 @@ impl<S: Clone> Scheduler<S> {
             if self.running_rows() + head.rows > self.config.max_running {
                 break;
             }
-            let blocks_per_row = self.config.blocks_for(head.prompt.len(), head.max_tokens, 1);
+            let blocks_per_row = self
+                .config
+                .blocks_for(head.prompt.len(), head.max_tokens, 1);
             let blocks = blocks_per_row * head.rows;
             if self.reserved + blocks > self.config.total_blocks {
                 break;
@@ -385,6 +387,8 @@ impl<S: Clone> Scheduler<S> {
 pub struct PrefixCache<S> {
     entries: Vec<PrefixEntry<S>>,
     max_entries: usize,
+    /// Fewer shared tokens than this are not worth a hit.
+    min_shared: usize,
     clock: u64,
 }
 
@@ -396,10 +400,11 @@ struct PrefixEntry<S> {
 }
 
 impl<S: Clone> PrefixCache<S> {
-    pub fn new(max_entries: usize) -> Self {
+    pub fn new(max_entries: usize, min_shared: usize) -> Self {
         Self {
             entries: Vec::new(),
             max_entries,
+            min_shared: min_shared.max(1),
             clock: 0,
         }
     }
@@ -421,7 +426,8 @@ impl<S: Clone> PrefixCache<S> {
     }
 
     /// The entry sharing the longest beginning with `prompt`, and how many of its tokens to
-    /// reuse: at most all but the prompt's last token, whose logits the request needs.
+    /// reuse: at most all but the prompt's last token, whose logits the request needs, and at
+    /// least `min_shared`.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<(S, usize)> {
         let usable = prompt.len().saturating_sub(1);
         let (at, shared) = self
@@ -430,7 +436,7 @@ impl<S: Clone> PrefixCache<S> {
             .enumerate()
             .map(|(at, entry)| (at, shared_prefix(&entry.tokens, prompt).min(usable)))
             .max_by_key(|(at, shared)| (*shared, std::cmp::Reverse(*at)))?;
-        if shared == 0 {
+        if shared < self.min_shared {
             return None;
         }
         self.clock += 1;
@@ -503,7 +509,9 @@ mod tests {
     fn request(id: RequestId, prompt_len: usize, max_tokens: usize, at: Instant) -> Request {
         Request {
             id,
-            prompt: (0..prompt_len as u32).map(|t| t + 1000 * id as u32).collect(),
+            prompt: (0..prompt_len as u32)
+                .map(|t| t + 1000 * id as u32)
+                .collect(),
             max_tokens,
             rows: 1,
             arrived: at,
@@ -556,9 +564,16 @@ mod tests {
 
         scheduler.enqueue(request(9, 100, 16, now));
         let mut chunks = Vec::new();
-        while chunks.last().is_none_or(|c: &(RequestId, usize, usize, bool)| !c.3) {
+        while chunks
+            .last()
+            .is_none_or(|c: &(RequestId, usize, usize, bool)| !c.3)
+        {
             let step = scheduler.step(now);
-            assert_eq!(decodes(&step), vec![1, 2, 3, 4], "every stream decodes every step");
+            assert_eq!(
+                decodes(&step),
+                vec![1, 2, 3, 4],
+                "every stream decodes every step"
+            );
             assert!(step.tokens() <= 64);
             let prefill = prefills(&step);
             assert_eq!(prefill.len(), 1);
@@ -642,7 +657,10 @@ mod tests {
         scheduler.enqueue(two);
         scheduler.enqueue(request(2, 8, 72, now));
         assert_eq!(scheduler.step(now).admitted.len(), 1);
-        assert_eq!((scheduler.reserved_blocks(), scheduler.running_rows()), (4, 2));
+        assert_eq!(
+            (scheduler.reserved_blocks(), scheduler.running_rows()),
+            (4, 2)
+        );
         scheduler.finish_row(1);
         assert_eq!(scheduler.reserved_blocks(), 2);
         assert!(scheduler.step(now).admitted.is_empty(), "4 free, 5 needed");
@@ -732,7 +750,7 @@ mod tests {
 
     #[test]
     fn the_prefix_cache_keeps_the_longest_entries_and_forgets_the_least_recent() {
-        let mut cache = PrefixCache::new(2);
+        let mut cache = PrefixCache::new(2, 1);
         assert!(cache.insert(vec![1, 2, 3], 'a'));
         assert!(!cache.insert(vec![1, 2], 'x'), "already held");
         assert!(cache.insert(vec![1, 2, 3, 4], 'b'), "extends and replaces");
@@ -743,6 +761,14 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.lookup(&[9, 9, 9]), None, "least recently used went");
         assert_eq!(cache.lookup(&[5]), None);
+        let mut picky = PrefixCache::new(2, 3);
+        picky.insert(vec![1, 2, 3, 4], 'a');
+        assert_eq!(
+            picky.lookup(&[1, 2, 9]),
+            None,
+            "two shared tokens are not enough"
+        );
+        assert_eq!(picky.lookup(&[1, 2, 3, 9]), Some(('a', 3)));
         assert!(cache.evict_oldest() && cache.evict_oldest() && !cache.evict_oldest());
     }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    BatchConfig, Engine, EngineConfig, EngineHandle, EngineStats, FinishReason, Finished, GenerationEvent,
-    GenerationRequest, GenerationStream, LlmError, Prompt,
+    BatchConfig, Engine, EngineConfig, EngineHandle, EngineStats, FinishReason, Finished,
+    GenerationEvent, GenerationRequest, GenerationStream, LlmError, Prompt,
 };
 use passerelle_testkit::TinyQwen2;
 use prometheus::Registry;
