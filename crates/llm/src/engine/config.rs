@@ -61,7 +61,7 @@ impl BatchConfig {
     }
 
     /// Refuses limits that could never run anything, before any model is loaded.
-    pub(crate) fn check(&self) -> Result<(), SchedulerConfigError> {
+    pub fn check(&self) -> Result<(), SchedulerConfigError> {
         // A context of one block stands for any model; only the explicit budget matters here.
         self.scheduler(BLOCK_TOKENS).check()
     }
