@@ -167,8 +167,16 @@ async fn a_full_kv_cache_is_429_with_retry_after_while_the_running_stream_goes_o
         .send()
         .await
         .unwrap();
-    assert_eq!(running.status(), StatusCode::OK, "{:?}", running.text().await);
-    assert!(running.chunk().await.unwrap().is_some(), "the stream started");
+    assert_eq!(
+        running.status(),
+        StatusCode::OK,
+        "{:?}",
+        running.text().await
+    );
+    assert!(
+        running.chunk().await.unwrap().is_some(),
+        "the stream started"
+    );
 
     let response = client
         .post("/v1/chat/completions")
@@ -191,6 +199,9 @@ async fn a_full_kv_cache_is_429_with_retry_after_while_the_running_stream_goes_o
     while let Some(chunk) = running.chunk().await.unwrap() {
         rest.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(rest.contains("[DONE]"), "the running stream finished normally");
+    assert!(
+        rest.contains("[DONE]"),
+        "the running stream finished normally"
+    );
     assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
 }
