@@ -80,7 +80,30 @@ pub struct ModelArgs {
     #[arg(long, env = "PASSERELLE_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
     #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
     pub hub: HubArgs,
+}
+
+/// How the llm engine batches requests and bounds its KV cache.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// KV cache budget in tokens, over all running sequences and the prefix cache; a request
+    /// reserves prompt + max_tokens per choice [default: context length x max running].
+    #[arg(long, env = "PASSERELLE_KV_CACHE_TOKENS")]
+    pub kv_cache_tokens: Option<usize>,
+    /// Most sequences decoding together (a request with n choices counts n) [default: 8].
+    #[arg(long, env = "PASSERELLE_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+    /// Most tokens in one forward pass, decodes and prompt chunks together [default: 512].
+    #[arg(long, env = "PASSERELLE_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Most prompt tokens one request prefills per step [default: 256].
+    #[arg(long, env = "PASSERELLE_PREFILL_CHUNK")]
+    pub prefill_chunk: Option<usize>,
+    /// Milliseconds a request may wait for room in the batch before a 429 [default: 10000].
+    #[arg(long, env = "PASSERELLE_MAX_WAIT_MS")]
+    pub max_wait_ms: Option<u64>,
 }
 
 /// How models named by a hub repo id are fetched.

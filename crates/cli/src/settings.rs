@@ -8,7 +8,7 @@ use passerelle_model_runtime::HubOptions;
 use passerelle_telemetry::{LogFormat, TelemetryConfig};
 
 use crate::{
-    args::{EmbeddingArgs, GatewayOptions, HubArgs, LogArgs, ModelArgs},
+    args::{BatchArgs, EmbeddingArgs, GatewayOptions, HubArgs, LogArgs, ModelArgs},
     config::{self, FileConfig},
 };
 
@@ -20,6 +20,7 @@ pub struct ModelSettings {
     pub threads: Option<usize>,
     pub hub: HubOptions,
     pub queue_capacity: usize,
+    pub batch: passerelle_llm::BatchConfig,
 }
 
 /// The embedding model to load and how to fetch it.
@@ -83,7 +84,34 @@ pub fn model(args: &ModelArgs, file: &FileConfig) -> anyhow::Result<ModelSetting
         threads: threads(args.threads, file)?,
         hub: hub(&args.hub, file),
         queue_capacity,
+        batch: batch(&args.batch, file)?,
     })
+}
+
+/// The engine's batching limits: flags over the file over the defaults.
+pub fn batch(args: &BatchArgs, file: &FileConfig) -> anyhow::Result<passerelle_llm::BatchConfig> {
+    let defaults = passerelle_llm::BatchConfig::default();
+    let config = passerelle_llm::BatchConfig {
+        kv_cache_tokens: args.kv_cache_tokens.or(file.kv_cache_tokens),
+        max_running: args
+            .max_running
+            .or(file.max_running)
+            .unwrap_or(defaults.max_running),
+        max_batch_tokens: args
+            .max_batch_tokens
+            .or(file.max_batch_tokens)
+            .unwrap_or(defaults.max_batch_tokens),
+        prefill_chunk: args
+            .prefill_chunk
+            .or(file.prefill_chunk)
+            .unwrap_or(defaults.prefill_chunk),
+        max_wait: args
+            .max_wait_ms
+            .or(file.max_wait_ms)
+            .map_or(defaults.max_wait, Duration::from_millis),
+    };
+    config.check()?;
+    Ok(config)
 }
 
 /// The embedding model to serve, if any: `default` applies when none is configured.
@@ -473,6 +501,29 @@ mod tests {
             listen(serve.listen, &file, config::DEFAULT_LISTEN).unwrap(),
             "0.0.0.0:9999".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn batching_limits_come_from_flags_then_the_file_and_bad_ones_are_refused() {
+        let file: FileConfig =
+            toml::from_str("kv_cache_tokens = 8192\nmax_running = 4\nmax_wait_ms = 250").unwrap();
+        let serve = serve_args(&["--max-running", "6", "--prefill-chunk", "128"]);
+        let settings = model(&serve.model, &file).unwrap();
+        assert_eq!(
+            settings.batch,
+            passerelle_llm::BatchConfig {
+                kv_cache_tokens: Some(8192),
+                max_running: 6,
+                max_batch_tokens: 512,
+                prefill_chunk: 128,
+                max_wait: Duration::from_millis(250),
+            }
+        );
+        let defaults = model(&serve_args(&[]).model, &FileConfig::default()).unwrap();
+        assert_eq!(defaults.batch, passerelle_llm::BatchConfig::default());
+        let bad = serve_args(&["--max-running", "600"]);
+        let err = model(&bad.model, &FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("max_batch_tokens"), "{err}");
     }
 
     #[test]

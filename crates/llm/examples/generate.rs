@@ -9,7 +9,8 @@ use std::{io::Write as _, time::Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    ChatMessage, ChatPrompt, Engine, EngineConfig, GenerationEvent, GenerationRequest, Prompt,
+    BatchConfig, ChatMessage, ChatPrompt, Engine, EngineConfig, GenerationEvent, GenerationRequest,
+    Prompt,
 };
 
 #[tokio::main]
@@ -28,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             model_id: "model".into(),
             threads,
             queue_capacity: 1,
+            batch: BatchConfig::default(),
         },
         &prometheus::Registry::new(),
     )

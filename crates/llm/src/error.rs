@@ -45,6 +45,8 @@ pub enum LoadError {
     Grammar(#[from] crate::grammar::GrammarSetupError),
     #[error("model weights: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("the engine's batching limits do not fit this model: {0}")]
+    Limits(#[from] crate::engine::SchedulerConfigError),
     #[error("cannot start {threads} compute threads: {source}")]
     ThreadPool {
         threads: usize,
@@ -66,12 +68,21 @@ pub enum LlmError {
     ModelNotFound(String),
     #[error("the generation queue is full ({capacity} requests waiting); retry later")]
     QueueFull { capacity: usize },
+    /// The running batch had no room (KV cache budget or running sequences) for as long as a
+    /// request may wait.
+    #[error(
+        "the engine is at capacity: no room in the running batch after waiting {:.1}s; retry later",
+        waited.as_secs_f64()
+    )]
+    Overloaded { waited: Duration },
     #[error("model is loading")]
     Loading,
     #[error("model failed to load: {0}")]
     LoadFailed(String),
     #[error("the generation engine has stopped")]
     EngineStopped,
+    #[error("invalid engine configuration: {0}")]
+    Config(#[from] crate::engine::SchedulerConfigError),
     #[error("cannot start the engine thread: {0}")]
     EngineThread(#[source] std::io::Error),
     #[error(transparent)]
@@ -104,10 +115,13 @@ impl From<LlmError> for Status {
         match err {
             LlmError::InvalidArgument { param, .. } => invalid_argument(param, message),
             LlmError::ModelNotFound(_) => Status::not_found(message),
-            LlmError::QueueFull { .. } => retryable(Code::ResourceExhausted, message, RETRY_AFTER),
+            LlmError::QueueFull { .. } | LlmError::Overloaded { .. } => {
+                retryable(Code::ResourceExhausted, message, RETRY_AFTER)
+            }
             LlmError::Loading => retryable(Code::Unavailable, message, RETRY_AFTER),
             LlmError::LoadFailed(_) | LlmError::EngineStopped => Status::unavailable(message),
             LlmError::Load(_)
+            | LlmError::Config(_)
             | LlmError::EngineThread(_)
             | LlmError::Generation(_)
             | LlmError::Internal(_)
@@ -136,6 +150,16 @@ mod tests {
         let full = Status::from(LlmError::QueueFull { capacity: 4 });
         assert_eq!(full.code(), Code::ResourceExhausted);
         assert!(passerelle_grpc_server::status::retry_after(&full).is_some());
+        let overloaded = Status::from(LlmError::Overloaded {
+            waited: Duration::from_millis(2500),
+        });
+        assert_eq!(overloaded.code(), Code::ResourceExhausted);
+        assert!(
+            overloaded.message().contains("2.5s"),
+            "{}",
+            overloaded.message()
+        );
+        assert!(passerelle_grpc_server::status::retry_after(&overloaded).is_some());
         let loading = Status::from(LlmError::Loading);
         assert_eq!(loading.code(), Code::Unavailable);
         assert_eq!(loading.message(), "model is loading");

@@ -37,7 +37,9 @@ pub mod template;
 pub mod tokenizer;
 pub mod tool_calls;
 
-pub use engine::{Engine, EngineConfig, EngineHandle, EngineState, EngineStats, GenerationStream};
+pub use engine::{
+    BatchConfig, Engine, EngineConfig, EngineHandle, EngineState, EngineStats, GenerationStream,
+};
 pub use error::{LlmError, LoadError};
 pub use model::{ModelFiles, ModelFormat};
 pub use request::{

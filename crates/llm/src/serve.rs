@@ -9,7 +9,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 
 use crate::{
-    engine::{Engine, EngineConfig},
+    engine::{BatchConfig, Engine, EngineConfig},
     error::LlmError,
     service::LlmService,
 };
@@ -27,6 +27,8 @@ pub struct LlmServiceConfig {
     pub threads: Option<usize>,
     /// Requests that may wait for the engine before new ones get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Batch size, chunked prefill and the KV cache budget.
+    pub batch: BatchConfig,
 }
 
 /// Serves the `Llm` service on `listener` until `shutdown` resolves. The model loads in the
@@ -44,6 +46,7 @@ pub async fn serve(
             model_id: config.model_id,
             threads: config.threads,
             queue_capacity: config.queue_capacity,
+            batch: config.batch,
         },
         &registry,
     )?;

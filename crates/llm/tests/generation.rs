@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{MODEL_ID, collect, engine, greedy, run, tiny, try_engine, wait_for_stats};
+use common::{MODEL_ID, collect, engine, greedy, run, tiny, try_engine_with, wait_for_stats};
 use futures::StreamExt as _;
 use passerelle_llm::{
-    FinishReason, GenerationEvent, GenerationRequest, LlmError, Prompt, ResponseFormat,
-    detokenizer::Detokenizer,
+    BatchConfig, FinishReason, GenerationEvent, GenerationRequest, LlmError, Prompt,
+    ResponseFormat, detokenizer::Detokenizer,
 };
 
 fn sampled(prompt: &str, seed: Option<u64>, max_tokens: u32) -> GenerationRequest {
@@ -231,7 +231,12 @@ async fn dropping_the_stream_stops_the_computation() {
 #[tokio::test]
 async fn a_full_queue_is_refused_at_once() {
     let model = tiny(49);
-    let engine = try_engine(&model.gguf_path(), 1).await.unwrap();
+    // One sequence runs at a time, so the second request waits in the queue.
+    let batch = BatchConfig {
+        max_running: 1,
+        ..BatchConfig::default()
+    };
+    let engine = try_engine_with(&model.gguf_path(), 1, batch).await.unwrap();
     let long = || {
         let mut request = greedy("Hello", 3000);
         request.stopping.ignore_eos = true;

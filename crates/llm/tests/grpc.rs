@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::{MODEL_ID, tiny};
-use passerelle_llm::{LlmServiceConfig, serve};
+use passerelle_llm::{BatchConfig, LlmServiceConfig, serve};
 use passerelle_proto::{
     common::{ListModelsRequest, ModelState},
     llm::{
@@ -47,6 +47,7 @@ impl Server {
             source: "testkit:tiny".to_owned(),
             threads: Some(1),
             queue_capacity: 4,
+            batch: BatchConfig::default(),
         };
         let task = tokio::spawn(serve(config, listener, registry.clone(), async {
             let _ = stop.await;
@@ -291,6 +292,7 @@ async fn a_model_that_fails_to_load_is_reported_and_never_serving() {
         source: "gemma.gguf".to_owned(),
         threads: Some(1),
         queue_capacity: 1,
+        batch: BatchConfig::default(),
     };
     let (shutdown, stop) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(config, listener, Registry::new(), async {

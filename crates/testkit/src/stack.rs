@@ -27,6 +27,8 @@ pub struct StackOptions {
     pub gateway: GatewayConfig,
     /// Requests that may wait for the engine.
     pub queue_capacity: usize,
+    /// The llm engine's batching limits and KV cache budget.
+    pub batch: passerelle_llm::BatchConfig,
     /// A sentence-transformers directory to serve through the embeddings service, if any.
     pub embedding_model: Option<PathBuf>,
     /// The id clients name the embedding model by.
@@ -48,6 +50,7 @@ impl StackOptions {
             api_keys: vec![Stack::API_KEY.to_owned()],
             gateway: GatewayConfig::default(),
             queue_capacity: 16,
+            batch: passerelle_llm::BatchConfig::default(),
             embedding_model: None,
             embedding_model_id: "all-MiniLM-L6-v2".to_owned(),
             safety: None,
@@ -100,6 +103,7 @@ impl Stack {
             source: options.model_path.display().to_string(),
             threads: Some(1),
             queue_capacity: options.queue_capacity,
+            batch: options.batch.clone(),
         };
         let llm = tokio::spawn({
             let registry = registry.clone();

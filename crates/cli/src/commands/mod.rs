@@ -54,6 +54,7 @@ async fn llm_config(model: &ModelSettings) -> anyhow::Result<passerelle_llm::Llm
         source: model.model.clone(),
         threads: model.threads,
         queue_capacity: model.queue_capacity,
+        batch: model.batch.clone(),
     })
 }
 

@@ -144,3 +144,64 @@ async fn a_prompt_longer_than_the_context_is_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_envelope(&body, "invalid_request_error");
 }
+
+#[tokio::test]
+async fn a_full_kv_cache_is_429_with_retry_after_while_the_running_stream_goes_on() {
+    let served = Served::start_with(Format::Gguf, |options| {
+        options.batch.kv_cache_tokens = Some(256);
+        // Refused at the first step the request cannot join, rather than after a wait.
+        options.batch.max_wait = std::time::Duration::ZERO;
+    })
+    .await;
+    let client = served.client();
+    let request = json!({
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 150,
+        "logit_bias": served.eos_bias(-100),
+        "stream": true,
+    });
+    let mut running = client
+        .post("/v1/chat/completions")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        running.status(),
+        StatusCode::OK,
+        "{:?}",
+        running.text().await
+    );
+    assert!(
+        running.chunk().await.unwrap().is_some(),
+        "the stream started"
+    );
+
+    let response = client
+        .post("/v1/chat/completions")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_envelope(&body, "rate_limit_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("capacity")),
+        "{body}"
+    );
+
+    let mut rest = String::new();
+    while let Some(chunk) = running.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        rest.contains("[DONE]"),
+        "the running stream finished normally"
+    );
+    assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+}

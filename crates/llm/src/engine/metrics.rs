@@ -35,6 +35,18 @@ pub struct EngineStats {
     pub requests_error: u64,
     pub queue_depth: i64,
     pub active_requests: i64,
+    /// Choices decoding or prefilling now.
+    pub running_sequences: i64,
+    /// KV blocks reserved by running requests.
+    pub kv_blocks_used: i64,
+    /// KV blocks the prefix cache holds.
+    pub kv_blocks_cached: i64,
+    /// Requests that started from a cached prefix.
+    pub prefix_cache_hits: u64,
+    /// Prompt tokens those requests did not compute.
+    pub prefix_cache_tokens: u64,
+    /// Requests refused after waiting too long for room.
+    pub overloaded: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +56,13 @@ pub(crate) struct EngineMetrics {
     requests: IntCounterVec,
     pub queue_depth: IntGauge,
     pub active_requests: IntGauge,
+    pub running_sequences: IntGauge,
+    pub kv_blocks_used: IntGauge,
+    pub kv_blocks_cached: IntGauge,
+    pub kv_blocks_total: IntGauge,
+    pub prefix_cache_hits: IntCounter,
+    pub prefix_cache_tokens: IntCounter,
+    pub overloaded: IntCounter,
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
 }
@@ -57,7 +76,7 @@ impl EngineMetrics {
             )?,
             prompt_tokens: IntCounter::new(
                 "passerelle_llm_prompt_tokens_total",
-                "Prompt tokens prefilled by the engine.",
+                "Prompt tokens computed by the engine (not those reused from the prefix cache).",
             )?,
             requests: IntCounterVec::new(
                 Opts::new(
@@ -68,11 +87,39 @@ impl EngineMetrics {
             )?,
             queue_depth: IntGauge::new(
                 "passerelle_llm_queue_depth",
-                "Requests waiting for the engine.",
+                "Requests waiting to be admitted into the running batch.",
             )?,
             active_requests: IntGauge::new(
                 "passerelle_llm_active_requests",
                 "Requests the engine is generating.",
+            )?,
+            running_sequences: IntGauge::new(
+                "passerelle_llm_running_sequences",
+                "Sequences (choices) in the running batch.",
+            )?,
+            kv_blocks_used: IntGauge::new(
+                "passerelle_llm_kv_blocks_used",
+                "KV cache blocks reserved by running sequences.",
+            )?,
+            kv_blocks_cached: IntGauge::new(
+                "passerelle_llm_kv_blocks_cached",
+                "KV cache blocks held by the prefix cache.",
+            )?,
+            kv_blocks_total: IntGauge::new(
+                "passerelle_llm_kv_blocks_total",
+                "KV cache blocks in the budget (16 tokens each).",
+            )?,
+            prefix_cache_hits: IntCounter::new(
+                "passerelle_llm_prefix_cache_hits_total",
+                "Requests that started from a cached prompt prefix.",
+            )?,
+            prefix_cache_tokens: IntCounter::new(
+                "passerelle_llm_prefix_cache_tokens_total",
+                "Prompt tokens reused from the prefix cache instead of computed.",
+            )?,
+            overloaded: IntCounter::new(
+                "passerelle_llm_overloaded_total",
+                "Requests refused after waiting too long for room in the batch.",
             )?,
             time_to_first_token: Histogram::with_opts(
                 HistogramOpts::new(
@@ -94,6 +141,13 @@ impl EngineMetrics {
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.active_requests.clone()))?;
+        registry.register(Box::new(metrics.running_sequences.clone()))?;
+        registry.register(Box::new(metrics.kv_blocks_used.clone()))?;
+        registry.register(Box::new(metrics.kv_blocks_cached.clone()))?;
+        registry.register(Box::new(metrics.kv_blocks_total.clone()))?;
+        registry.register(Box::new(metrics.prefix_cache_hits.clone()))?;
+        registry.register(Box::new(metrics.prefix_cache_tokens.clone()))?;
+        registry.register(Box::new(metrics.overloaded.clone()))?;
         registry.register(Box::new(metrics.time_to_first_token.clone()))?;
         registry.register(Box::new(metrics.inter_token_latency.clone()))?;
         // Every outcome is exported from the start, at zero, so rates work before the first one.
@@ -118,6 +172,12 @@ impl EngineMetrics {
             requests_error: count(Outcome::Error),
             queue_depth: self.queue_depth.get(),
             active_requests: self.active_requests.get(),
+            running_sequences: self.running_sequences.get(),
+            kv_blocks_used: self.kv_blocks_used.get(),
+            kv_blocks_cached: self.kv_blocks_cached.get(),
+            prefix_cache_hits: self.prefix_cache_hits.get(),
+            prefix_cache_tokens: self.prefix_cache_tokens.get(),
+            overloaded: self.overloaded.get(),
         }
     }
 }

@@ -1,13 +1,21 @@
-//! The generation engine as an actor.
+//! The generation engine as an actor, with continuous batching.
 //!
-//! One dedicated OS thread (`worker`) owns the model and its KV cache and runs candle inside a
-//! rayon pool of the configured size. Handlers hold a cloneable [`EngineHandle`]: it checks and
-//! renders a request on the caller's side ([`crate::plan`]), then sends it over a bounded queue
-//! with its tracing span and its own reply channel. A full queue is refused at once
-//! ([`LlmError::QueueFull`]). The loop runs one sequence at a time; the per-request state lives in
-//! `sequence::Sequence` so that a batching scheduler can later drive several of them.
+//! One dedicated OS thread (`worker`) owns the model and runs candle inside a rayon pool of the
+//! configured size. Handlers hold a cloneable [`EngineHandle`]: it checks and renders a request
+//! on the caller's side ([`crate::plan`]), fits it to the KV budget (`config`), then sends it
+//! with its tracing span and its own reply channel. More than `queue_capacity` requests waiting
+//! for admission are refused at once ([`LlmError::QueueFull`]).
+//!
+//! The thread's loop (`batcher`) runs every admitted sequence together: each step, the pure
+//! [`scheduler`] decides who decodes a token and which prompts get a prefill chunk, and one
+//! batched forward pass runs them all; requests join and leave between any two steps. Each
+//! sequence's sampling and streaming state lives in `sequence::Sequence`. A request that finds
+//! no room in the batch for `max_wait` is refused as [`LlmError::Overloaded`].
 
+mod batcher;
+mod config;
 mod metrics;
+pub mod scheduler;
 mod sequence;
 mod worker;
 
@@ -15,7 +23,10 @@ use passerelle_model_runtime::lifecycle::{ModelState, WaitError, wait_ready};
 use std::{
     path::PathBuf,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -24,7 +35,9 @@ use futures::Stream;
 use prometheus::Registry;
 use tokio::sync::{mpsc, watch};
 
+pub use config::BatchConfig;
 pub use metrics::EngineStats;
+pub use scheduler::SchedulerConfigError;
 
 use crate::{
     error::LlmError,
@@ -49,8 +62,11 @@ pub struct EngineConfig {
     pub model_id: String,
     /// Compute threads; candle's default (physical cores, or `RAYON_NUM_THREADS`) when `None`.
     pub threads: Option<usize>,
-    /// Requests that may wait for the engine before new ones are refused.
+    /// Requests that may wait for admission into the running batch before new ones are
+    /// refused.
     pub queue_capacity: usize,
+    /// Batch size, chunked prefill and the KV cache budget.
+    pub batch: BatchConfig,
 }
 
 /// Where the model is in its lifecycle.
@@ -65,6 +81,7 @@ impl Engine {
     /// resolved first, so a wrong path fails here; use [`EngineHandle::ready`] to wait for the
     /// load. Metrics are registered on `registry`.
     pub fn spawn(config: EngineConfig, registry: &Registry) -> Result<EngineHandle, LlmError> {
+        config.batch.check()?;
         let files = ModelFiles::resolve(&config.model_path)?;
         let format = files.format();
         let metrics = EngineMetrics::register(registry)?;
@@ -75,6 +92,10 @@ impl Engine {
         let queue_capacity = config.queue_capacity.max(1);
         let (commands, receiver) = mpsc::channel(queue_capacity);
         let (state_tx, state) = watch::channel(EngineState::Loading);
+        let waiting = Arc::new(Waiting {
+            count: AtomicUsize::new(0),
+            gauge: metrics.queue_depth.clone(),
+        });
         let worker = Worker {
             files,
             model_id: config.model_id.clone(),
@@ -82,6 +103,8 @@ impl Engine {
             state: state_tx,
             commands: receiver,
             metrics: metrics.clone(),
+            batch: config.batch.clone(),
+            waiting: waiting.clone(),
         };
         std::thread::Builder::new()
             .name("llm-engine".to_owned())
@@ -96,6 +119,8 @@ impl Engine {
                 commands,
                 state,
                 metrics,
+                batch: config.batch,
+                waiting,
             }),
         })
     }
@@ -124,6 +149,41 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<EngineState>,
     metrics: EngineMetrics,
+    batch: BatchConfig,
+    waiting: Arc<Waiting>,
+}
+
+/// Requests sent to the engine and not yet admitted into the batch (or refused): the bound of
+/// `queue_capacity`, mirrored in the queue depth gauge.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    count: AtomicUsize,
+    gauge: prometheus::IntGauge,
+}
+
+impl Waiting {
+    /// Counts one more, unless `capacity` are already waiting.
+    fn try_add(&self, capacity: usize) -> bool {
+        let added = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .is_ok();
+        if added {
+            self.gauge.inc();
+        }
+        added
+    }
+
+    /// One request left the queue: admitted, refused or gone.
+    pub(crate) fn remove(&self) {
+        // Never below zero, even if a bug removed one twice.
+        let _ = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.gauge.dec();
+    }
 }
 
 impl EngineHandle {
@@ -180,12 +240,19 @@ impl EngineHandle {
         self.served(model)?.render(prompt)
     }
 
-    /// Admits `request` and queues it. Validation errors, an unknown model, a model still
-    /// loading and a full queue are returned here; the stream then yields `Started`, deltas and
-    /// `Finished`. Dropping the stream cancels the generation before its next forward pass.
+    /// Admits `request` and queues it. Validation errors (a request larger than the whole KV
+    /// budget among them), an unknown model, a model still loading and a full queue are
+    /// returned here. The stream then yields `Started` once the request joins the running batch
+    /// (or [`LlmError::Overloaded`] when it found no room in time), deltas and `Finished`.
+    /// Dropping the stream cancels the generation before its next forward pass.
     pub fn generate(&self, request: GenerationRequest) -> Result<GenerationStream, LlmError> {
         let served = self.served(&request.model)?;
-        let plan = plan::plan(&served, &request)?;
+        let mut plan = plan::plan(&served, &request)?;
+        config::fit_to_budget(
+            &mut plan,
+            request.stopping.max_tokens.is_some(),
+            &self.inner.batch.scheduler(served.context_length),
+        )?;
         let span = tracing::info_span!(
             "llm.generate",
             model = %self.inner.model_id,
@@ -201,16 +268,19 @@ impl EngineHandle {
             span,
             admitted: Instant::now(),
         };
+        let full = LlmError::QueueFull {
+            capacity: self.inner.queue_capacity,
+        };
         // Counted before sending so the engine's decrement can never run first.
-        self.inner.metrics.queue_depth.inc();
+        if !self.inner.waiting.try_add(self.inner.queue_capacity) {
+            return Err(full);
+        }
         match self.inner.commands.try_send(Command::Generate(job)) {
             Ok(()) => Ok(GenerationStream { events }),
             Err(err) => {
-                self.inner.metrics.queue_depth.dec();
+                self.inner.waiting.remove();
                 Err(match err {
-                    mpsc::error::TrySendError::Full(_) => LlmError::QueueFull {
-                        capacity: self.inner.queue_capacity,
-                    },
+                    mpsc::error::TrySendError::Full(_) => full,
                     mpsc::error::TrySendError::Closed(_) => LlmError::EngineStopped,
                 })
             }
@@ -244,6 +314,7 @@ mod tests {
     ) {
         let (commands, receiver) = mpsc::channel(1);
         let (state_tx, state) = watch::channel(EngineState::Loading);
+        let metrics = EngineMetrics::register(&Registry::new()).unwrap();
         let handle = EngineHandle {
             inner: Arc::new(Inner {
                 model_id: "m".to_owned(),
@@ -252,7 +323,12 @@ mod tests {
                 queue_capacity: 1,
                 commands,
                 state,
-                metrics: EngineMetrics::register(&Registry::new()).unwrap(),
+                metrics: metrics.clone(),
+                batch: BatchConfig::default(),
+                waiting: Arc::new(Waiting {
+                    count: AtomicUsize::new(0),
+                    gauge: metrics.queue_depth,
+                }),
             }),
         };
         (handle, state_tx, receiver)

@@ -1,8 +1,8 @@
-//! One choice's decoding state, separate from the model: what a scheduler would hold one of
-//! per sequence in a batch. It turns logits into tokens (through the request's grammar, when it
+//! One choice's decoding state, separate from the model: the worker holds one per running
+//! sequence of the batch. It turns logits into tokens (through the request's grammar, when it
 //! has one), tokens into text deltas (and tool calls), and decides when the choice is finished.
 
-use std::time::Instant;
+use std::{cell::Cell, rc::Rc, sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 
@@ -34,11 +34,12 @@ pub(crate) enum Step {
 }
 
 pub(crate) struct Sequence<'a> {
-    plan: &'a GenerationPlan,
+    plan: Arc<GenerationPlan>,
     /// Which of the request's choices this is.
     index: u32,
-    /// Completion tokens of the choices before this one, for the cumulative usage.
-    earlier_tokens: u32,
+    /// Completion tokens of all the request's choices so far, shared by them: each choice's
+    /// usage reports the running total, so the last one to finish reports the request's.
+    completion_tokens: Rc<Cell<u32>>,
     reply: Reply,
     pieces: &'a TokenPieces,
     sampler: Sampler,
@@ -51,16 +52,16 @@ pub(crate) struct Sequence<'a> {
     last_token: Option<Instant>,
 }
 
-/// Where a choice starts: its index and what the choices before it generated.
-#[derive(Debug, Clone, Copy)]
+/// Which choice of a request a sequence is, and the request's shared token count.
+#[derive(Debug, Clone)]
 pub(crate) struct Choice {
     pub index: u32,
-    pub earlier_tokens: u32,
+    pub completion_tokens: Rc<Cell<u32>>,
 }
 
 impl<'a> Sequence<'a> {
     pub fn new(
-        plan: &'a GenerationPlan,
+        plan: Arc<GenerationPlan>,
         choice: Choice,
         reply: Reply,
         pieces: &'a TokenPieces,
@@ -74,9 +75,8 @@ impl<'a> Sequence<'a> {
         let sampler = Sampler::new(sampler_config, &plan.prompt.ids);
         let stops = StopMatcher::new(plan.stop.iter().cloned());
         Self {
-            plan,
             index: choice.index,
-            earlier_tokens: choice.earlier_tokens,
+            completion_tokens: choice.completion_tokens,
             reply,
             pieces,
             sampler,
@@ -87,21 +87,8 @@ impl<'a> Sequence<'a> {
             generated: 0,
             admitted,
             last_token: None,
+            plan,
         }
-    }
-
-    /// Tokens sampled so far.
-    pub fn generated(&self) -> u32 {
-        u32::try_from(self.generated).unwrap_or(u32::MAX)
-    }
-
-    pub fn prompt(&self) -> &[u32] {
-        &self.plan.prompt.ids
-    }
-
-    /// The caller dropped the stream: stop computing for it.
-    pub fn is_cancelled(&self) -> bool {
-        self.reply.is_closed()
     }
 
     /// Sends the echoed prompt, when asked for. False when the caller is gone.
@@ -138,6 +125,8 @@ impl<'a> Sequence<'a> {
             None => false,
         };
         self.generated += 1;
+        self.completion_tokens
+            .set(self.completion_tokens.get().saturating_add(1));
         metrics.generated_tokens.inc();
         self.observe_latency(metrics);
 
@@ -225,7 +214,7 @@ impl<'a> Sequence<'a> {
         };
         let usage = Usage {
             prompt_tokens: self.plan.prompt.ids.len() as u32,
-            completion_tokens: self.earlier_tokens.saturating_add(self.generated()),
+            completion_tokens: self.completion_tokens.get(),
         };
         if !self.send(GenerationEvent::Finished(Finished {
             index: self.index,

@@ -1,11 +1,8 @@
-//! The engine thread: owns the model and its KV cache, loads and warms it up, then runs queued
-//! generations one at a time, and the choices of a request with `n > 1` one after the other
-//! (batching them is the scheduler's job, later). Candle work runs inside a rayon pool of the
-//! configured size.
+//! The engine thread: loads and warms up the model, then hands it to the batching loop
+//! (`batcher`). Candle work runs inside a rayon pool of the configured size.
 
 use std::{
     any::Any,
-    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -17,14 +14,15 @@ use tracing::Span;
 
 use crate::{
     engine::{
-        EngineState,
-        metrics::{EngineMetrics, Outcome},
-        sequence::{Choice, Reply, Sequence, Step},
+        BatchConfig, EngineState, Waiting,
+        batcher::Batcher,
+        metrics::EngineMetrics,
+        scheduler::{BLOCK_TOKENS, Scheduler},
+        sequence::Reply,
     },
     error::{LlmError, LoadError},
-    model::{self, CausalLm, ModelFiles},
+    model::{self, CausalLm, Decoder, KvCache, ModelFiles, decoder::RopeScaling},
     plan::GenerationPlan,
-    request::GenerationEvent,
     served::ServedModel,
 };
 
@@ -49,16 +47,19 @@ pub(crate) struct Worker {
     pub state: watch::Sender<EngineState>,
     pub commands: mpsc::Receiver<Command>,
     pub metrics: EngineMetrics,
+    pub batch: BatchConfig,
+    pub waiting: Arc<Waiting>,
 }
 
 impl Worker {
-    /// Runs until every handle is dropped.
+    /// Runs until every handle is dropped and every admitted request has ended.
     pub fn run(mut self) {
         let loaded = self.compute_pool().and_then(|pool| {
-            let loaded = pool.install(|| load_and_warm_up(&self.files, &self.model_id))?;
-            Ok((pool, loaded))
+            let (model, served) = pool.install(|| load_and_warm_up(&self.files, &self.model_id))?;
+            let scheduler = Scheduler::new(self.batch.scheduler(served.context_length))?;
+            Ok((pool, model, served, scheduler))
         });
-        let (pool, (mut model, served)) = match loaded {
+        let (pool, model, served, scheduler) = match loaded {
             Ok(ready) => ready,
             Err(err) => {
                 tracing::error!(error = %err, model = %self.model_id, "loading the model failed");
@@ -67,7 +68,7 @@ impl Worker {
                     .send_replace(EngineState::Failed(message.clone()));
                 // Requests admitted just before the failure was published still get an answer.
                 while let Some(Command::Generate(job)) = self.commands.blocking_recv() {
-                    self.metrics.queue_depth.dec();
+                    self.waiting.remove();
                     let _ = job
                         .reply
                         .blocking_send(Err(LlmError::LoadFailed(message.to_string())));
@@ -75,32 +76,33 @@ impl Worker {
                 return;
             }
         };
-        tracing::info!(model = %self.model_id, format = %served.format, threads = self.threads, "model ready");
+        let decoder = model.decoder().clone();
+        let limits = scheduler.config();
+        let kv_tokens = limits.total_blocks * BLOCK_TOKENS;
+        let kv_bytes = kv_tokens as u64 * kv_bytes_per_token(&decoder);
+        self.metrics.kv_blocks_total.set(limits.total_blocks as i64);
+        tracing::info!(
+            model = %self.model_id,
+            format = %served.format,
+            threads = self.threads,
+            kv_cache_tokens = kv_tokens,
+            kv_cache_gib = kv_bytes as f64 / f64::from(1u32 << 30),
+            max_running = limits.max_running,
+            max_batch_tokens = limits.max_batch_tokens,
+            prefill_chunk = limits.prefill_chunk,
+            "model ready"
+        );
         self.state.send_replace(EngineState::Ready(served.clone()));
-
-        while let Some(Command::Generate(job)) = self.commands.blocking_recv() {
-            self.metrics.queue_depth.dec();
-            let span = job.span.clone();
-            let _entered = span.enter();
-            self.metrics.active_requests.inc();
-            let reply = job.reply.clone();
-            // A panic is a bug in one request; the next request clears the KV cache anyway, so
-            // the engine answers this one with an error and keeps serving.
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                generate(&mut model, &served, job, &pool, &self.metrics)
-            }))
-            .unwrap_or_else(|panic| {
-                let message = panic_message(panic.as_ref());
-                tracing::error!(%message, "generation panicked");
-                let _ = reply.blocking_send(Err(LlmError::Internal(format!(
-                    "the engine panicked: {message}"
-                ))));
-                Outcome::Error
-            });
-            self.metrics.active_requests.dec();
-            self.metrics.finished(outcome);
-            tracing::debug!(?outcome, "generation ended");
-        }
+        let batcher = Batcher::new(
+            &decoder,
+            &served,
+            &pool,
+            &self.metrics,
+            &self.waiting,
+            scheduler,
+            prefix_limit(&decoder),
+        );
+        batcher.run(&mut self.commands);
     }
 
     fn compute_pool(&self) -> Result<ThreadPool, LoadError> {
@@ -120,6 +122,19 @@ fn load_and_warm_up(
     let warm_up_token = assets.eos_token_ids.first().copied().unwrap_or(0);
     model.forward(&[warm_up_token], 0)?;
     model.clear_kv_cache();
+    // The batched path too, with two sequences.
+    let mut caches = [KvCache::new(), KvCache::new()];
+    let [a, b] = &mut caches;
+    model.decoder().forward_batch(&mut [
+        model::BatchItem {
+            tokens: &[warm_up_token],
+            cache: a,
+        },
+        model::BatchItem {
+            tokens: &[warm_up_token, warm_up_token],
+            cache: b,
+        },
+    ])?;
     let created_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -128,85 +143,23 @@ fn load_and_warm_up(
     Ok((model, Arc::new(served)))
 }
 
-/// Runs one request to its end: its choices one after the other, each from a cleared KV cache.
-fn generate(
-    model: &mut CausalLm,
-    served: &ServedModel,
-    job: Job,
-    pool: &ThreadPool,
-    metrics: &EngineMetrics,
-) -> Outcome {
-    let Job {
-        plan,
-        reply,
-        admitted,
-        ..
-    } = job;
-    let prompt_tokens = u32::try_from(plan.prompt.ids.len()).unwrap_or(u32::MAX);
-    if reply
-        .blocking_send(Ok(GenerationEvent::Started { prompt_tokens }))
-        .is_err()
-    {
-        return Outcome::Cancelled;
-    }
-    let mut outcome = Outcome::Stop;
-    let mut earlier_tokens = 0u32;
-    for index in 0..plan.choices {
-        let choice = Choice {
-            index,
-            earlier_tokens,
-        };
-        let mut sequence = Sequence::new(
-            &plan,
-            choice,
-            reply.clone(),
-            served.tokenizer.pieces(),
-            admitted,
-        );
-        outcome = run_choice(model, &mut sequence, pool, metrics);
-        if matches!(outcome, Outcome::Cancelled | Outcome::Error) {
-            return outcome;
-        }
-        earlier_tokens = earlier_tokens.saturating_add(sequence.generated());
-    }
-    outcome
+/// Bytes one cached position takes: keys and values of every layer, in f32.
+fn kv_bytes_per_token(decoder: &Decoder) -> u64 {
+    let config = decoder.config();
+    (2 * config.num_layers * config.kv_width() * std::mem::size_of::<f32>()) as u64
 }
 
-/// Generates one choice; the KV cache is cleared first: one sequence at a time.
-fn run_choice(
-    model: &mut CausalLm,
-    sequence: &mut Sequence<'_>,
-    pool: &ThreadPool,
-    metrics: &EngineMetrics,
-) -> Outcome {
-    if !sequence.start() || sequence.is_cancelled() {
-        return Outcome::Cancelled;
-    }
-    model.clear_kv_cache();
-    let prompt = sequence.prompt().to_vec();
-    let mut logits = match pool.install(|| model.forward(&prompt, 0)) {
-        Ok(logits) => logits,
-        Err(err) => return sequence.fail(err.into()),
-    };
-    metrics.prompt_tokens.inc_by(prompt.len() as u64);
-    let mut position = prompt.len();
-    loop {
-        let token = match sequence.accept(&mut logits, metrics) {
-            Step::Continue(token) => token,
-            Step::Finished(outcome) => return outcome,
-        };
-        if sequence.is_cancelled() {
-            return Outcome::Cancelled;
-        }
-        logits = match pool.install(|| model.forward(&[token], position)) {
-            Ok(logits) => logits,
-            Err(err) => return sequence.fail(err.into()),
-        };
-        position += 1;
+/// Longest cache the prefix cache may keep. Past a longrope model's original context, the whole
+/// cache is rotated with the long factors, which a shorter sequence starting from it must not
+/// inherit.
+fn prefix_limit(decoder: &Decoder) -> Option<usize> {
+    match &decoder.config().rope.scaling {
+        Some(RopeScaling::LongRope(long)) => Some(long.original_max_position_embeddings),
+        Some(RopeScaling::Divisors(_)) | None => None,
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    Engine, EngineConfig, EngineHandle, EngineStats, FinishReason, Finished, GenerationEvent,
-    GenerationRequest, GenerationStream, LlmError, Prompt,
+    BatchConfig, Engine, EngineConfig, EngineHandle, EngineStats, FinishReason, Finished,
+    GenerationEvent, GenerationRequest, GenerationStream, LlmError, Prompt,
 };
 use passerelle_testkit::TinyQwen2;
 use prometheus::Registry;
@@ -27,11 +27,20 @@ pub async fn try_engine(
     path: &std::path::Path,
     queue_capacity: usize,
 ) -> Result<EngineHandle, LlmError> {
+    try_engine_with(path, queue_capacity, BatchConfig::default()).await
+}
+
+pub async fn try_engine_with(
+    path: &std::path::Path,
+    queue_capacity: usize,
+    batch: BatchConfig,
+) -> Result<EngineHandle, LlmError> {
     let config = EngineConfig {
         model_path: path.to_path_buf(),
         model_id: MODEL_ID.to_owned(),
         threads: Some(1),
         queue_capacity,
+        batch,
     };
     Engine::load(config, &Registry::new()).await
 }

@@ -49,6 +49,25 @@ impl KvCache {
         self.tokens.clear();
     }
 
+    /// Keeps the first `len` positions and forgets the rest (nothing when it holds no more), so
+    /// that a snapshot of a longer sequence can start another one sharing its beginning. The
+    /// tensors are narrowed, not copied.
+    pub fn truncate(&mut self, len: usize) -> candle_core::Result<()> {
+        if len >= self.len() {
+            return Ok(());
+        }
+        if len == 0 {
+            self.clear();
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len)?;
+            *v = v.narrow(2, 0, len)?;
+        }
+        self.tokens.truncate(len);
+        Ok(())
+    }
+
     /// Appends `k` and `v` of new positions to `layer` and returns the whole layer's keys and
     /// values. The length advances only through [`KvCache::advance`], once every layer has run.
     pub(crate) fn append(
@@ -103,6 +122,25 @@ mod tests {
 
     fn positions(n: usize) -> Tensor {
         Tensor::zeros((1, 1, n, 2), candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn truncating_keeps_the_first_positions() {
+        let mut cache = KvCache::new();
+        for layer in 0..2 {
+            cache.append(layer, positions(5), positions(5)).unwrap();
+        }
+        cache.advance(&[1, 2, 3, 4, 5]);
+        let mut cut = cache.clone();
+        cut.truncate(2).unwrap();
+        assert_eq!(cut.tokens(), &[1, 2]);
+        let (k, _) = cut.append(1, positions(1), positions(1)).unwrap();
+        assert_eq!(k.dim(2).unwrap(), 3);
+        assert_eq!(cache.len(), 5, "the original is untouched");
+        cut.truncate(9).unwrap();
+        assert_eq!(cut.len(), 2);
+        cut.truncate(0).unwrap();
+        assert!(cut.is_empty());
     }
 
     #[test]
