@@ -59,5 +59,11 @@ fi
 echo "passerelle-llm bench_engine" >&2
 /usr/bin/time -f %M -o "$tmp/ours.rss" "$target/release/examples/bench_engine" "$model" \
     --threads "$threads" --reps "$reps" --json > "$tmp/ours.json" 2> "$tmp/ours.log"
+if (( streams > 0 )); then
+    # Its own process, so that the single-stream peak memory above stays comparable.
+    echo "passerelle-llm bench_engine: $streams streams, 512 + 128 tokens each" >&2
+    "$target/release/examples/bench_engine" "$model" --threads "$threads" --reps "$reps" \
+        --streams "$streams" --json > "$tmp/ours_batched.json" 2> "$tmp/ours_batched.log"
+fi
 
 python3 "$here/scripts/bench_vs_llamacpp_table.py" "$tmp" "$model" "$threads"

@@ -4,10 +4,13 @@
 //!   like `llama-bench -p 512 -n 0`;
 //! - `tg128@d512`: decoding 128 tokens after a 512-token context (tokens/s of the 128 steps,
 //!   the prefill excluded), like `llama-bench -p 0 -n 128 -d 512`;
+//! - with `--streams N`, aggregate decoding of N requests at once (each a prompt of the same
+//!   length, then the same number of tokens): the tokens all N streams produced while every
+//!   one of them was decoding, over that window (like `llama-batched-bench`'s `S_TG`);
 //! - peak resident memory (`VmHWM` from `/proc/self/status`) at the end.
 //!
 //! `cargo run --release -p passerelle-llm --example bench_engine -- MODEL.gguf [--threads 2]
-//! [--reps 3] [--prompt 512] [--gen 128] [--json]`
+//! [--reps 3] [--prompt 512] [--gen 128] [--streams 8] [--json]`
 //!
 //! Unlike `llama-bench`, which times bare `llama_decode` calls, this goes through the engine's
 //! public API (admission, greedy sampling over the full vocabulary, detokenization, the
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    Engine, EngineConfig, EngineHandle, GenerationEvent, GenerationRequest, Prompt,
+    BatchConfig, Engine, EngineConfig, EngineHandle, GenerationEvent, GenerationRequest, Prompt,
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
@@ -30,6 +33,7 @@ struct Options {
     reps: usize,
     prompt: usize,
     generate: usize,
+    streams: usize,
     json: bool,
 }
 
@@ -41,6 +45,7 @@ fn parse_args() -> Result<Options, Box<dyn std::error::Error>> {
         reps: 3,
         prompt: 512,
         generate: 128,
+        streams: 0,
         json: false,
     };
     while let Some(arg) = args.next() {
@@ -50,6 +55,7 @@ fn parse_args() -> Result<Options, Box<dyn std::error::Error>> {
             "--reps" => options.reps = value()?.parse()?,
             "--prompt" => options.prompt = value()?.parse()?,
             "--gen" => options.generate = value()?.parse()?,
+            "--streams" => options.streams = value()?.parse()?,
             "--json" => options.json = true,
             path if options.path.is_empty() && !path.starts_with("--") => {
                 options.path = path.to_owned()
@@ -60,7 +66,7 @@ fn parse_args() -> Result<Options, Box<dyn std::error::Error>> {
     if options.path.is_empty() || options.reps == 0 {
         return Err(
             "usage: bench_engine MODEL.gguf [--threads N] [--reps N] [--prompt N] \
-                    [--gen N] [--json]"
+                    [--gen N] [--streams N] [--json]"
                 .into(),
         );
     }
@@ -73,6 +79,8 @@ struct Timing {
     first_token: Duration,
     finished: Duration,
     tokens: u32,
+    /// When each token arrived, from the moment the request was sent.
+    arrivals: Vec<Duration>,
 }
 
 async fn time_request(
@@ -87,13 +95,16 @@ async fn time_request(
     request.stopping.ignore_eos = true;
     let started = Instant::now();
     let mut first_token = None;
+    let mut arrivals = Vec::with_capacity(max_tokens);
     let mut stream = engine.generate(request)?;
     while let Some(event) = stream.next().await {
         match event? {
             GenerationEvent::Started { .. } => {}
             GenerationEvent::Delta(delta) => {
                 if !delta.token_ids.is_empty() {
-                    first_token.get_or_insert_with(|| started.elapsed());
+                    let now = started.elapsed();
+                    first_token.get_or_insert(now);
+                    arrivals.extend(delta.token_ids.iter().map(|_| now));
                 }
             }
             GenerationEvent::Finished(finished) => {
@@ -102,11 +113,25 @@ async fn time_request(
                     first_token: first_token.unwrap_or(done),
                     finished: done,
                     tokens: finished.usage.completion_tokens,
+                    arrivals,
                 });
             }
         }
     }
     Err("the stream ended without Finished".into())
+}
+
+/// Tokens per second over the window in which every stream was decoding: from the last stream's
+/// first token (all prompts prefilled) to the first stream's end.
+fn steady_decode_rate(timings: &[Timing]) -> f64 {
+    let start = timings.iter().map(|t| t.first_token).max().unwrap_or_default();
+    let end = timings.iter().map(|t| t.finished).min().unwrap_or_default();
+    let produced = timings
+        .iter()
+        .flat_map(|t| &t.arrivals)
+        .filter(|&&at| at > start && at <= end)
+        .count();
+    produced as f64 / (end.saturating_sub(start)).as_secs_f64().max(f64::EPSILON)
 }
 
 /// Mean and sample standard deviation, as `llama-bench` reports them.
@@ -138,7 +163,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             model_path: options.path.clone().into(),
             model_id: MODEL_ID.into(),
             threads: Some(options.threads),
-            queue_capacity: 1,
+            queue_capacity: options.streams.max(1),
+            batch: BatchConfig {
+                max_running: options.streams.max(1),
+                ..BatchConfig::default()
+            },
         },
         &prometheus::Registry::new(),
     )
@@ -168,6 +197,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let steps = f64::from(t.tokens.saturating_sub(1));
         tg.push(steps / (t.finished - t.first_token).as_secs_f64());
     }
+    let mut aggregate = Vec::new();
+    let aggregate_reps = if options.streams > 0 { options.reps } else { 0 };
+    for _ in 0..aggregate_reps {
+        let requests = (0..options.streams)
+            .map(|_| time_request(&engine, prompt(), options.generate + 1))
+            .collect::<Vec<_>>();
+        let timings = futures::future::try_join_all(requests).await?;
+        aggregate.push(steady_decode_rate(&timings));
+    }
     let (pp_mean, pp_std) = mean_std(&pp);
     let (tg_mean, tg_std) = mean_std(&tg);
     let peak = peak_rss().unwrap_or(0);
@@ -182,6 +220,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "load_s": load.as_secs_f64(),
                 "pp": {"n_prompt": options.prompt, "tokens_per_s": pp_mean, "std": pp_std, "samples": pp},
                 "tg": {"n_gen": options.generate, "depth": options.prompt, "tokens_per_s": tg_mean, "std": tg_std, "samples": tg},
+                "streams": options.streams,
+                "aggregate_tg": (!aggregate.is_empty()).then(|| {
+                    let (mean, std) = mean_std(&aggregate);
+                    serde_json::json!({"tokens_per_s": mean, "std": std, "samples": aggregate})
+                }),
                 "peak_rss_bytes": peak,
             })
         );
@@ -198,6 +241,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "| tg{} @ d{} | {tg_mean:.2} ± {tg_std:.2} |",
             options.generate, options.prompt
         );
+        if !aggregate.is_empty() {
+            let (mean, std) = mean_std(&aggregate);
+            println!(
+                "| tg{} x {} streams @ d{} (aggregate) | {mean:.2} ± {std:.2} |",
+                options.generate, options.streams, options.prompt
+            );
+        }
         println!("peak RSS {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
     }
     Ok(())
