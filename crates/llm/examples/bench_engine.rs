@@ -124,7 +124,11 @@ async fn time_request(
 /// Tokens per second over the window in which every stream was decoding: from the last stream's
 /// first token (all prompts prefilled) to the first stream's end.
 fn steady_decode_rate(timings: &[Timing]) -> f64 {
-    let start = timings.iter().map(|t| t.first_token).max().unwrap_or_default();
+    let start = timings
+        .iter()
+        .map(|t| t.first_token)
+        .max()
+        .unwrap_or_default();
     let end = timings.iter().map(|t| t.finished).min().unwrap_or_default();
     let produced = timings
         .iter()
