@@ -36,11 +36,11 @@ impl Kernel {
         }
     }
 
-    fn max_act_rows(self) -> usize {
+    fn max_act_rows(self, format: WeightFormat) -> usize {
         match self {
             Self::Scalar => 4,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512(_) => super::x86::Avx512::MAX_ACT_ROWS,
+            Self::Avx512(_) => super::x86::Avx512::max_act_rows(format),
         }
     }
 
@@ -101,7 +101,7 @@ pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) 
     let acts = quantize(w.format, x, k);
     if m >= SPLIT_BY_ROWS {
         let threads = rayon::current_num_threads().max(1);
-        let step = kernel.max_act_rows();
+        let step = kernel.max_act_rows(w.format);
         let per_task = m
             .div_ceil(threads)
             .min(ROWS_PER_TASK)
@@ -158,7 +158,10 @@ fn product(
     stride: usize,
 ) {
     let row_bytes = w.row_bytes();
-    let (wt, at) = (kernel.max_weight_rows(w.format), kernel.max_act_rows());
+    let (wt, at) = (
+        kernel.max_weight_rows(w.format),
+        kernel.max_act_rows(w.format),
+    );
     let mut weights: Vec<&[u8]> = Vec::with_capacity(wt);
     let mut act_rows: Vec<ActRow<'_>> = Vec::with_capacity(at);
     for j0 in cols.clone().step_by(wt) {

@@ -31,15 +31,21 @@ impl Avx512 {
     pub(crate) const fn max_weight_rows(format: WeightFormat) -> usize {
         match format {
             WeightFormat::Q8_0 | WeightFormat::Q5_0 => 8,
-            WeightFormat::Q4K | WeightFormat::Q6K => 4,
+            WeightFormat::Q4K | WeightFormat::Q6K => 2,
         }
     }
 
-    /// Most activation rows one [`Avx512::tile`] call takes.
-    pub(crate) const MAX_ACT_ROWS: usize = 4;
+    /// Most activation rows one [`Avx512::tile`] call takes. A K-quant block's unpacking
+    /// (scales, 6-bit values) costs more, so it is shared by more rows.
+    pub(crate) const fn max_act_rows(format: WeightFormat) -> usize {
+        match format {
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => 4,
+            WeightFormat::Q4K | WeightFormat::Q6K => 8,
+        }
+    }
 
     /// `out[r * stride + j] = dot(w[j], a[r])` for every weight row `j` (at most
-    /// [`Avx512::max_weight_rows`]) and activation row `r` (at most [`Avx512::MAX_ACT_ROWS`]).
+    /// [`Avx512::max_weight_rows`]) and activation row `r` (at most [`Avx512::max_act_rows`]).
     pub(crate) fn tile(
         self,
         format: WeightFormat,
@@ -55,6 +61,21 @@ impl Avx512 {
                     2 => $f::<$n, 2 $(, $arg)*>(self, w, a, out, stride),
                     3 => $f::<$n, 3 $(, $arg)*>(self, w, a, out, stride),
                     4 => $f::<$n, 4 $(, $arg)*>(self, w, a, out, stride),
+                    n => panic!("{n} activation rows in one tile"),
+                }
+            };
+        }
+        macro_rules! by_acts8 {
+            ($f:ident, $n:literal) => {
+                match a.len() {
+                    1 => $f::<$n, 1>(self, w, a, out, stride),
+                    2 => $f::<$n, 2>(self, w, a, out, stride),
+                    3 => $f::<$n, 3>(self, w, a, out, stride),
+                    4 => $f::<$n, 4>(self, w, a, out, stride),
+                    5 => $f::<$n, 5>(self, w, a, out, stride),
+                    6 => $f::<$n, 6>(self, w, a, out, stride),
+                    7 => $f::<$n, 7>(self, w, a, out, stride),
+                    8 => $f::<$n, 8>(self, w, a, out, stride),
                     n => panic!("{n} activation rows in one tile"),
                 }
             };
@@ -75,17 +96,13 @@ impl Avx512 {
                 }
             }
             WeightFormat::Q4K => match w.len() {
-                1 => by_acts!(run_q4k, 1),
-                2 => by_acts!(run_q4k, 2),
-                3 => by_acts!(run_q4k, 3),
-                4 => by_acts!(run_q4k, 4),
+                1 => by_acts8!(run_q4k, 1),
+                2 => by_acts8!(run_q4k, 2),
                 n => panic!("{n} weight rows in one tile"),
             },
             WeightFormat::Q6K => match w.len() {
-                1 => by_acts!(run_q6k, 1),
-                2 => by_acts!(run_q6k, 2),
-                3 => by_acts!(run_q6k, 3),
-                4 => by_acts!(run_q6k, 4),
+                1 => by_acts8!(run_q6k, 1),
+                2 => by_acts8!(run_q6k, 2),
                 n => panic!("{n} weight rows in one tile"),
             },
         }
