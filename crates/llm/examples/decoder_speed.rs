@@ -33,21 +33,31 @@ fn argmax(logits: &[f32]) -> u32 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = args.first() else {
-        return Err("usage: decoder_speed MODEL [PROMPT_TOKENS] [DECODE_TOKENS] [THREADS] [RUNS]".into());
+        return Err(
+            "usage: decoder_speed MODEL [PROMPT_TOKENS] [DECODE_TOKENS] [THREADS] [RUNS]".into(),
+        );
     };
     let arg = |i: usize, default: usize| -> Result<usize, Box<dyn std::error::Error>> {
         Ok(args.get(i).map_or(Ok(default), |s| s.parse())?)
     };
-    let (prompt_len, decode_len, threads, runs) = (arg(1, 512)?, arg(2, 64)?, arg(3, 2)?, arg(4, 3)?);
+    let (prompt_len, decode_len, threads, runs) =
+        (arg(1, 512)?, arg(2, 64)?, arg(3, 2)?, arg(4, 3)?);
     let pool = passerelle_model_runtime::compute::compute_pool("bench", threads)?;
 
     let started = Instant::now();
     let files = ModelFiles::resolve(&PathBuf::from(path))?;
-    let model::LoadedModel { mut model, .. } = pool.install(|| model::load(&files, &Device::Cpu))?;
-    eprintln!("loaded in {:.2?}, peak {:.0} MiB", started.elapsed(), peak_rss_mib().unwrap_or(0.0));
+    let model::LoadedModel { mut model, .. } =
+        pool.install(|| model::load(&files, &Device::Cpu))?;
+    eprintln!(
+        "loaded in {:.2?}, peak {:.0} MiB",
+        started.elapsed(),
+        peak_rss_mib().unwrap_or(0.0)
+    );
     let vocab = model.decoder().vocab_size() as u32;
     let mut rng = StdRng::seed_from_u64(0);
-    let prompt: Vec<u32> = (0..prompt_len).map(|_| rng.random_range(0..vocab)).collect();
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
 
     let (mut best_prefill, mut best_decode) = (0f64, 0f64);
     for run in 0..runs {

@@ -371,6 +371,9 @@ mod tests {
         assert_eq!(prompt_messages(Api::Completions, &parsed).len(), 2);
         let raw = body(&json!({"model": "m", "prompt": "once"}));
         let parsed = ForwardBody::parse(&raw).unwrap();
-        assert_eq!(prompt_messages(Api::Completions, &parsed)[0].content, "once");
+        assert_eq!(
+            prompt_messages(Api::Completions, &parsed)[0].content,
+            "once"
+        );
     }
 }

@@ -101,7 +101,8 @@ impl<'a> ForwardBody<'a> {
     }
 
     pub(crate) fn prompt(&self) -> Option<Value> {
-        self.prompt.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        self.prompt
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
     }
 
     /// The body to send: the client's, naming `model`, and asking for the usage chunk of a
@@ -118,7 +119,11 @@ impl<'a> ForwardBody<'a> {
                 Some(raw) => edits.push((span_of(self.raw, raw), options_json)),
                 None => {
                     // Just inside the object's `{`: the object has a `model`, so a comma follows.
-                    let at = self.raw.iter().position(|&b| b == b'{').map_or(0, |i| i + 1);
+                    let at = self
+                        .raw
+                        .iter()
+                        .position(|&b| b == b'{')
+                        .map_or(0, |i| i + 1);
                     edits.push((at..at, format!("\"stream_options\":{options_json},")));
                 }
             }
@@ -171,12 +176,16 @@ mod tests {
             out,
             json!({"model": "u", "stream": true, "stream_options": {"include_usage": true}})
         );
-        let body = r#"{"stream_options": {"include_usage": false, "x": 1}, "model": "m", "stream": true}"#;
+        let body =
+            r#"{"stream_options": {"include_usage": false, "x": 1}, "model": "m", "stream": true}"#;
         let parsed = ForwardBody::parse(body.as_bytes()).unwrap();
         assert!(parsed.streaming());
         assert!(!parsed.wants_usage());
         let out = forwarded(body, "u", true);
-        assert_eq!(out["stream_options"], json!({"include_usage": true, "x": 1}));
+        assert_eq!(
+            out["stream_options"],
+            json!({"include_usage": true, "x": 1})
+        );
         let out = forwarded(r#"{"model": "m", "stream_options": null}"#, "u", true);
         assert_eq!(out["stream_options"], json!({"include_usage": true}));
     }

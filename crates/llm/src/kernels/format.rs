@@ -124,7 +124,10 @@ pub(crate) fn q6k_values(block: &[u8]) -> [u8; 256] {
 }
 
 fn idot(w: &[u8], a: &[i8]) -> i32 {
-    w.iter().zip(a).map(|(&w, &a)| i32::from(w) * i32::from(a)).sum()
+    w.iter()
+        .zip(a)
+        .map(|(&w, &a)| i32::from(w) * i32::from(a))
+        .sum()
 }
 
 /// The dot product of one weight row (its blocks' bytes) with one quantized activation row:
@@ -195,7 +198,10 @@ pub(crate) fn dequantize_row(format: WeightFormat, row: &[u8], out: &mut [f32]) 
             WeightFormat::Q4K => {
                 let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
                 let values = q4k_values(block);
-                for (s, (y, q)) in y.chunks_exact_mut(32).zip(values.chunks_exact(32)).enumerate()
+                for (s, (y, q)) in y
+                    .chunks_exact_mut(32)
+                    .zip(values.chunks_exact(32))
+                    .enumerate()
                 {
                     let (sc, m) = q4k_scale_min(s, &block[4..16]);
                     let (scale, min) = (d * f32::from(sc), dmin * f32::from(m));
@@ -207,7 +213,10 @@ pub(crate) fn dequantize_row(format: WeightFormat, row: &[u8], out: &mut [f32]) 
             WeightFormat::Q6K => {
                 let d = f16_at(block, 208);
                 let values = q6k_values(block);
-                for (s, (y, q)) in y.chunks_exact_mut(16).zip(values.chunks_exact(16)).enumerate()
+                for (s, (y, q)) in y
+                    .chunks_exact_mut(16)
+                    .zip(values.chunks_exact(16))
+                    .enumerate()
                 {
                     let scale = d * f32::from(block[192 + s] as i8);
                     for (y, &q) in y.iter_mut().zip(q) {

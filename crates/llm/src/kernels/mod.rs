@@ -18,10 +18,10 @@
 mod acts;
 pub mod format;
 mod matmul;
-#[cfg(target_arch = "x86_64")]
-pub mod x86;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use std::sync::Arc;
 

@@ -29,7 +29,10 @@ fn rms(values: &[f32]) -> f32 {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Shapes with ragged tiles: weight rows not a multiple of the tile, activation row counts for

@@ -301,7 +301,11 @@ fn run_q6k<const W: usize, const R: usize>(
     write_tile(&sums, out, stride);
 }
 
-fn write_tile<const W: usize, const R: usize>(sums: &[[f32; W]; R], out: &mut [f32], stride: usize) {
+fn write_tile<const W: usize, const R: usize>(
+    sums: &[[f32; W]; R],
+    out: &mut [f32],
+    stride: usize,
+) {
     for (r, row) in sums.iter().enumerate() {
         out[r * stride..r * stride + W].copy_from_slice(row);
     }
@@ -366,11 +370,8 @@ fn tile_q4k<const W: usize, const R: usize>(w: [&[u8]; W], a: [ActRow<'_>; R]) -
                 }
                 let msum = _mm_madd_epi16(mins, load_i16x8(&a[r].sums[8 * b..]));
                 let da = a[r].d[b];
-                acc[r][j] = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(isum),
-                    _mm512_set1_ps(d * da),
-                    acc[r][j],
-                );
+                acc[r][j] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * da), acc[r][j]);
                 acc[r][j] = _mm512_fnmadd_ps(
                     _mm512_zextps128_ps512(_mm_cvtepi32_ps(msum)),
                     _mm512_set1_ps(dmin * da),

@@ -80,7 +80,11 @@ pub(crate) fn attend(
     let (k, v) = cache.append(layer, k, heads(v)?)?;
     // Grouped-query attention without copying the cache once per query head: the query heads
     // sharing a key head are stacked as rows, `[kv_heads, groups * len, d]`.
-    let (kv_heads, groups, d) = (config.num_kv_heads, config.num_heads / config.num_kv_heads, config.head_dim);
+    let (kv_heads, groups, d) = (
+        config.num_kv_heads,
+        config.num_heads / config.num_kv_heads,
+        config.head_dim,
+    );
     let total = k.dim(2)?;
     let q = q.reshape((kv_heads, groups * len, d))?;
     let k = k.squeeze(0)?;

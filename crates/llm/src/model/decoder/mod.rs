@@ -2,11 +2,10 @@
 //!
 //! The weights ([`Decoder`]) are immutable and shared; each sequence owns a [`KvCache`]. Every
 //! projection is a [`QLinear`]: quantized blocks from GGUF (multiplied by [`crate::kernels`]),
-//! plain tensors from safetensors. The
-//! families differ only in what their checkpoints hold, which the loader reads from the tensors
-//! present: q/k/v biases (Qwen2), per-head q/k norms (Qwen3), fused `qkv` and `gate_up`
-//! projections (Phi-3), tied embeddings (no `lm_head`); and in their rotary scaling and
-//! attention windows ([`DecoderConfig`]).
+//! plain tensors from safetensors. The families differ only in what their checkpoints hold,
+//! which the loader reads from the tensors present: q/k/v biases (Qwen2), per-head q/k norms
+//! (Qwen3), fused `qkv` and `gate_up` projections (Phi-3), tied embeddings (no `lm_head`); and in
+//! their rotary scaling and attention windows ([`DecoderConfig`]).
 //!
 //! The one layout difference between formats: llama.cpp's converter permutes a Llama's Q and K
 //! rows so that its interleaved rotation (pairs `2i, 2i+1`) equals Hugging Face's rotation of
