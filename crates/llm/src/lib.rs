@@ -25,6 +25,7 @@ pub mod detokenizer;
 pub mod engine;
 pub mod error;
 pub mod grammar;
+pub mod kernels;
 pub mod model;
 pub mod plan;
 pub mod request;

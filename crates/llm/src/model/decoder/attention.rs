@@ -78,19 +78,32 @@ pub(crate) fn attend(
     let q = rope.apply(&heads(q)?, &positions.cos, &positions.sin)?;
     let k = rope.apply(&heads(k)?, &positions.cos, &positions.sin)?;
     let (k, v) = cache.append(layer, k, heads(v)?)?;
-    let groups = config.num_heads / config.num_kv_heads;
-    let k = candle_transformers::utils::repeat_kv(k, groups)?.contiguous()?;
-    let v = candle_transformers::utils::repeat_kv(v, groups)?.contiguous()?;
-    let scale = 1.0 / (config.head_dim as f64).sqrt();
+    // Grouped-query attention without copying the cache once per query head: the query heads
+    // sharing a key head are stacked as rows, `[kv_heads, groups * len, d]`.
+    let (kv_heads, groups, d) = (
+        config.num_kv_heads,
+        config.num_heads / config.num_kv_heads,
+        config.head_dim,
+    );
+    let total = k.dim(2)?;
+    let q = q.reshape((kv_heads, groups * len, d))?;
+    let k = k.squeeze(0)?;
+    let v = v.squeeze(0)?;
+    let scale = 1.0 / (d as f64).sqrt();
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask(positions, config.window(layer), q.device())? {
-        Some(mask) => scores.broadcast_add(&mask)?,
+        Some(mask) => scores
+            .reshape((kv_heads, groups, len, total))?
+            .broadcast_add(&mask.squeeze(0)?)?
+            .reshape((kv_heads, groups * len, total))?,
         None => scores,
     };
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    // [kv_heads, groups * len, d] -> [heads, len, d] -> [len, heads * d]
     weights
         .matmul(&v)?
-        .transpose(1, 2)?
+        .reshape((config.num_heads, len, d))?
+        .transpose(0, 1)?
         .reshape((len, config.q_width()))
 }
 

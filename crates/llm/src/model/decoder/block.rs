@@ -3,9 +3,10 @@
 //! Projections and the MLP run over the rows of every sequence in a batch at once; attention
 //! runs per sequence against its own cache ([`super::attention`]).
 
-use candle_core::{D, Module, Tensor, quantized::QMatMul};
+use candle_core::{D, Module, Tensor};
 use candle_nn::RmsNorm;
 
+use crate::kernels::QLinear;
 use crate::model::decoder::{
     DecoderConfig,
     source::{Names, Part, Source, matrix_shape},
@@ -13,7 +14,7 @@ use crate::model::decoder::{
 
 /// `x @ w.T + b`, the bias optional.
 pub(crate) struct Linear {
-    weight: QMatMul,
+    weight: QLinear,
     bias: Option<Tensor>,
 }
 
@@ -23,7 +24,7 @@ impl Linear {
         name: &str,
         shape: Option<(usize, usize)>,
     ) -> candle_core::Result<Self> {
-        let weight = source.matrix(&format!("{name}.weight"), shape)?;
+        let weight = QLinear::new(source.matrix(&format!("{name}.weight"), shape)?);
         let bias_name = format!("{name}.bias");
         let bias = if source.has(&bias_name) {
             Some(source.vector(&bias_name)?)

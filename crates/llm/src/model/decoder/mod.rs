@@ -1,11 +1,11 @@
 //! One decoder for every family served (Llama, Qwen2, Qwen3, Phi-3), over either format.
 //!
 //! The weights ([`Decoder`]) are immutable and shared; each sequence owns a [`KvCache`]. Every
-//! projection is a [`QMatMul`]: quantized blocks from GGUF, plain tensors from safetensors. The
-//! families differ only in what their checkpoints hold, which the loader reads from the tensors
-//! present: q/k/v biases (Qwen2), per-head q/k norms (Qwen3), fused `qkv` and `gate_up`
-//! projections (Phi-3), tied embeddings (no `lm_head`); and in their rotary scaling and
-//! attention windows ([`DecoderConfig`]).
+//! projection is a [`QLinear`]: quantized blocks from GGUF (multiplied by [`crate::kernels`]),
+//! plain tensors from safetensors. The families differ only in what their checkpoints hold,
+//! which the loader reads from the tensors present: q/k/v biases (Qwen2), per-head q/k norms
+//! (Qwen3), fused `qkv` and `gate_up` projections (Phi-3), tied embeddings (no `lm_head`); and in
+//! their rotary scaling and attention windows ([`DecoderConfig`]).
 //!
 //! The one layout difference between formats: llama.cpp's converter permutes a Llama's Q and K
 //! rows so that its interleaved rotation (pairs `2i, 2i+1`) equals Hugging Face's rotation of
@@ -24,16 +24,14 @@ mod source;
 
 use std::io::{Read, Seek};
 
-use candle_core::{
-    DType, Device, Module, Tensor,
-    quantized::{QMatMul, gguf_file},
-};
+use candle_core::{DType, Device, Module, Tensor, quantized::gguf_file};
 use candle_nn::{RmsNorm, VarBuilder};
 
 pub use config::DecoderConfig;
 pub use kv_cache::KvCache;
 pub use rope::{Llama3Scaling, LongRope, RopeConfig, RopeLayout, RopeScaling};
 
+use crate::kernels::QLinear;
 use attention::{Positions, attend};
 use block::Block;
 use rope::Rope;
@@ -52,22 +50,14 @@ pub struct BatchItem<'a> {
 pub struct Decoder {
     config: DecoderConfig,
     /// The embedding table; rows are looked up (and dequantized) one token at a time.
-    embed: QMatMul,
+    embed: QLinear,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: QLinear,
     rope: Rope,
     /// Rows of the embedding table: token ids must be below.
     vocab_size: usize,
     device: Device,
-}
-
-/// Rows of a `[rows, cols]` matrix.
-fn rows_of(matrix: &QMatMul) -> candle_core::Result<usize> {
-    match matrix {
-        QMatMul::QTensor(t) => t.shape().dims2().map(|(rows, _)| rows),
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2().map(|(rows, _)| rows),
-    }
 }
 
 impl std::fmt::Debug for Decoder {
@@ -87,10 +77,10 @@ impl Decoder {
     ) -> candle_core::Result<Self> {
         config.check()?;
         let rope = Rope::new(&config.rope, config.head_dim)?;
-        let embed = source.matrix(names.embed, None)?;
-        let vocab_size = rows_of(&embed)?;
+        let embed = QLinear::new(source.matrix(names.embed, None)?);
+        let vocab_size = embed.rows()?;
         let lm_head = if source.has(names.lm_head) {
-            source.matrix(names.lm_head, None)?
+            QLinear::new(source.matrix(names.lm_head, None)?)
         } else {
             // Tied embeddings: the output projection is the embedding table, shared.
             embed.clone()

@@ -1,0 +1,179 @@
+//! `x @ w.T` over GGUF blocks: the activations quantized once, the product cut into tiles and
+//! spread over the current rayon pool.
+
+use rayon::prelude::*;
+
+use super::{
+    acts::{ActRow, QuantizedActs},
+    format::{WeightFormat, dot_scalar},
+};
+
+/// Which implementation computes the tiles.
+#[derive(Debug, Clone, Copy)]
+pub enum Kernel {
+    /// Portable integer dot products: the reference.
+    Scalar,
+    /// AVX-512 VNNI.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(super::x86::Avx512),
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx512) = super::x86::Avx512::detect() {
+            return Self::Avx512(avx512);
+        }
+        Self::Scalar
+    }
+
+    fn max_weight_rows(self, format: WeightFormat) -> usize {
+        match self {
+            Self::Scalar => 4,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(_) => super::x86::Avx512::max_weight_rows(format),
+        }
+    }
+
+    fn max_act_rows(self, format: WeightFormat) -> usize {
+        match self {
+            Self::Scalar => 4,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(_) => super::x86::Avx512::max_act_rows(format),
+        }
+    }
+
+    /// `out[r * stride + j] = dot(w[j], a[r])`.
+    fn tile(
+        self,
+        format: WeightFormat,
+        w: &[&[u8]],
+        a: &[ActRow<'_>],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        match self {
+            Self::Scalar => {
+                for (r, act) in a.iter().enumerate() {
+                    for (j, row) in w.iter().enumerate() {
+                        out[r * stride + j] = dot_scalar(format, row, act);
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512(avx512) => avx512.tile(format, w, a, out, stride),
+        }
+    }
+}
+
+/// A `[n, k]` matrix of weight blocks, row after row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Blocks<'a> {
+    pub format: WeightFormat,
+    pub data: &'a [u8],
+    pub n: usize,
+    pub k: usize,
+}
+
+impl Blocks<'_> {
+    fn row_bytes(&self) -> usize {
+        self.k / self.format.block_len() * self.format.block_bytes()
+    }
+}
+
+/// Activation rows per parallel task in a prefill-sized product: enough that each task reads
+/// the weights once for many rows, few enough that their quantized values stay in L2.
+const ROWS_PER_TASK: usize = 64;
+/// Products with at least this many rows are split by rows, smaller ones by weight rows.
+const SPLIT_BY_ROWS: usize = 16;
+/// Weight rows per parallel task when splitting by weight rows.
+const WEIGHT_ROWS_PER_TASK: usize = 64;
+
+/// `out = x @ w.T` for `x` of `m` rows of `w.k` values; `out` is `[m, w.n]`.
+pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    let m = x.len() / k;
+    debug_assert_eq!(out.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let acts = quantize(w.format, x, k);
+    if m >= SPLIT_BY_ROWS {
+        let threads = rayon::current_num_threads().max(1);
+        let step = kernel.max_act_rows(w.format);
+        let per_task = m
+            .div_ceil(threads)
+            .min(ROWS_PER_TASK)
+            .next_multiple_of(step);
+        out.par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let rows = task * per_task..(task * per_task + per_task).min(m);
+                product(kernel, w, &acts, rows, 0..n, out, n);
+            });
+    } else if m == 1 {
+        out.par_chunks_mut(WEIGHT_ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let cols = task * WEIGHT_ROWS_PER_TASK..(task * WEIGHT_ROWS_PER_TASK + out.len());
+                product(kernel, w, &acts, 0..1, cols, out, out.len());
+            });
+    } else {
+        // A few rows (batched decoding): each task computes its weight rows for every
+        // activation row, copied into place afterwards.
+        let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(WEIGHT_ROWS_PER_TASK))
+            .into_par_iter()
+            .map(|task| {
+                let start = task * WEIGHT_ROWS_PER_TASK;
+                let cols = start..(start + WEIGHT_ROWS_PER_TASK).min(n);
+                let mut part = vec![0f32; m * cols.len()];
+                let stride = cols.len();
+                product(kernel, w, &acts, 0..m, cols, &mut part, stride);
+                (start, part)
+            })
+            .collect();
+        for (start, part) in parts {
+            let width = part.len() / m;
+            for (r, values) in part.chunks_exact(width).enumerate() {
+                out[r * n + start..r * n + start + width].copy_from_slice(values);
+            }
+        }
+    }
+}
+
+fn quantize(format: WeightFormat, x: &[f32], k: usize) -> QuantizedActs {
+    QuantizedActs::new(format, x, k)
+}
+
+/// Products of activation rows `rows` with weight rows `cols`, into `out` whose row `r -
+/// rows.start` starts at `(r - rows.start) * stride` and column `j - cols.start`.
+fn product(
+    kernel: Kernel,
+    w: Blocks<'_>,
+    acts: &QuantizedActs,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let row_bytes = w.row_bytes();
+    let (wt, at) = (
+        kernel.max_weight_rows(w.format),
+        kernel.max_act_rows(w.format),
+    );
+    let mut weights: Vec<&[u8]> = Vec::with_capacity(wt);
+    let mut act_rows: Vec<ActRow<'_>> = Vec::with_capacity(at);
+    for j0 in cols.clone().step_by(wt) {
+        let j1 = (j0 + wt).min(cols.end);
+        weights.clear();
+        weights.extend((j0..j1).map(|j| &w.data[j * row_bytes..(j + 1) * row_bytes]));
+        for r0 in rows.clone().step_by(at) {
+            let r1 = (r0 + at).min(rows.end);
+            act_rows.clear();
+            act_rows.extend((r0..r1).map(|r| acts.row(r)));
+            let at = (r0 - rows.start) * stride + (j0 - cols.start);
+            kernel.tile(w.format, &weights, &act_rows, &mut out[at..], stride);
+        }
+    }
+}

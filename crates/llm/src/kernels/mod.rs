@@ -1,0 +1,207 @@
+//! CPU kernels for quantized matrix products, faster than candle's for the block types
+//! llama.cpp's quantizers produce for small models (Q8_0, Q5_0, Q4_K, Q6_K).
+//!
+//! The weights stay as GGUF blocks in candle's `QTensor` (read in place through
+//! `QTensor::data`); activations are quantized once per product to 8-bit blocks, as llama.cpp
+//! does, and multiplied with integer dot products in tiles of several weight rows by several
+//! activation rows, so that each weight block is unpacked once per tile. The product is split
+//! over the current rayon pool (the engine's), by activation rows for prompts and by weight rows
+//! for decoding.
+//!
+//! - [`format`]: the block layouts and the scalar reference dot products.
+//! - `acts`: activation quantization; `matmul`: tiling and threads.
+//! - [`x86`]: the AVX-512 VNNI tiles (the only `unsafe`: loads and the feature-gated calls).
+//!
+//! [`QLinear`] is what the decoder holds: one of these matrices where the block type is
+//! handled, candle's [`QMatMul`] otherwise (float weights, other quantizations).
+
+mod acts;
+pub mod format;
+mod matmul;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, DType, Layout, Module, Shape, Tensor,
+    quantized::{QMatMul, QTensor},
+};
+
+pub use format::WeightFormat;
+pub use matmul::Kernel;
+
+use matmul::Blocks;
+
+/// A `[n, k]` matrix of GGUF blocks of a [`WeightFormat`], for `x @ w.T` and row lookups.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    tensor: Arc<QTensor>,
+    format: WeightFormat,
+    kernel: Kernel,
+    n: usize,
+    k: usize,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantMatrix")
+            .field("format", &self.format)
+            .field("kernel", &self.kernel)
+            .field("shape", &(self.n, self.k))
+            .finish()
+    }
+}
+
+impl QuantMatrix {
+    /// The matrix over `tensor`'s blocks with the fastest kernel of this CPU; `None` unless
+    /// `tensor` is a 2-D CPU tensor of a handled block type.
+    pub fn new(tensor: Arc<QTensor>) -> Option<Self> {
+        Self::with_kernel(tensor, Kernel::detect())
+    }
+
+    /// As [`QuantMatrix::new`] with a chosen kernel (tests compare them).
+    pub fn with_kernel(tensor: Arc<QTensor>, kernel: Kernel) -> Option<Self> {
+        let format = WeightFormat::from_ggml(tensor.dtype())?;
+        let (n, k) = tensor.shape().dims2().ok()?;
+        if !tensor.device().is_cpu() || !k.is_multiple_of(format.block_len()) {
+            return None;
+        }
+        Some(Self {
+            tensor,
+            format,
+            kernel,
+            n,
+            k,
+        })
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// `(rows, columns)`: `(n, k)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    fn with_blocks<T>(&self, f: impl FnOnce(Blocks<'_>) -> T) -> candle_core::Result<T> {
+        let data = self.tensor.data()?;
+        let expected = self.n * self.k / self.format.block_len() * self.format.block_bytes();
+        if data.len() < expected {
+            candle_core::bail!(
+                "quantized tensor holds {} bytes, expected {expected}",
+                data.len()
+            );
+        }
+        Ok(f(Blocks {
+            format: self.format,
+            data: &data,
+            n: self.n,
+            k: self.k,
+        }))
+    }
+
+    /// `x @ w.T` for `x` of shape `[.., k]`; the result has shape `[.., n]` and `x`'s dtype.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        x.apply_op1_no_bwd(self)?.to_dtype(dtype)
+    }
+
+    /// The rows `ids` dequantized, `[ids.len(), k]` f32.
+    pub fn embedding(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        if let Some(id) = ids.iter().find(|id| **id as usize >= self.n) {
+            candle_core::bail!("row {id} is outside a matrix of {} rows", self.n);
+        }
+        let (k, format) = (self.k, self.format);
+        let values = self.with_blocks(|w| {
+            let row_bytes = k / format.block_len() * format.block_bytes();
+            let mut values = vec![0f32; ids.len() * k];
+            for (&id, out) in ids.iter().zip(values.chunks_exact_mut(k)) {
+                let id = id as usize;
+                format::dequantize_row(format, &w.data[id * row_bytes..(id + 1) * row_bytes], out);
+            }
+            values
+        })?;
+        Tensor::from_vec(values, (ids.len(), k), &candle_core::Device::Cpu)
+    }
+}
+
+impl candle_core::CustomOp1 for QuantMatrix {
+    fn name(&self) -> &'static str {
+        "passerelle-qmatmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quantized product of a non-contiguous tensor");
+        };
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.last() != Some(&self.k) {
+            candle_core::bail!(
+                "input of shape {dims:?} for a quantized matrix of {} columns",
+                self.k
+            );
+        }
+        if let Some(last) = dims.last_mut() {
+            *last = self.n;
+        }
+        let m = x.len() / self.k;
+        let mut out = vec![0f32; m * self.n];
+        self.with_blocks(|w| matmul::matmul(self.kernel, w, x, &mut out))?;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// A projection `x @ w.T`: these kernels where the block type allows, candle's otherwise.
+#[derive(Debug, Clone)]
+pub enum QLinear {
+    Kernel(QuantMatrix),
+    Candle(QMatMul),
+}
+
+impl QLinear {
+    /// Takes the kernels' path for quantized CPU tensors of a handled type.
+    pub fn new(matrix: QMatMul) -> Self {
+        if let QMatMul::QTensor(tensor) = &matrix
+            && let Some(fast) = QuantMatrix::new(tensor.clone())
+        {
+            return Self::Kernel(fast);
+        }
+        Self::Candle(matrix)
+    }
+
+    /// Rows of the `[rows, cols]` matrix (the output width).
+    pub fn rows(&self) -> candle_core::Result<usize> {
+        match self {
+            Self::Kernel(m) => Ok(m.n),
+            Self::Candle(QMatMul::QTensor(t)) => t.shape().dims2().map(|(rows, _)| rows),
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.dims2().map(|(rows, _)| rows)
+            }
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Kernel(m) => m.forward(x),
+            Self::Candle(m) => m.forward(x),
+        }
+    }
+
+    /// The rows `ids` (a 1-D u32 tensor) as `[ids, cols]` f32 rows.
+    pub fn embedding(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Kernel(m) => m.embedding(&ids.to_vec1::<u32>()?),
+            Self::Candle(m) => m.embedding(ids),
+        }
+    }
+}

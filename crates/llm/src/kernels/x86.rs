@@ -1,0 +1,459 @@
+//! AVX-512 VNNI kernels: tiles of weight rows × activation rows computed with integer dot
+//! products (`vpdpbusd`, `vpmaddubsw` + `vpdpwssd`), each weight block unpacked once per tile.
+//!
+//! Safety: every function here that uses the instructions is a `#[target_feature]` function;
+//! the only way to call them is through [`Avx512`], which exists only once the CPU has been
+//! checked to have every feature they enable. The other `unsafe` are unaligned loads from
+//! slices whose length is checked by indexing first.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::*;
+
+use super::{acts::ActRow, format::WeightFormat};
+
+/// Proof that the CPU running us has AVX-512 F/BW/VL/DQ, VNNI, F16C and FMA.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx512(());
+
+impl Avx512 {
+    pub(crate) fn detect() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("fma");
+        ok.then_some(Self(()))
+    }
+
+    /// Most weight rows one [`Avx512::tile`] call takes.
+    pub(crate) const fn max_weight_rows(format: WeightFormat) -> usize {
+        match format {
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => 8,
+            WeightFormat::Q4K | WeightFormat::Q6K => 2,
+        }
+    }
+
+    /// Most activation rows one [`Avx512::tile`] call takes. A K-quant block's unpacking
+    /// (scales, 6-bit values) costs more, so it is shared by more rows.
+    pub(crate) const fn max_act_rows(format: WeightFormat) -> usize {
+        match format {
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => 4,
+            WeightFormat::Q4K | WeightFormat::Q6K => 8,
+        }
+    }
+
+    /// `out[r * stride + j] = dot(w[j], a[r])` for every weight row `j` (at most
+    /// [`Avx512::max_weight_rows`]) and activation row `r` (at most [`Avx512::max_act_rows`]).
+    pub(crate) fn tile(
+        self,
+        format: WeightFormat,
+        w: &[&[u8]],
+        a: &[ActRow<'_>],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        macro_rules! by_acts {
+            ($f:ident, $n:literal $(, $arg:ident)*) => {
+                match a.len() {
+                    1 => $f::<$n, 1 $(, $arg)*>(self, w, a, out, stride),
+                    2 => $f::<$n, 2 $(, $arg)*>(self, w, a, out, stride),
+                    3 => $f::<$n, 3 $(, $arg)*>(self, w, a, out, stride),
+                    4 => $f::<$n, 4 $(, $arg)*>(self, w, a, out, stride),
+                    n => panic!("{n} activation rows in one tile"),
+                }
+            };
+        }
+        macro_rules! by_acts8 {
+            ($f:ident, $n:literal) => {
+                match a.len() {
+                    1 => $f::<$n, 1>(self, w, a, out, stride),
+                    2 => $f::<$n, 2>(self, w, a, out, stride),
+                    3 => $f::<$n, 3>(self, w, a, out, stride),
+                    4 => $f::<$n, 4>(self, w, a, out, stride),
+                    5 => $f::<$n, 5>(self, w, a, out, stride),
+                    6 => $f::<$n, 6>(self, w, a, out, stride),
+                    7 => $f::<$n, 7>(self, w, a, out, stride),
+                    8 => $f::<$n, 8>(self, w, a, out, stride),
+                    n => panic!("{n} activation rows in one tile"),
+                }
+            };
+        }
+        match format {
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => {
+                let q5 = format == WeightFormat::Q5_0;
+                match (w.len().div_ceil(2), q5) {
+                    (1, false) => by_acts!(run32, 1, Q8),
+                    (2, false) => by_acts!(run32, 2, Q8),
+                    (3, false) => by_acts!(run32, 3, Q8),
+                    (4, false) => by_acts!(run32, 4, Q8),
+                    (1, true) => by_acts!(run32, 1, Q5),
+                    (2, true) => by_acts!(run32, 2, Q5),
+                    (3, true) => by_acts!(run32, 3, Q5),
+                    (4, true) => by_acts!(run32, 4, Q5),
+                    (n, _) => panic!("{n} weight row pairs in one tile"),
+                }
+            }
+            WeightFormat::Q4K => match w.len() {
+                1 => by_acts8!(run_q4k, 1),
+                2 => by_acts8!(run_q4k, 2),
+                n => panic!("{n} weight rows in one tile"),
+            },
+            WeightFormat::Q6K => match w.len() {
+                1 => by_acts8!(run_q6k, 1),
+                2 => by_acts8!(run_q6k, 2),
+                n => panic!("{n} weight rows in one tile"),
+            },
+        }
+    }
+}
+
+/// How a 32-value block is turned into unsigned bytes (the value plus an offset).
+trait Block32 {
+    const BYTES: usize;
+}
+struct Q8;
+struct Q5;
+impl Block32 for Q8 {
+    const BYTES: usize = 34;
+}
+impl Block32 for Q5 {
+    const BYTES: usize = 22;
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load128(bytes: &[u8]) -> __m128i {
+    let bytes = &bytes[..16];
+    // SAFETY: `bytes` holds 16 bytes; the load is unaligned.
+    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load256(bytes: &[u8]) -> __m256i {
+    let bytes = &bytes[..32];
+    // SAFETY: `bytes` holds 32 bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load256_i8(values: &[i8]) -> __m256i {
+    let values = &values[..32];
+    // SAFETY: `values` holds 32 bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load512_i8(values: &[i8]) -> __m512i {
+    let values = &values[..64];
+    // SAFETY: `values` holds 64 bytes; the load is unaligned.
+    unsafe { _mm512_loadu_si512(values.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i16x8(values: &[i16]) -> __m128i {
+    let values = &values[..8];
+    // SAFETY: `values` holds 16 bytes; the load is unaligned.
+    unsafe { _mm_loadu_si128(values.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i16x16(values: &[i16]) -> __m256i {
+    let values = &values[..16];
+    // SAFETY: `values` holds 32 bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_i16x32(values: &[i16; 32]) -> __m512i {
+    // SAFETY: `values` holds 64 bytes; the load is unaligned.
+    unsafe { _mm512_loadu_si512(values.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "f16c")]
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Block `b` of a Q8_0 or Q5_0 row as 32 unsigned bytes (value + 128, value + 16) and its scale.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+fn block32<B: Block32>(row: &[u8], b: usize) -> (__m256i, f32) {
+    let block = &row[b * B::BYTES..(b + 1) * B::BYTES];
+    let d = f16_at(block, 0);
+    if B::BYTES == 34 {
+        let q = load256(&block[2..]);
+        (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), d)
+    } else {
+        let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+        let qs = load128(&block[6..]);
+        let mask = _mm_set1_epi8(0xF);
+        let lo = _mm_and_si128(qs, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+        let nibbles = _mm256_set_m128i(hi, lo);
+        let high_bits = _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10));
+        (_mm256_or_si256(nibbles, high_bits), d)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn halves_sum(v: __m512) -> [f32; 2] {
+    [
+        _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0x00FF, v)),
+        _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0xFF00, v)),
+    ]
+}
+
+fn run32<const P: usize, const R: usize, B: Block32>(
+    _: Avx512,
+    w: &[&[u8]],
+    a: &[ActRow<'_>],
+    out: &mut [f32],
+    stride: usize,
+) {
+    // An odd last row is paired with itself; its second result is dropped.
+    let pairs: [[&[u8]; 2]; P] =
+        std::array::from_fn(|p| [w[2 * p], w[(2 * p + 1).min(w.len() - 1)]]);
+    let acts: [ActRow<'_>; R] = std::array::from_fn(|r| a[r]);
+    // SAFETY: an `Avx512` exists only where its features were detected.
+    let sums = unsafe { tile32::<P, R, B>(pairs, acts) };
+    for (r, row) in sums.iter().enumerate() {
+        for (j, value) in row.iter().flatten().take(w.len()).enumerate() {
+            out[r * stride + j] = *value;
+        }
+    }
+}
+
+/// Q8_0/Q5_0: two weight rows share a register (one block each), against each activation
+/// block broadcast to both halves. The weight offset is cancelled in the integer sum by
+/// starting it at `-offset * sum(activations)` (the `offs` of the activations).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
+fn tile32<const P: usize, const R: usize, B: Block32>(
+    w: [[&[u8]; 2]; P],
+    a: [ActRow<'_>; R],
+) -> [[[f32; 2]; P]; R] {
+    let blocks = a[0].d.len();
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for b in 0..blocks {
+        let mut wv = [_mm512_setzero_si512(); P];
+        let mut ws = [_mm512_setzero_ps(); P];
+        for p in 0..P {
+            let (lo, d_lo) = block32::<B>(w[p][0], b);
+            let (hi, d_hi) = block32::<B>(w[p][1], b);
+            wv[p] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            ws[p] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d_lo), _mm512_set1_ps(d_hi));
+        }
+        for r in 0..R {
+            let av = _mm512_broadcast_i64x4(load256_i8(&a[r].qs[32 * b..]));
+            let start = _mm512_maskz_set1_epi32(0x0101, a[r].offs[b]);
+            let da = _mm512_set1_ps(a[r].d[b]);
+            for p in 0..P {
+                let dot = _mm512_dpbusd_epi32(start, wv[p], av);
+                let scale = _mm512_mul_ps(ws[p], da);
+                acc[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][p]);
+            }
+        }
+    }
+    let mut out = [[[0f32; 2]; P]; R];
+    for r in 0..R {
+        for p in 0..P {
+            out[r][p] = halves_sum(acc[r][p]);
+        }
+    }
+    out
+}
+
+fn run_q4k<const W: usize, const R: usize>(
+    _: Avx512,
+    w: &[&[u8]],
+    a: &[ActRow<'_>],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let rows: [&[u8]; W] = std::array::from_fn(|j| w[j]);
+    let acts: [ActRow<'_>; R] = std::array::from_fn(|r| a[r]);
+    // SAFETY: an `Avx512` exists only where its features were detected.
+    let sums = unsafe { tile_q4k::<W, R>(rows, acts) };
+    write_tile(&sums, out, stride);
+}
+
+fn run_q6k<const W: usize, const R: usize>(
+    _: Avx512,
+    w: &[&[u8]],
+    a: &[ActRow<'_>],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let rows: [&[u8]; W] = std::array::from_fn(|j| w[j]);
+    let acts: [ActRow<'_>; R] = std::array::from_fn(|r| a[r]);
+    // SAFETY: an `Avx512` exists only where its features were detected.
+    let sums = unsafe { tile_q6k::<W, R>(rows, acts) };
+    write_tile(&sums, out, stride);
+}
+
+fn write_tile<const W: usize, const R: usize>(
+    sums: &[[f32; W]; R],
+    out: &mut [f32],
+    stride: usize,
+) {
+    for (r, row) in sums.iter().enumerate() {
+        out[r * stride..r * stride + W].copy_from_slice(row);
+    }
+}
+
+/// Lane `i` of chunk `c` takes sub-block `2c + i / 16` (Q4_K: 32 values, 16 pair sums per
+/// sub-block, two sub-blocks per 64-value chunk).
+static Q4K_SCALE_LANES: [[i16; 32]; 4] = lanes::<16>();
+/// Lane `i` of chunk `c` takes sub-block `4c + i / 8` (Q6_K: 16 values per sub-block).
+static Q6K_SCALE_LANES: [[i16; 32]; 4] = lanes::<8>();
+
+const fn lanes<const PER: usize>() -> [[i16; 32]; 4] {
+    let mut out = [[0i16; 32]; 4];
+    let per_chunk = 32 / PER;
+    let mut c = 0;
+    while c < 4 {
+        let mut i = 0;
+        while i < 32 {
+            out[c][i] = (c * per_chunk + i / PER) as i16;
+            i += 1;
+        }
+        c += 1;
+    }
+    out
+}
+
+/// Q4_K against Q8_K: per 64-value chunk, `vpmaddubsw` (4-bit × 8-bit pairs, exact in i16)
+/// then `vpdpwssd` with the sub-block scales; the mins through the activations' 32-value sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
+fn tile_q4k<const W: usize, const R: usize>(w: [&[u8]; W], a: [ActRow<'_>; R]) -> [[f32; W]; R] {
+    let blocks = a[0].d.len();
+    let mut acc = [[_mm512_setzero_ps(); W]; R];
+    let low = _mm256_set1_epi8(0xF);
+    for b in 0..blocks {
+        for j in 0..W {
+            let block = &w[j][b * 144..(b + 1) * 144];
+            let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+            let mut scales = [0i16; 8];
+            let mut mins = [0i16; 8];
+            for s in 0..8 {
+                let (sc, m) = super::format::q4k_scale_min(s, &block[4..16]);
+                scales[s] = i16::from(sc);
+                mins[s] = i16::from(m);
+            }
+            let scales = _mm512_castsi128_si512(load_i16x8(&scales));
+            let mins = load_i16x8(&mins);
+            let mut qv = [_mm512_setzero_si512(); 4];
+            let mut sv = [_mm512_setzero_si512(); 4];
+            for c in 0..4 {
+                let q = load256(&block[16 + 32 * c..]);
+                let lo = _mm256_and_si256(q, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+                qv[c] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                sv[c] = _mm512_permutexvar_epi16(load_i16x32(&Q4K_SCALE_LANES[c]), scales);
+            }
+            for r in 0..R {
+                let qs = &a[r].qs[256 * b..256 * (b + 1)];
+                let mut isum = _mm512_setzero_si512();
+                for c in 0..4 {
+                    let pairs = _mm512_maddubs_epi16(qv[c], load512_i8(&qs[64 * c..]));
+                    isum = _mm512_dpwssd_epi32(isum, pairs, sv[c]);
+                }
+                let msum = _mm_madd_epi16(mins, load_i16x8(&a[r].sums[8 * b..]));
+                let da = a[r].d[b];
+                acc[r][j] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * da), acc[r][j]);
+                acc[r][j] = _mm512_fnmadd_ps(
+                    _mm512_zextps128_ps512(_mm_cvtepi32_ps(msum)),
+                    _mm512_set1_ps(dmin * da),
+                    acc[r][j],
+                );
+            }
+        }
+    }
+    let mut out = [[0f32; W]; R];
+    for r in 0..R {
+        for j in 0..W {
+            out[r][j] = _mm512_reduce_add_ps(acc[r][j]);
+        }
+    }
+    out
+}
+
+/// Q6_K against Q8_K: the 6-bit values (plus 32) rebuilt per 64-value chunk, `vpmaddubsw`
+/// then `vpdpwssd` with the sub-block scales; the offset of 32 through the 16-value sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
+fn tile_q6k<const W: usize, const R: usize>(w: [&[u8]; W], a: [ActRow<'_>; R]) -> [[f32; W]; R] {
+    let blocks = a[0].d.len();
+    let mut acc = [[_mm512_setzero_ps(); W]; R];
+    let low = _mm256_set1_epi8(0xF);
+    let bits = |v: i32| _mm256_set1_epi8(v as i8);
+    for b in 0..blocks {
+        for j in 0..W {
+            let block = &w[j][b * 210..(b + 1) * 210];
+            let d = f16_at(block, 208);
+            let scales = _mm256_cvtepi8_epi16(load128(&block[192..]));
+            let scales512 = _mm512_castsi256_si512(scales);
+            let mut qv = [_mm512_setzero_si512(); 4];
+            let mut sv = [_mm512_setzero_si512(); 4];
+            for half in 0..2 {
+                let ql0 = load256(&block[64 * half..]);
+                let ql1 = load256(&block[64 * half + 32..]);
+                let qh = load256(&block[128 + 32 * half..]);
+                let v0 = _mm256_or_si256(
+                    _mm256_and_si256(ql0, low),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, bits(0x03))),
+                );
+                let v1 = _mm256_or_si256(
+                    _mm256_and_si256(ql1, low),
+                    _mm256_slli_epi16::<2>(_mm256_and_si256(qh, bits(0x0C))),
+                );
+                let v2 = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
+                    _mm256_and_si256(qh, bits(0x30)),
+                );
+                let v3 = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), bits(0x30)),
+                );
+                qv[2 * half] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v0), v1);
+                qv[2 * half + 1] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v2), v3);
+            }
+            for c in 0..4 {
+                sv[c] = _mm512_permutexvar_epi16(load_i16x32(&Q6K_SCALE_LANES[c]), scales512);
+            }
+            for r in 0..R {
+                let qs = &a[r].qs[256 * b..256 * (b + 1)];
+                let mut isum = _mm512_setzero_si512();
+                for c in 0..4 {
+                    let pairs = _mm512_maddubs_epi16(qv[c], load512_i8(&qs[64 * c..]));
+                    isum = _mm512_dpwssd_epi32(isum, pairs, sv[c]);
+                }
+                let offset = _mm256_madd_epi16(scales, load_i16x16(&a[r].sums[16 * b..]));
+                let offset = _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(offset));
+                isum = _mm512_sub_epi32(isum, offset);
+                acc[r][j] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_set1_ps(d * a[r].d[b]),
+                    acc[r][j],
+                );
+            }
+        }
+    }
+    let mut out = [[0f32; W]; R];
+    for r in 0..R {
+        for j in 0..W {
+            out[r][j] = _mm512_reduce_add_ps(acc[r][j]);
+        }
+    }
+    out
+}
