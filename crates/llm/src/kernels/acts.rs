@@ -55,7 +55,14 @@ impl QuantizedActs {
                 // `as` saturates; the product is within ±127 up to rounding.
                 *q = (v * id).round() as i8;
             }
-            acts.d[b] = d;
+            // llama.cpp's Q8_0 block stores its scale as f16 (values were scaled by the f32
+            // one); the product must use the same rounded scale to give llama.cpp's logits.
+            // Q8_K keeps an f32 scale.
+            acts.d[b] = if block == 32 {
+                half::f16::from_f32(d).to_f32()
+            } else {
+                d
+            };
             for (g, qs) in qs.chunks_exact(group).enumerate() {
                 let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
                 // At most 32 * 127 in magnitude.
