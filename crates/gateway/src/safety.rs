@@ -323,6 +323,21 @@ fn verdict_or_policy(
     }
 }
 
+/// The input check and, when the configuration overlaps them, `start` run alongside it; with
+/// `--safety-sequential` only the check runs here (`None`), and the caller starts afterwards.
+async fn check_with<F: Future>(
+    backend: &SafetyBackend,
+    request: CheckRequest,
+    start: std::pin::Pin<&mut F>,
+) -> (Result<CheckResponse, BackendError>, Option<F::Output>) {
+    if backend.config.overlap {
+        let (verdict, started) = tokio::join!(backend.check(request), start);
+        (verdict, Some(started))
+    } else {
+        (backend.check(request).await, None)
+    }
+}
+
 /// Runs the input check alongside `start` and returns its result only once the prompt is known
 /// to be safe; an unsafe prompt drops what `start` produced and is refused with 400
 /// `content_filter`. For answers the gateway relays rather than generates.
@@ -342,12 +357,7 @@ pub(crate) async fn input_checked<T>(
     };
     let config = &screening.backend.config;
     let mut start = std::pin::pin!(start);
-    let (verdict, started) = if config.overlap {
-        let (verdict, started) = tokio::join!(screening.backend.check(request), &mut start);
-        (verdict, Some(started))
-    } else {
-        (screening.backend.check(request).await, None)
-    };
+    let (verdict, started) = check_with(&screening.backend, request, start.as_mut()).await;
     let verdict = verdict_or_policy(&reporter, config, verdict)?;
     if let Some(verdict) = verdict.filter(|v| v.verdict() == Verdict::Unsafe) {
         drop(started);
@@ -381,12 +391,7 @@ pub(crate) async fn screened(
             ..CheckRequest::default()
         };
         let mut start = std::pin::pin!(start);
-        let (verdict, started) = if config.overlap {
-            let (verdict, started) = tokio::join!(screening.backend.check(request), &mut start);
-            (verdict, Some(started))
-        } else {
-            (screening.backend.check(request).await, None)
-        };
+        let (verdict, started) = check_with(&screening.backend, request, start.as_mut()).await;
         let verdict = verdict_or_policy(&reporter, config, verdict)?;
         if let Some(verdict) = verdict.filter(|v| v.verdict() == Verdict::Unsafe) {
             let (model, choices) = match &started {
