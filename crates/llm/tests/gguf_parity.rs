@@ -1,10 +1,15 @@
 //! llama.cpp is the reference: on the same GGUF file and the same prompt ids, greedy decoding
 //! through the engine gives llama.cpp's tokens, token for token.
 //!
-//! The files in `fixtures/gguf_parity/` are tiny random-weight models (Qwen2 written by the
-//! testkit, Llama converted from the safety crate's tiny Llama Guard) in F32 and Q8_0; the
-//! expected ids in `fixtures/gguf_parity.json` come from llama.cpp through llama-cpp-python
-//! (`fixtures/make_gguf_parity_fixture.py`, which records the llama.cpp version).
+//! The files in `fixtures/gguf_parity/` are tiny random-weight models of every family in F32
+//! and Q8_0: Qwen2 written by the testkit, Llama converted from the safety crate's tiny Llama
+//! Guard, Qwen3 and Phi-3 converted from the `tiny-qwen3` and `tiny-phi3` weights of
+//! `family_parity.rs`. Phi-3's config is changed where llama.cpp departs from `transformers`
+//! (no sliding window, which llama.cpp ignores for Phi-3; an original context shorter than every
+//! prompt, so that both pick longrope's long factors at every step). The expected ids in
+//! `fixtures/gguf_parity.json` come from llama.cpp through llama-cpp-python
+//! (`fixtures/make_gguf_parity_fixture.py`, which records the llama.cpp version and explains
+//! the settings).
 
 mod common;
 
@@ -87,8 +92,28 @@ async fn llama_q8_0_matches_llama_cpp() {
     check("llama-q8_0.gguf").await;
 }
 
+#[tokio::test]
+async fn qwen3_f32_matches_llama_cpp() {
+    check("qwen3-f32.gguf").await;
+}
+
+#[tokio::test]
+async fn qwen3_q8_0_matches_llama_cpp() {
+    check("qwen3-q8_0.gguf").await;
+}
+
+#[tokio::test]
+async fn phi3_f32_with_longrope_matches_llama_cpp() {
+    check("phi3-f32.gguf").await;
+}
+
+#[tokio::test]
+async fn phi3_q8_0_with_longrope_matches_llama_cpp() {
+    check("phi3-q8_0.gguf").await;
+}
+
 #[test]
-fn the_fixture_names_its_reference_and_covers_both_families() {
+fn the_fixture_names_its_reference_and_covers_every_family() {
     let fixture = fixture();
     assert!(
         fixture["llama_cpp"]
@@ -98,7 +123,7 @@ fn the_fixture_names_its_reference_and_covers_both_families() {
     );
     assert!(fixture["steps"].as_u64().unwrap() >= 32);
     let models = fixture["models"].as_object().unwrap();
-    for family in ["qwen2", "llama"] {
+    for family in ["qwen2", "qwen3", "llama", "phi3"] {
         for dtype in ["f32", "q8_0"] {
             assert!(models.contains_key(&format!("{family}-{dtype}.gguf")));
         }

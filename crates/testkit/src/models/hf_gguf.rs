@@ -286,12 +286,16 @@ pub fn convert_hf_to_gguf(
         None
     };
 
+    // llama.cpp sets token attributes by model name: a name containing "phi3" must have Phi-3's
+    // SentencePiece tokens (`<s>`, `</s>`, `<unk>`), which the byte-level vocabularies converted
+    // here lack, so llama.cpp would refuse the file (llama-vocab.cpp, `_set_token_attr`).
+    let name = match arch.as_str() {
+        "phi3" => "passerelle-converted-phi".to_owned(),
+        other => format!("passerelle-converted-{other}"),
+    };
     let mut metadata: Vec<(String, V)> = vec![
         ("general.architecture".into(), V::String(arch.clone())),
-        (
-            "general.name".into(),
-            V::String(format!("passerelle-converted-{arch}")),
-        ),
+        ("general.name".into(), V::String(name)),
         (
             key("block_count"),
             V::U32(u32_of(usize_field(&config, "num_hidden_layers")?)?),
