@@ -9,10 +9,12 @@
 //! answers a virtual model with a small model or, when its answer is not confident, a large one.
 
 mod balancer;
+mod cache;
 mod cascade;
 pub mod config;
 pub(crate) mod dispatch;
 mod forward;
+mod inspect;
 mod relay;
 mod sse_split;
 pub(crate) mod table;
