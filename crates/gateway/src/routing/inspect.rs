@@ -9,6 +9,8 @@
 //! dropped, and a choice's own finish waits for the verdict on all of its text. Once every
 //! choice was ended, the rest of the upstream's stream is not read.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -36,6 +38,9 @@ struct Screen {
     screen: OutputScreen,
     /// Choices asked for; the screen knows these.
     choices: u32,
+    /// Choices of a stream seen and not yet finished, to finish at its end if the upstream
+    /// never did, so that no text goes unchecked.
+    open: BTreeSet<u32>,
     /// Whether a window check ended a choice before its finish.
     cut: bool,
 }
@@ -82,6 +87,7 @@ impl Inspector {
             screen: screen.map(|(screen, choices)| Screen {
                 screen,
                 choices,
+                open: BTreeSet::new(),
                 cut: false,
             }),
             head: Map::new(),
@@ -114,7 +120,9 @@ impl Inspector {
                 screen.screen.screen(Progress::Delta(delta)).await;
             }
             for choice in choices.iter_mut() {
-                if let Outcome::Filtered = screen.finish(choice).await {
+                // A choice without a finish reason is checked whole all the same.
+                let reason = choice.get("finish_reason").and_then(Value::as_str);
+                if let Outcome::Filtered = screen.finish(index_of(choice), reason).await {
                     choice["finish_reason"] = json!("content_filter");
                     changed = true;
                     self.recording = None;
@@ -194,22 +202,27 @@ impl Inspector {
         let mut ended = Vec::new();
         while let Some(finished) = screen.screen.ended_by_filter() {
             screen.cut = true;
+            screen.open.remove(&finished.index);
             ended.push(finished);
         }
         if !ended.is_empty() {
             self.recording = None;
         }
-        let mut events = Vec::with_capacity(ended.len());
-        for finished in ended {
-            let choice = match self.api {
-                Api::Chat => json!({"index": finished.index, "delta": {},
-                                    "logprobs": null, "finish_reason": "content_filter"}),
-                Api::Completions => json!({"index": finished.index, "text": "",
-                                           "logprobs": null, "finish_reason": "content_filter"}),
-            };
-            events.push(self.chunk_event("choices", json!([choice])));
-        }
-        events
+        ended
+            .into_iter()
+            .map(|finished| self.filtered_event(finished.index))
+            .collect()
+    }
+
+    /// A chunk of the gateway's ending choice `index` with `content_filter`.
+    fn filtered_event(&self, index: u32) -> Bytes {
+        let choice = match self.api {
+            Api::Chat => json!({"index": index, "delta": {},
+                                "logprobs": null, "finish_reason": "content_filter"}),
+            Api::Completions => json!({"index": index, "text": "",
+                                       "logprobs": null, "finish_reason": "content_filter"}),
+        };
+        self.chunk_event("choices", json!([choice]))
     }
 
     /// Whether every choice has ended and one was cut short: the rest of the upstream's
@@ -232,11 +245,28 @@ impl Inspector {
         data_event(&Value::Object(event))
     }
 
-    /// The stream ended whole (`[DONE]`): the recorded answer goes to the cache.
-    pub(crate) fn completed(&mut self, usage: Usage) {
+    /// The stream ended whole (`[DONE]`): a choice the upstream never finished is checked
+    /// whole now (the events returned end it when unsafe, to send before `[DONE]`), and the
+    /// recorded answer goes to the cache.
+    pub(crate) async fn completed(&mut self, usage: Usage) -> Vec<Bytes> {
+        let mut filtered = Vec::new();
+        if let Some(screen) = &mut self.screen {
+            for index in std::mem::take(&mut screen.open) {
+                if let Outcome::Filtered = screen.finish(index, None).await {
+                    filtered.push(index);
+                }
+            }
+        }
+        if !filtered.is_empty() {
+            self.recording = None;
+        }
         if let Some(recording) = self.recording.take() {
             recording.store(usage);
         }
+        filtered
+            .into_iter()
+            .map(|index| self.filtered_event(index))
+            .collect()
     }
 
     fn chunk_event(&self, field: &str, value: Value) -> Bytes {
@@ -273,23 +303,30 @@ impl Screen {
         if let Screened::Drop = self.screen.screen(Progress::Delta(delta)).await {
             return Outcome::Drop;
         }
-        self.finish(choice).await
+        match choice.get("finish_reason").and_then(Value::as_str) {
+            Some(reason) => {
+                self.open.remove(&index);
+                self.finish(index, Some(reason)).await
+            }
+            None => {
+                self.open.insert(index);
+                Outcome::Keep
+            }
+        }
     }
 
-    /// A choice's finish, if it has one.
-    async fn finish(&mut self, choice: &Value) -> Outcome {
-        let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) else {
-            return Outcome::Keep;
-        };
+    /// Choice `index` finishes, for `reason` as the upstream gave it: once the verdicts on all
+    /// of its text are in.
+    async fn finish(&mut self, index: u32, reason: Option<&str>) -> Outcome {
         let finished = Finished {
-            index: index_of(choice),
+            index,
             // Only whether the screen turns it into `content_filter` matters here.
-            reason: finish_reason(reason).unwrap_or(FinishReason::Stop),
+            reason: reason.and_then(finish_reason).unwrap_or(FinishReason::Stop),
             usage: None,
         };
         match self.screen.screen(Progress::Finished(finished)).await {
             Screened::Pass(Progress::Finished(f))
-                if f.reason == FinishReason::ContentFilter && reason != "content_filter" =>
+                if f.reason == FinishReason::ContentFilter && reason != Some("content_filter") =>
             {
                 Outcome::Filtered
             }

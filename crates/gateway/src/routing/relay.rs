@@ -247,7 +247,9 @@ pub(crate) fn stream(
                     Some("[DONE]") => {
                         done = true;
                         if let Some(inspector) = &mut inspector {
-                            inspector.completed(account.usage());
+                            for event in inspector.completed(account.usage()).await {
+                                yield Ok(event);
+                            }
                         }
                         yield Ok(event.raw);
                         break 'read;
