@@ -9,6 +9,7 @@
 mod args;
 mod commands;
 mod config;
+mod config_watch;
 mod cpu;
 mod metrics_server;
 mod routing;

@@ -1,5 +1,6 @@
 //! The routing table from the file (`[[upstreams]]`, `[routing]`) and the `--upstream` /
-//! `--upstream-key` flags, and its reload on SIGHUP.
+//! `--upstream-key` flags, and its reload on SIGHUP (and, in `config_watch`, when the file
+//! changes).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -171,19 +172,27 @@ pub fn reload_on_sighup(state: passerelle_gateway::AppState, source: RoutingSour
             }
         };
         while hangups.recv().await.is_some() {
-            let result = source
-                .reload()
-                .and_then(|routing| Ok(state.reload_routing(&routing)?));
-            match result {
-                Ok(()) => tracing::info!("routing table reloaded"),
-                Err(err) => {
-                    tracing::error!(error = %format!("{err:#}"), "routing reload failed; keeping the current table")
-                }
-            }
+            reload(&state, &source, "SIGHUP");
         }
     });
     #[cfg(not(unix))]
     let _ = (state, source);
+}
+
+/// Builds the table from `source` again and puts it in force in `state`; a table that fails to
+/// load is logged and the one in force kept. `trigger` says why, for the log.
+pub fn reload(state: &passerelle_gateway::AppState, source: &RoutingSource, trigger: &str) {
+    let result = source
+        .reload()
+        .and_then(|routing| Ok(state.reload_routing(&routing)?));
+    match result {
+        Ok(()) => tracing::info!(trigger, "routing table reloaded"),
+        Err(err) => tracing::warn!(
+            trigger,
+            error = %format!("{err:#}"),
+            "routing reload failed; keeping the current table"
+        ),
+    }
 }
 
 #[cfg(test)]

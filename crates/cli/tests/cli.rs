@@ -427,3 +427,126 @@ async fn a_service_alone_serves_its_metrics_over_http() {
     let _ = child.wait();
     assert!(body.contains("passerelle_llm_queue_depth"), "{body}");
 }
+
+/// An OpenAI-compatible upstream on loopback whose every chat answer says `name`.
+async fn named_upstream(name: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            axum::Json(json!({
+                "id": "up", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": name}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn editing_the_config_file_changes_routing_without_a_signal() {
+    const BOUND: Duration = Duration::from_secs(30);
+    let first = named_upstream("first").await;
+    let second = named_upstream("second").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("passerelle.toml");
+    let table = |url: &str| format!("[[upstreams]]\nmodel = \"remote\"\nurl = \"{url}\"\n");
+    std::fs::write(&config, table(&first)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = passerelle()
+        .args([
+            "gateway",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn passerelle gateway");
+    let stderr = child.stderr.take().unwrap();
+    let _child = Killed(child);
+    let (lines, mut logged) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+
+    // In front of upstreams only: ready without an llm service.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !http
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = || async {
+        let response = http
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "remote", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(answer().await, "first");
+
+    std::fs::write(&config, table(&second)).unwrap();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while answer().await != "second" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edit never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A file that does not load keeps the table in force, with a warning.
+    std::fs::write(&config, "[[upstreams]]\nmodel = \"remote\"\n").unwrap();
+    let warned = tokio::time::timeout(BOUND, async {
+        while let Some(line) = logged.recv().await {
+            if line.contains("routing reload failed") {
+                return line;
+            }
+        }
+        panic!("the gateway's log ended");
+    })
+    .await
+    .expect("the failed reload was logged");
+    assert!(warned.contains("WARN"), "{warned}");
+    assert_eq!(answer().await, "second");
+}

@@ -13,7 +13,7 @@ use crate::generation::{Collected, CollectedChoice, Generation, Progress, model_
 use crate::llm::{BackendError, Delta, FinishReason, Finished, Usage};
 use crate::meter::{Meter, Served};
 use crate::output_screen::{OutputScreen, Screened};
-use crate::semantic_cache::{StoredAnswer, StoredChoice};
+use crate::semantic_cache::{Hit, StoredAnswer, StoredChoice};
 use crate::state::AppState;
 
 /// Response header saying whether the semantic cache answered: `hit` or `miss`.
@@ -84,17 +84,7 @@ impl Answer {
         if let Some((cache, key)) = &cached
             && let Some(hit) = cache.lookup(key).await
         {
-            let label = model_label(state, &hit.answer.model);
-            state
-                .metrics()
-                .cache_saved_tokens(&label, hit.answer.usage().total_tokens);
-            let status = CacheStatus::Hit {
-                similarity: hit.similarity,
-            };
-            return Ok(Self::new(
-                Source::Cached(Replay::new(hit.answer, label)),
-                status,
-            ));
+            return Ok(Self::cached(state, hit));
         }
         let generation = Generation::start(state, request, started_at).await?;
         Ok(match cached {
@@ -104,6 +94,19 @@ impl Answer {
             ),
             None => Self::new(Source::Live(Box::new(generation)), CacheStatus::NotUsed),
         })
+    }
+
+    /// A cache hit, replayed: for our own models, and for a request relayed to an upstream
+    /// that the cache answers instead.
+    pub(crate) fn cached(state: &AppState, hit: Hit) -> Self {
+        let label = model_label(state, &hit.answer.model);
+        state
+            .metrics()
+            .cache_saved_tokens(&label, hit.answer.usage().total_tokens);
+        let status = CacheStatus::Hit {
+            similarity: hit.similarity,
+        };
+        Self::new(Source::Cached(Replay::new(hit.answer, label)), status)
     }
 
     /// The operator's refusal message in place of an answer to an unsafe prompt: every choice

@@ -14,6 +14,11 @@ pub struct GatewayConfig {
     /// Where the llm gRPC service listens, as an `http://host:port` URI.
     /// Default `http://127.0.0.1:50051`.
     pub llm_endpoint: String,
+    /// Whether the llm service is one of this gateway's backends, so that readiness waits for
+    /// it. Default true. Off for a gateway in front of upstreams only (`passerelle gateway`
+    /// given upstreams and no llm endpoint): readiness leaves the llm service out, and a model
+    /// the routing table sends nowhere else is still tried at `llm_endpoint`.
+    pub llm_service: bool,
     /// Where the embeddings gRPC service listens, when one runs. With none, `/v1/embeddings`
     /// knows no model (404). Default none.
     pub embeddings_endpoint: Option<String>,
@@ -82,6 +87,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             llm_endpoint: "http://127.0.0.1:50051".to_owned(),
+            llm_service: true,
             embeddings_endpoint: None,
             semantic_cache: None,
             drift: None,

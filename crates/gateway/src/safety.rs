@@ -280,8 +280,9 @@ impl Screening {
 }
 
 impl Screening {
-    /// The input check of a prompt already read into `messages` (a request relayed to an
-    /// upstream); `None` without a safety service or when input is not checked.
+    /// The checks of a prompt already read into `messages` (a request relayed to an upstream);
+    /// `None` without a safety service or with nothing to check. The caller's key decides which
+    /// stages, else the gateway's setting, as for our own models.
     pub(crate) fn of_messages(
         state: &AppState,
         principal: &Principal,
@@ -290,18 +291,51 @@ impl Screening {
         messages: impl FnOnce() -> Vec<ChatMessage>,
     ) -> Option<Self> {
         let backend = state.safety()?;
-        let check_input = principal
-            .safety_checks()
-            .map_or(backend.config.check_input, |checks| checks.input());
-        check_input.then(|| Self {
+        let (check_input, check_output) = match principal.safety_checks() {
+            Some(checks) => (checks.input(), checks.output()),
+            None => (backend.config.check_input, backend.config.check_output),
+        };
+        (check_input || check_output).then(|| Self {
             backend: backend.clone(),
             messages: messages(),
             request_id: request_id.to_owned(),
             model: model.to_owned(),
             choices: 1,
             check_input,
-            check_output: false,
+            check_output,
         })
+    }
+
+    /// What the output checks of a relayed answer need, when its answers are checked; taken
+    /// before [`input_checked`] consumes the screening.
+    pub(crate) fn output_checks(&self, reporter: &Reporter) -> Option<OutputChecks> {
+        self.check_output.then(|| OutputChecks {
+            backend: self.backend.clone(),
+            request_id: self.request_id.clone(),
+            messages: self.messages.clone(),
+            reporter: reporter.clone(),
+        })
+    }
+}
+
+/// The output checks of one relayed answer, before its number of choices is known.
+pub(crate) struct OutputChecks {
+    backend: SafetyBackend,
+    request_id: String,
+    messages: Vec<ChatMessage>,
+    reporter: Reporter,
+}
+
+impl OutputChecks {
+    /// The screen of an answer with `choices` choices.
+    pub(crate) fn screen(self, choices: u32) -> OutputScreen {
+        OutputScreen::new(
+            self.backend,
+            self.request_id,
+            self.messages,
+            choices,
+            self.reporter,
+        )
     }
 }
 

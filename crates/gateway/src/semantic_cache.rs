@@ -117,6 +117,25 @@ impl SemanticCache {
         key_for(&self.config, &principal.tenant(), request)
     }
 
+    /// The key of a request read elsewhere (one relayed to an upstream, whose body is JSON):
+    /// `parameters` is a digest of everything besides the prompt that shapes the answer.
+    pub(crate) fn key_of(
+        &self,
+        principal: &Principal,
+        model: &str,
+        parameters: &str,
+        prompt: String,
+    ) -> CacheKey {
+        CacheKey {
+            namespace: format!(
+                "{}/{parameters}",
+                namespace_tenant(&self.config, &principal.tenant())
+            ),
+            model: model.to_owned(),
+            prompt,
+        }
+    }
+
     /// A cached answer close enough to `key`'s prompt. A cache that fails is a miss: it must
     /// never fail the request it was meant to speed up.
     pub(crate) async fn lookup(&self, key: &CacheKey) -> Option<Hit> {
@@ -192,16 +211,24 @@ fn key_for(
         return None;
     }
     let prompt = prompt_text(kind)?;
-    let tenant = if config.shared_across_keys {
-        "shared"
-    } else {
-        tenant
-    };
     Some(CacheKey {
-        namespace: format!("{tenant}/{}", parameters_digest(request)),
+        namespace: format!(
+            "{}/{}",
+            namespace_tenant(config, tenant),
+            parameters_digest(request)
+        ),
         model: request.model.clone(),
         prompt,
     })
+}
+
+/// Whose answers a key's namespace holds: the tenant's, or everyone's when shared.
+fn namespace_tenant<'a>(config: &SemanticCacheConfig, tenant: &'a str) -> &'a str {
+    if config.shared_across_keys {
+        "shared"
+    } else {
+        tenant
+    }
 }
 
 /// The text whose meaning is the key: the whole conversation, role by role.

@@ -93,10 +93,9 @@ pub async fn run(
     let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
     gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
     let state = super::gateway_state(gateway, &registry).await?;
-    crate::routing::reload_on_sighup(
-        state.clone(),
-        settings::routing_source(&args.gateway, config_path),
-    );
+    let routing_source = settings::routing_source(&args.gateway, config_path);
+    crate::routing::reload_on_sighup(state.clone(), routing_source.clone());
+    crate::config_watch::reload_on_change(state.clone(), routing_source);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

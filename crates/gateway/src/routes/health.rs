@@ -2,8 +2,10 @@
 //!
 //! Readiness asks every dependency afresh, all at once, each within its own bound (the control
 //! timeout for the model services and the store, the limiter's timeout for its backend), so the
-//! answer is current and never hangs. A model service that is not serving makes the gateway not
-//! ready. A shared backend that cannot be reached (the Redis rate limiter, the store) follows the
+//! answer is current and never hangs. Only the backends configured count: the llm service unless
+//! the gateway fronts upstreams only, the embeddings and safety services when set, each upstream
+//! model of the routing table. A model service that is not serving makes the gateway not ready;
+//! an upstream model whose replicas are all ejected makes it degraded. A shared backend that cannot be reached (the Redis rate limiter, the store) follows the
 //! failure policy: with `open` the gateway keeps serving, unchecked by limits and budgets, with
 //! keys it verified within the stale-if-error window, and says `degraded` with a 200, because
 //! taking every replica out of rotation for an outage of the one Redis they share would turn a
@@ -30,7 +32,12 @@ pub(crate) struct Health {
 
 #[derive(Debug, Serialize)]
 struct Dependencies {
-    llm: DependencyStatus,
+    /// Absent on a gateway in front of upstreams only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    llm: Option<DependencyStatus>,
+    /// The routing table's upstream models, by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    upstreams: Vec<UpstreamStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     embeddings: Option<DependencyStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,6 +51,30 @@ struct Dependencies {
 struct DependencyStatus {
     ready: bool,
     status: String,
+}
+
+/// One upstream model: how many of its replicas are in rotation. Read from the balancer (a
+/// replica is ejected after consecutive failures), not probed: requests are the probe.
+#[derive(Debug, Serialize)]
+struct UpstreamStatus {
+    model: String,
+    ready: bool,
+    /// `serving`, or `ejected` while every replica is.
+    status: &'static str,
+    replicas: usize,
+    in_rotation: usize,
+}
+
+impl UpstreamStatus {
+    /// A model whose replicas are all ejected degrades the gateway rather than take it out of
+    /// rotation: every replica of the gateway shares the upstream, and ejection ends by itself.
+    fn impact(&self) -> Impact {
+        if self.ready {
+            Impact::None
+        } else {
+            Impact::Degraded
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -145,15 +176,23 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
             None => None,
         }
     };
-    let (llm, embeddings, safety_state, (rate_limiter, limiter_impact), (store, store_impact)) = tokio::join!(
-        async { DependencyStatus::from(state.llm().readiness().await) },
-        embeddings,
-        safety,
-        limiter(&state),
-        store(&state),
-    );
+    let llm = async {
+        if state.config().llm_service {
+            Some(DependencyStatus::from(state.llm().readiness().await))
+        } else {
+            None
+        }
+    };
+    let (llm, embeddings, safety_state, (rate_limiter, limiter_impact), (store, store_impact)) =
+        tokio::join!(llm, embeddings, safety, limiter(&state), store(&state),);
+    let upstreams = upstreams(&state);
     let impact = [
-        llm.impact(),
+        llm.as_ref().map_or(Impact::None, DependencyStatus::impact),
+        upstreams
+            .iter()
+            .map(UpstreamStatus::impact)
+            .max()
+            .unwrap_or(Impact::None),
         embeddings
             .as_ref()
             .map_or(Impact::None, DependencyStatus::impact),
@@ -172,6 +211,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
         status,
         dependencies: Some(Dependencies {
             llm,
+            upstreams,
             embeddings,
             safety,
             rate_limiter,
@@ -179,6 +219,25 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<He
         }),
     };
     (code, Json(body))
+}
+
+fn upstreams(state: &AppState) -> Vec<UpstreamStatus> {
+    let table = state.routes();
+    table
+        .pools()
+        .into_iter()
+        .map(|pool| {
+            let (in_rotation, replicas) = pool.in_rotation();
+            let ready = in_rotation > 0;
+            UpstreamStatus {
+                model: pool.model.clone(),
+                ready,
+                status: if ready { "serving" } else { "ejected" },
+                replicas,
+                in_rotation,
+            }
+        })
+        .collect()
 }
 
 /// Pings the limiter's backend now, within its timeout (which also refreshes its health flag and

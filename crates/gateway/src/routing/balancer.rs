@@ -117,7 +117,6 @@ impl Balancer {
     }
 
     /// Whether `index` is in rotation at `now`.
-    #[cfg(test)]
     pub(crate) fn in_rotation(&self, index: usize, now: Instant) -> bool {
         self.replicas
             .get(index)

@@ -12,10 +12,14 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use axum::http::HeaderValue;
+
 use super::forward::ForwardBody;
+use super::inspect::{Inspector, MAX_CHOICES};
 use super::relay::{self, Account};
 use super::table::{Pool, RouteTable, Target};
 use super::upstream::{Outgoing, SendError};
+use crate::answer::{Answer, CACHE_HEADER};
 use crate::auth::{ClientAddr, Principal};
 use crate::error::ApiError;
 use crate::extract::parse_json;
@@ -198,6 +202,8 @@ pub(crate) fn calls_for_fallback(err: &ApiError) -> bool {
 }
 
 /// Relays the request to `pool`'s replicas, its prompt checked by the safety service alongside.
+/// With the semantic cache on, a close-enough answer is replayed instead and a relayed one
+/// stored; with output checks on, the answer is screened as it passes (see `inspect`).
 async fn upstream(
     routed: &Routed<'_>,
     table: &RouteTable,
@@ -213,16 +219,18 @@ async fn upstream(
     }
     let streaming = body.streaming();
     let client_wants_usage = streaming && body.wants_usage();
+    let id = response_id(routed.api.id_prefix());
+    let reporter = Reporter::new(state, routed.principal, routed.client, routed.api.route());
     // Read only when the prompt log or the safety check wants them; in a block, since the
     // cell is not `Sync` and the future must stay `Send`.
-    let (meter, screening) = {
-        let messages = OnceCell::new();
-        let messages = || messages.get_or_init(|| prompt_messages(routed.api, &body));
+    let (meter, screening, prompts) = {
+        let read = OnceCell::new();
+        let messages = || read.get_or_init(|| prompt_messages(routed.api, &body));
         let meter = Meter::new(
             state,
             routed.principal,
             routed.api.endpoint(),
-            &response_id(routed.api.id_prefix()),
+            &id,
             routed.started_at,
         )
         .with_prompt_text(|| prompt_text(messages()));
@@ -233,8 +241,22 @@ async fn upstream(
             routed.request_id,
             || messages().clone(),
         );
-        (meter, screening)
+        let prompts = read.get().map_or(1, Vec::len);
+        (meter, screening, prompts)
     };
+    let output = screening
+        .as_ref()
+        .and_then(|screening| screening.output_checks(&reporter));
+    let cached = state.semantic_cache().and_then(|cache| {
+        super::cache::key(
+            cache,
+            routed.principal,
+            routed.api,
+            &pool.model,
+            &routed.body,
+        )
+        .map(|key| (cache.clone(), key))
+    });
     let timeout = table.timeout.unwrap_or(state.config().request_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let outgoing = Outgoing {
@@ -249,6 +271,17 @@ async fn upstream(
     };
     let model = pool.model.clone();
     let relay = async {
+        if let Some((cache, key)) = &cached
+            && let Some(hit) = cache.lookup(key).await
+        {
+            let mut answer = Answer::cached(state, hit).metered(meter);
+            if let Some(output) = output {
+                let choices = answer.choices();
+                answer = answer.screened(output.screen(choices));
+            }
+            let stream = streaming.then_some(client_wants_usage);
+            return super::cache::replay(answer, routed.api, id, stream).await;
+        }
         let (response, lease) = outgoing.send().await.map_err(|err| match err {
             SendError::Unavailable { retry_after } => ApiError::UpstreamUnavailable {
                 model: model.clone(),
@@ -264,21 +297,54 @@ async fn upstream(
             SendError::Rejected(rejection) => ApiError::UpstreamRejected(rejection),
         })?;
         let account = Account::new(meter, state.metrics().clone(), &model, routed.started_at);
-        if streaming {
-            Ok(relay::stream(
+        let missed = cached.is_some();
+        let inspector = Inspector::new(
+            routed.api,
+            cached.map(|(cache, key)| (cache, key, model.clone())),
+            output.map(|output| {
+                let choices = choices_asked(routed.api, &routed.body, prompts);
+                (output.screen(choices), choices)
+            }),
+        );
+        let mut response = if streaming {
+            relay::stream(
                 response,
                 lease,
                 account,
                 deadline,
                 client_wants_usage,
-            ))
+                inspector,
+            )
         } else {
-            relay::json(response, lease, account, deadline).await
+            relay::json(response, lease, account, deadline, inspector).await?
+        };
+        if missed {
+            response
+                .headers_mut()
+                .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
         }
+        Ok(response)
     };
-    let reporter = Reporter::new(state, routed.principal, routed.client, routed.api.route());
     let response = safety::input_checked(reporter, screening, relay).await?;
     Ok((response, pool.model.clone()))
+}
+
+/// How many choices an answer has: `n` for each prompt (completions take several).
+fn choices_asked(api: Api, raw: &[u8], prompts: usize) -> u32 {
+    #[derive(Deserialize)]
+    struct Choices {
+        n: Option<u32>,
+    }
+    let n = serde_json::from_slice::<Choices>(raw)
+        .ok()
+        .and_then(|c| c.n)
+        .unwrap_or(1)
+        .max(1);
+    let prompts = match api {
+        Api::Chat => 1,
+        Api::Completions => u32::try_from(prompts.max(1)).unwrap_or(u32::MAX),
+    };
+    n.saturating_mul(prompts).min(MAX_CHOICES)
 }
 
 pub(crate) fn wants_usage(body: &Map<String, Value>) -> bool {

@@ -5,14 +5,18 @@
 //! [`config`] is what the operator writes; `table` builds it into pools of replicas and
 //! resolves names; `balancer` is the pure policy (pick, eject, recover); `upstream` sends one
 //! request with its retries; `relay` passes the answer back (JSON, or SSE event by event) and
-//! accounts its usage; `dispatch` ties them to the chat and completion handlers; `cascade`
+//! accounts its usage; `inspect` screens and records a relayed answer when output checks or the
+//! semantic cache are on, and `cache` keys and replays it; `dispatch` ties them to the chat and
+//! completion handlers; `cascade`
 //! answers a virtual model with a small model or, when its answer is not confident, a large one.
 
 mod balancer;
+mod cache;
 mod cascade;
 pub mod config;
 pub(crate) mod dispatch;
 mod forward;
+mod inspect;
 mod relay;
 mod sse_split;
 pub(crate) mod table;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::Deserialize;
 
+use super::inspect::Inspector;
 use super::sse_split::SseSplitter;
 use super::table::Lease;
 use crate::error::ApiError;
@@ -125,15 +126,21 @@ impl Account {
         }
     }
 
+    /// The upstream's usage when it came, else no prompt tokens and one completion token per
+    /// content chunk relayed.
+    fn usage(&self) -> Usage {
+        self.usage.unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: self.content_chunks,
+            total_tokens: self.content_chunks,
+        })
+    }
+
     fn finish(&mut self) {
         let Some(meter) = self.meter.take() else {
             return;
         };
-        let usage = self.usage.unwrap_or(Usage {
-            prompt_tokens: 0,
-            completion_tokens: self.content_chunks,
-            total_tokens: self.content_chunks,
-        });
+        let usage = self.usage();
         self.metrics.prompt_tokens(&self.model, usage.prompt_tokens);
         self.metrics
             .completion_tokens(&self.model, usage.completion_tokens);
@@ -147,12 +154,14 @@ impl Drop for Account {
     }
 }
 
-/// A non-streaming answer, read whole (bounded by `deadline`) and passed on as received.
+/// A non-streaming answer, read whole (bounded by `deadline`) and passed on as received, or
+/// as `inspector` leaves it.
 pub(crate) async fn json(
     response: reqwest::Response,
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
+    inspector: Option<Inspector>,
 ) -> Result<Response, ApiError> {
     let status = response.status();
     let failed = |account: &Account| ApiError::UpstreamFailed {
@@ -185,6 +194,10 @@ pub(crate) async fn json(
         account.completion = first_choice_text(&body);
     }
     account.finish();
+    let body = match inspector {
+        Some(mut inspector) => inspector.json(body, account.usage()).await,
+        None => body,
+    };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -194,19 +207,23 @@ pub(crate) async fn json(
     Ok(response)
 }
 
-/// A streaming answer, relayed event by event. `client_wants_usage`: whether the client asked
-/// for the usage chunk; when it did not, the one the gateway asked for is not passed on.
+/// A streaming answer, relayed event by event, each as it is or as `inspector` leaves it.
+/// `client_wants_usage`: whether the client asked for the usage chunk; when it did not, the one
+/// the gateway asked for is not passed on.
 pub(crate) fn stream(
     response: reqwest::Response,
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
     client_wants_usage: bool,
+    mut inspector: Option<Inspector>,
 ) -> Response {
     let mut upstream = response.bytes_stream();
     let events = async_stream::stream! {
         let mut splitter = SseSplitter::default();
         let mut done = false;
+        // Every choice was ended by the output screen: the rest is not wanted.
+        let mut ended_early = false;
         let mut first = true;
         'read: loop {
             let bytes = match tokio::time::timeout_at(deadline, upstream.next()).await {
@@ -229,6 +246,11 @@ pub(crate) fn stream(
                 match event.data.as_deref() {
                     Some("[DONE]") => {
                         done = true;
+                        if let Some(inspector) = &mut inspector {
+                            for event in inspector.completed(account.usage()).await {
+                                yield Ok(event);
+                            }
+                        }
                         yield Ok(event.raw);
                         break 'read;
                     }
@@ -259,13 +281,36 @@ pub(crate) fn stream(
                                 }
                             }
                         }
-                        yield Ok(event.raw);
+                        let Some(inspector) = &mut inspector else {
+                            yield Ok(event.raw);
+                            continue;
+                        };
+                        for event in inspector.event(data, event.raw).await {
+                            yield Ok(event);
+                        }
+                        for event in inspector.ended_by_filter() {
+                            yield Ok(event);
+                        }
+                        if inspector.all_ended_early() {
+                            ended_early = true;
+                            break 'read;
+                        }
                     }
                     None => yield Ok(event.raw),
                 }
             }
         }
-        if done {
+        if ended_early {
+            // The upstream did nothing wrong: its connection is dropped, its replica kept.
+            drop(upstream);
+            drop(lease);
+            let usage = account.usage();
+            account.finish();
+            if client_wants_usage && let Some(inspector) = &inspector {
+                yield Ok(inspector.usage_event(usage));
+            }
+            yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+        } else if done {
             drop(lease);
             account.finish();
         } else {

@@ -102,6 +102,16 @@ impl Pool {
             index,
         })
     }
+
+    /// How many replicas are in rotation now (not ejected), and how many there are.
+    pub(crate) fn in_rotation(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let balancer = self.balancer();
+        let up = (0..self.replicas.len())
+            .filter(|&index| balancer.in_rotation(index, now))
+            .count();
+        (up, self.replicas.len())
+    }
 }
 
 /// One attempt's hold on a replica: counted as outstanding until dropped.
@@ -309,6 +319,13 @@ impl RouteTable {
             .collect();
         names.sort_unstable();
         names.into_iter()
+    }
+
+    /// The upstream models' pools, by model name.
+    pub(crate) fn pools(&self) -> Vec<&Arc<Pool>> {
+        let mut pools: Vec<&Arc<Pool>> = self.pools.values().collect();
+        pools.sort_unstable_by(|a, b| a.model.cmp(&b.model));
+        pools
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -12,10 +12,12 @@ mod documents;
 mod drift;
 mod embeddings;
 mod errors;
-/// The upstream tests' mock OpenAI server, as the large model of a cascade.
+/// The upstream tests' mock OpenAI server: the large model of a cascade, an upstream whose
+/// answers are cached and screened.
 #[path = "../upstream/mock.rs"]
 #[allow(dead_code, reason = "the stack tests use only part of the mock")]
 mod mock;
+mod relayed;
 mod safety;
 mod semantic_cache;
 mod shared_redis;

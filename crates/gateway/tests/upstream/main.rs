@@ -579,3 +579,60 @@ async fn prompts_to_upstreams_are_checked_by_the_safety_service() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["choices"][0]["message"]["content"], "hello from a");
 }
+
+#[tokio::test]
+async fn readiness_reflects_the_backends_configured() {
+    let upstream = Upstream::start("a").await;
+    upstream.set(Behaviour::Fail);
+    let only_upstreams = |config: &mut GatewayConfig| config.llm_service = false;
+    let gateway = Gateway::start_with(
+        RoutingConfig {
+            eject_after: 1,
+            // Longer than the test: the replica stays out once ejected.
+            eject_for: Duration::from_secs(600),
+            ..routing(vec![UpstreamConfig::new("remote", &upstream.base_url)])
+        },
+        only_upstreams,
+    )
+    .await;
+    let ready = |gateway: &Gateway| {
+        let request = gateway
+            .http
+            .get(format!("{}/health/ready", gateway.base))
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    // No llm service to wait for: ready on the upstream's account alone.
+    let (status, body) = ready(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert!(body["dependencies"].get("llm").is_none(), "{body}");
+    assert_eq!(
+        body["dependencies"]["upstreams"],
+        json!([{"model": "remote", "ready": true, "status": "serving",
+                "replicas": 1, "in_rotation": 1}])
+    );
+
+    // Its one replica ejected: still serving, degraded.
+    let (status, _) = gateway.chat(ask("remote")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (status, body) = ready(&gateway).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["dependencies"]["upstreams"][0]["status"], "ejected");
+
+    // With the llm service counted, its absence makes the gateway not ready.
+    let counted = Gateway::start(routing(vec![UpstreamConfig::new(
+        "remote",
+        &upstream.base_url,
+    )]))
+    .await;
+    let (status, body) = ready(&counted).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["dependencies"]["llm"]["ready"], false);
+}

@@ -44,6 +44,8 @@ struct Inner {
     logprob: Mutex<f64>,
     /// The answer's text, when not the default `hello from <name>`.
     text: Mutex<Option<String>>,
+    /// A stream's first content, when not the default `hello`.
+    opening: Mutex<Option<String>>,
 }
 
 /// A running mock upstream. Dropping it stops the server.
@@ -63,6 +65,7 @@ impl Upstream {
             hold: Mutex::new(None),
             logprob: Mutex::new(-0.1),
             text: Mutex::new(None),
+            opening: Mutex::new(None),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -99,6 +102,12 @@ impl Upstream {
     /// The following non-streamed answers say `text`.
     pub fn set_text(&self, text: &str) {
         *self.inner.text.lock().unwrap() = Some(text.to_owned());
+    }
+
+    /// The following streams open with `text` as their first content chunk.
+    #[allow(dead_code, reason = "only the stack tests' screened streams use it")]
+    pub fn set_stream_opening(&self, text: &str) {
+        *self.inner.opening.lock().unwrap() = Some(text.to_owned());
     }
 
     pub fn hits(&self) -> usize {
@@ -219,8 +228,14 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
                            "choices": [], "usage": usage});
         format!("data: {chunk}\n\n")
     };
+    let opening = inner
+        .opening
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| "hello".to_owned());
     let events = async_stream::stream! {
-        yield Ok::<_, std::io::Error>(piece("hello", None));
+        yield Ok::<_, std::io::Error>(piece(&opening, None));
         if let Some(hold) = hold {
             hold.notified().await;
         }
