@@ -35,11 +35,17 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Shapes with ragged tiles: weight rows not a multiple of the tile, activation row counts for
-/// each path (one row, a few rows, a prompt split by rows).
+/// Shapes with ragged tiles: weight rows not a multiple of the tile or of a 16-row panel,
+/// activation row counts for each path (one row, a few rows in tiles or in panels, a prompt
+/// split by rows) and every count of rows in a panel's last group (1 to 8).
 fn check(dtype: GgmlDType, k: usize) {
+    for n in [21, 40] {
+        check_shape(dtype, n, k);
+    }
+}
+
+fn check_shape(dtype: GgmlDType, n: usize, k: usize) {
     let mut rng = StdRng::seed_from_u64(7);
-    let n = 21;
     let (q, dequantized) = matrix(dtype, n, k, &mut rng);
     let scalar = QuantMatrix::with_kernel(q.clone(), Kernel::Scalar).unwrap();
     let fast = QuantMatrix::new(q).unwrap();
@@ -47,7 +53,7 @@ fn check(dtype: GgmlDType, k: usize) {
     if std::is_x86_feature_detected!("avx512vnni") {
         assert!(matches!(fast.kernel, Kernel::Avx512(_)));
     }
-    for m in [1, 3, 5, 17, 70] {
+    for m in [1, 3, 4, 5, 6, 7, 9, 10, 17, 70] {
         let x = Tensor::from_vec(random(m * k, &mut rng), (m, k), &Device::Cpu).unwrap();
         let reference: Vec<f32> = x
             .matmul(&dequantized.t().unwrap())
@@ -66,7 +72,7 @@ fn check(dtype: GgmlDType, k: usize) {
         // The same integer sums, added in another order.
         assert!(
             max_diff(&slow, &quick) <= 1e-5 * scale,
-            "{dtype:?} m={m}: scalar and {:?} differ by {}",
+            "{dtype:?} n={n} m={m}: scalar and {:?} differ by {}",
             fast.kernel,
             max_diff(&slow, &quick)
         );
@@ -74,7 +80,7 @@ fn check(dtype: GgmlDType, k: usize) {
         // block), which leaves well under 1% of a typical output; 5% bounds the largest.
         assert!(
             max_diff(&slow, &reference) <= 0.05 * scale,
-            "{dtype:?} m={m}: off candle's by {} (rms {scale})",
+            "{dtype:?} n={n} m={m}: off candle's by {} (rms {scale})",
             max_diff(&slow, &reference)
         );
     }

@@ -11,6 +11,8 @@ use std::arch::x86_64::*;
 
 use super::{acts::ActRow, format::WeightFormat};
 
+mod panel;
+
 /// Proof that the CPU running us has AVX-512 F/BW/VL/DQ, VNNI, F16C and FMA.
 #[derive(Debug, Clone, Copy)]
 pub struct Avx512(());
