@@ -120,6 +120,28 @@ const ROWS_PER_JOB: usize = 8;
 
 /// Quantizes the blocks of `x` into `qs`, their scales `d` and group sums `sums`.
 fn quantize(x: &[f32], qs: &mut [i8], d: &mut [f32], sums: &mut [i16], block: usize, group: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx512) = super::x86::Avx512::detect() {
+        avx512.quantize(x, qs, d, sums, block, group);
+        if block == 32 {
+            for d in d.iter_mut() {
+                *d = half::f16::from_f32(*d).to_f32();
+            }
+        }
+        return;
+    }
+    quantize_scalar(x, qs, d, sums, block, group);
+}
+
+/// [`quantize`] without SIMD: the reference.
+pub(crate) fn quantize_scalar(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    sums: &mut [i16],
+    block: usize,
+    group: usize,
+) {
     for (b, (values, qs)) in x
         .chunks_exact(block)
         .zip(qs.chunks_exact_mut(block))

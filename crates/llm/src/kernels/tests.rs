@@ -142,3 +142,38 @@ fn out_of_range_rows_and_widths_are_errors() {
     let x = Tensor::zeros((2, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(matrix.forward(&x).is_err());
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_activation_quantization_gives_the_scalar_bytes_scales_and_sums() {
+    let Some(avx512) = super::x86::Avx512::detect() else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut x = random(4 * 256, &mut rng);
+    // Ties (amax 127: the scale is 1), an all-zero block and a lone large value.
+    for (i, v) in x[..32].iter_mut().enumerate() {
+        *v = i as f32 - 15.5;
+    }
+    x[31] = 127.0;
+    x[32..64].fill(0.0);
+    x[300] = 1e6;
+    for (block, group) in [(32, 32), (256, 32), (256, 16)] {
+        let quantized = |simd: bool| {
+            let mut qs = vec![0i8; x.len()];
+            let mut d = vec![0f32; x.len() / block];
+            let mut sums = vec![0i16; x.len() / group];
+            if simd {
+                avx512.quantize(&x, &mut qs, &mut d, &mut sums, block, group);
+                if block == 32 {
+                    d.iter_mut()
+                        .for_each(|d| *d = half::f16::from_f32(*d).to_f32());
+                }
+            } else {
+                super::acts::quantize_scalar(&x, &mut qs, &mut d, &mut sums, block, group);
+            }
+            (qs, d, sums)
+        };
+        assert_eq!(quantized(true), quantized(false), "blocks of {block}");
+    }
+}

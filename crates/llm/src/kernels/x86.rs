@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 use super::{acts::ActRow, format::WeightFormat};
 
 mod panel;
+mod quantize;
 
 /// Proof that the CPU running us has AVX-512 F/BW/VL/DQ, VNNI, F16C and FMA.
 #[derive(Debug, Clone, Copy)]

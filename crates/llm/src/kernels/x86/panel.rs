@@ -173,7 +173,7 @@ impl Panel {
         out: &mut [&mut [f32]],
         cols: std::ops::Range<usize>,
     ) {
-        let a: [ActRow<'_>; R] = std::array::from_fn(|r| a[r]);
+        let a = &a[..R];
         let acc = match format {
             WeightFormat::Q8_0 | WeightFormat::Q5_0 => self.blocks32::<R>(a),
             WeightFormat::Q4K => self.q4k::<R>(a),
@@ -189,10 +189,13 @@ impl Panel {
     /// Q8_0/Q5_0 against Q8_0 activations: each block's integer sum starts at `-offset *
     /// sum(activations)`, cancelling the offset that made the weights unsigned.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
-    fn blocks32<const R: usize>(&self, a: [ActRow<'_>; R]) -> [__m512; R] {
+    fn blocks32<const R: usize>(&self, a: &[ActRow<'_>]) -> [__m512; R] {
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, (values, d)) in self.values.chunks_exact(8).zip(&self.d).enumerate() {
-            let qs: [&[i8]; R] = std::array::from_fn(|r| &a[r].qs[32 * b..32 * b + 32]);
+            let mut qs: [&[i8]; R] = [&[]; R];
+            for r in 0..R {
+                qs[r] = &a[r].qs[32 * b..32 * b + 32];
+            }
             let mut dot = [_mm512_setzero_si512(); R];
             for r in 0..R {
                 dot[r] = _mm512_set1_epi32(a[r].offs[b]);
@@ -213,10 +216,13 @@ impl Panel {
     /// Q4_K against Q8_K: per 32-value sub-block an integer sum times its scale; the mins
     /// through the activations' 32-value sums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
-    fn q4k<const R: usize>(&self, a: [ActRow<'_>; R]) -> [__m512; R] {
+    fn q4k<const R: usize>(&self, a: &[ActRow<'_>]) -> [__m512; R] {
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, values) in self.values.chunks_exact(64).enumerate() {
-            let qs: [&[i8]; R] = std::array::from_fn(|r| &a[r].qs[256 * b..256 * b + 256]);
+            let mut qs: [&[i8]; R] = [&[]; R];
+            for r in 0..R {
+                qs[r] = &a[r].qs[256 * b..256 * b + 256];
+            }
             let mut isum = [_mm512_setzero_si512(); R];
             for (s, values) in values.chunks_exact(8).enumerate() {
                 let mut dot = [_mm512_setzero_si512(); R];
@@ -250,11 +256,14 @@ impl Panel {
     /// Q6_K against Q8_K: per 16-value sub-block an integer sum started at `-32 *
     /// sum(activations)` (the values are stored plus 32), times its scale.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
-    fn q6k<const R: usize>(&self, a: [ActRow<'_>; R]) -> [__m512; R] {
+    fn q6k<const R: usize>(&self, a: &[ActRow<'_>]) -> [__m512; R] {
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, values) in self.values.chunks_exact(64).enumerate() {
-            let qs: [&[i8]; R] = std::array::from_fn(|r| &a[r].qs[256 * b..256 * b + 256]);
-            let offs: [&[i32]; R] = std::array::from_fn(|r| &a[r].offs[16 * b..16 * b + 16]);
+            let (mut qs, mut offs): ([&[i8]; R], [&[i32]; R]) = ([&[]; R], [&[]; R]);
+            for r in 0..R {
+                qs[r] = &a[r].qs[256 * b..256 * b + 256];
+                offs[r] = &a[r].offs[16 * b..16 * b + 16];
+            }
             let mut isum = [_mm512_setzero_si512(); R];
             for (s, values) in values.chunks_exact(4).enumerate() {
                 let mut dot = [_mm512_setzero_si512(); R];
