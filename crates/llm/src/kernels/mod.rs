@@ -4,13 +4,16 @@
 //! The weights stay as GGUF blocks in candle's `QTensor` (read in place through
 //! `QTensor::data`); activations are quantized once per product to 8-bit blocks, as llama.cpp
 //! does, and multiplied with integer dot products in tiles of several weight rows by several
-//! activation rows, so that each weight block is unpacked once per tile. The product is split
-//! over the current rayon pool (the engine's), by activation rows for prompts and by weight rows
-//! for decoding.
+//! activation rows, so that each weight block is unpacked once per tile; with many activation
+//! rows (prompts) the x86 kernels unpack 16 weight rows at a time into panels shared by all of
+//! them. The product is split over the current rayon pool (the engine's), by activation rows
+//! and weight rows for prompts and by weight rows for decoding. Projections of the same input
+//! share one quantization of it ([`QLinear::forward_shared`]).
 //!
 //! - [`format`]: the block layouts and the scalar reference dot products.
 //! - `acts`: activation quantization; `matmul`: tiling and threads.
-//! - [`x86`]: the AVX-512 VNNI tiles (the only `unsafe`: loads and the feature-gated calls).
+//! - [`x86`]: the AVX-512 VNNI tiles and panels, and the activations' quantization (the only
+//!   `unsafe`: loads, stores and the feature-gated calls).
 //!
 //! [`QLinear`] is what the decoder holds: one of these matrices where the block type is
 //! handled, candle's [`QMatMul`] otherwise (float weights, other quantizations).
