@@ -177,3 +177,45 @@ fn simd_activation_quantization_gives_the_scalar_bytes_scales_and_sums() {
         assert_eq!(quantized(true), quantized(false), "blocks of {block}");
     }
 }
+
+#[test]
+fn projections_sharing_their_input_give_their_own_products() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let k = 256;
+    // Q5_0 then Q8_0 reuse one quantization (other offsets), Q4_K and Q6_K (other sums)
+    // quantize again, then Q5_0 comes after them.
+    let linears: Vec<super::QLinear> = [
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5_0,
+    ]
+    .into_iter()
+    .map(|dtype| {
+        let (q, _) = matrix(dtype, 24, k, &mut rng);
+        super::QLinear::new(candle_core::quantized::QMatMul::from_arc(q).unwrap())
+    })
+    .collect();
+    assert!(
+        linears
+            .iter()
+            .all(|l| matches!(l, super::QLinear::Kernel(_)))
+    );
+    for m in [1, 12] {
+        let x = Tensor::from_vec(random(m * k, &mut rng), (m, k), &Device::Cpu).unwrap();
+        let refs: [&super::QLinear; 5] = std::array::from_fn(|i| &linears[i]);
+        let shared = super::QLinear::forward_shared(refs, &x).unwrap();
+        for (linear, y) in linears.iter().zip(shared) {
+            let alone: Vec<f32> = linear
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(alone, y, "m={m}");
+        }
+    }
+}
