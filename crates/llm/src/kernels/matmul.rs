@@ -175,7 +175,7 @@ pub(crate) fn matmul_quantized(
     }
 }
 
-pub(crate) fn quantize(format: WeightFormat, x: &[f32], k: usize) -> QuantizedActs {
+fn quantize(format: WeightFormat, x: &[f32], k: usize) -> QuantizedActs {
     QuantizedActs::new(format, x, k)
 }
 
