@@ -89,16 +89,49 @@ const ROWS_PER_TASK: usize = 64;
 const SPLIT_BY_ROWS: usize = 16;
 /// Weight rows per parallel task when splitting by weight rows.
 const WEIGHT_ROWS_PER_TASK: usize = 64;
+/// Activation rows from which a product unpacks its weights into panels shared by all its
+/// rows (x86) rather than once per tile of a few rows: unpacking a panel costs about as much
+/// as multiplying it with 5 (K-quants) or 6 (Q8_0, Q5_0) rows.
+#[cfg(target_arch = "x86_64")]
+const PANEL_MIN_ROWS: usize = 8;
+/// Activation rows per panel task: each task unpacks its weight rows once, so the more rows
+/// the less unpacking; their quantized values are read again for each 16 weight rows.
+#[cfg(target_arch = "x86_64")]
+const PANEL_ROWS_PER_TASK: usize = 512;
+/// Weight rows per panel task: two panels, enough tasks to balance the threads.
+#[cfg(target_arch = "x86_64")]
+const PANEL_COLS_PER_TASK: usize = 32;
 
 /// `out = x @ w.T` for `x` of `m` rows of `w.k` values; `out` is `[m, w.n]`.
 pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) {
-    let (n, k) = (w.n, w.k);
-    let m = x.len() / k;
+    if x.is_empty() || w.n == 0 {
+        return;
+    }
+    let acts = quantize(w.format, x, w.k);
+    matmul_quantized(kernel, w, &acts, out);
+}
+
+/// [`matmul`] of activations already quantized for `w`'s format
+/// ([`QuantizedActs::fits`], offsets set by [`QuantizedActs::offset_for`]).
+pub(crate) fn matmul_quantized(
+    kernel: Kernel,
+    w: Blocks<'_>,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let n = w.n;
+    let m = acts.rows();
     debug_assert_eq!(out.len(), m * n);
     if m == 0 || n == 0 {
         return;
     }
-    let acts = quantize(w.format, x, k);
+    #[cfg(target_arch = "x86_64")]
+    if let Kernel::Avx512(avx512) = kernel
+        && m >= PANEL_MIN_ROWS
+    {
+        panels(avx512, w, acts, out);
+        return;
+    }
     if m >= SPLIT_BY_ROWS {
         let threads = rayon::current_num_threads().max(1);
         let step = kernel.max_act_rows(w.format);
@@ -110,14 +143,14 @@ pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) 
             .enumerate()
             .for_each(|(task, out)| {
                 let rows = task * per_task..(task * per_task + per_task).min(m);
-                product(kernel, w, &acts, rows, 0..n, out, n);
+                product(kernel, w, acts, rows, 0..n, out, n);
             });
     } else if m == 1 {
         out.par_chunks_mut(WEIGHT_ROWS_PER_TASK)
             .enumerate()
             .for_each(|(task, out)| {
                 let cols = task * WEIGHT_ROWS_PER_TASK..(task * WEIGHT_ROWS_PER_TASK + out.len());
-                product(kernel, w, &acts, 0..1, cols, out, out.len());
+                product(kernel, w, acts, 0..1, cols, out, out.len());
             });
     } else {
         // A few rows (batched decoding): each task computes its weight rows for every
@@ -129,7 +162,7 @@ pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) 
                 let cols = start..(start + WEIGHT_ROWS_PER_TASK).min(n);
                 let mut part = vec![0f32; m * cols.len()];
                 let stride = cols.len();
-                product(kernel, w, &acts, 0..m, cols, &mut part, stride);
+                product(kernel, w, acts, 0..m, cols, &mut part, stride);
                 (start, part)
             })
             .collect();
@@ -144,6 +177,34 @@ pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) 
 
 fn quantize(format: WeightFormat, x: &[f32], k: usize) -> QuantizedActs {
     QuantizedActs::new(format, x, k)
+}
+
+/// The product in panels (x86): tasks of up to `PANEL_ROWS_PER_TASK` activation rows by
+/// `PANEL_COLS_PER_TASK` weight rows, each writing its strip of every output row, so that
+/// each weight row is unpacked once per `PANEL_ROWS_PER_TASK` activation rows.
+#[cfg(target_arch = "x86_64")]
+fn panels(avx512: super::x86::Avx512, w: Blocks<'_>, acts: &QuantizedActs, out: &mut [f32]) {
+    let (n, row_bytes) = (w.n, w.row_bytes());
+    let weights: Vec<&[u8]> = w.data.chunks_exact(row_bytes).take(n).collect();
+    let act_rows: Vec<ActRow<'_>> = (0..acts.rows()).map(|r| acts.row(r)).collect();
+    let mut tasks = Vec::new();
+    for (rows, out) in act_rows
+        .chunks(PANEL_ROWS_PER_TASK)
+        .zip(out.chunks_mut(PANEL_ROWS_PER_TASK * n))
+    {
+        let strips = n.div_ceil(PANEL_COLS_PER_TASK);
+        let first = tasks.len();
+        tasks.extend((0..strips).map(|s| (rows, s, Vec::with_capacity(rows.len()))));
+        for row in out.chunks_mut(n) {
+            for (s, strip) in row.chunks_mut(PANEL_COLS_PER_TASK).enumerate() {
+                tasks[first + s].2.push(strip);
+            }
+        }
+    }
+    tasks.into_par_iter().for_each(|(rows, s, mut out)| {
+        let cols = s * PANEL_COLS_PER_TASK..((s + 1) * PANEL_COLS_PER_TASK).min(n);
+        avx512.panels(w.format, &weights[cols], rows, &mut out);
+    });
 }
 
 /// Products of activation rows `rows` with weight rows `cols`, into `out` whose row `r -

@@ -4,13 +4,16 @@
 //! The weights stay as GGUF blocks in candle's `QTensor` (read in place through
 //! `QTensor::data`); activations are quantized once per product to 8-bit blocks, as llama.cpp
 //! does, and multiplied with integer dot products in tiles of several weight rows by several
-//! activation rows, so that each weight block is unpacked once per tile. The product is split
-//! over the current rayon pool (the engine's), by activation rows for prompts and by weight rows
-//! for decoding.
+//! activation rows, so that each weight block is unpacked once per tile; with many activation
+//! rows (prompts) the x86 kernels unpack 16 weight rows at a time into panels shared by all of
+//! them. The product is split over the current rayon pool (the engine's), by activation rows
+//! and weight rows for prompts and by weight rows for decoding. Projections of the same input
+//! share one quantization of it ([`QLinear::forward_shared`]).
 //!
 //! - [`format`]: the block layouts and the scalar reference dot products.
 //! - `acts`: activation quantization; `matmul`: tiling and threads.
-//! - [`x86`]: the AVX-512 VNNI tiles (the only `unsafe`: loads and the feature-gated calls).
+//! - [`x86`]: the AVX-512 VNNI tiles and panels, and the activations' quantization (the only
+//!   `unsafe`: loads, stores and the feature-gated calls).
 //!
 //! [`QLinear`] is what the decoder holds: one of these matrices where the block type is
 //! handled, candle's [`QMatMul`] otherwise (float weights, other quantizations).
@@ -26,13 +29,14 @@ pub mod x86;
 use std::sync::Arc;
 
 use candle_core::{
-    CpuStorage, DType, Layout, Module, Shape, Tensor,
+    CpuStorage, DType, Layout, Module, Shape, Storage, Tensor,
     quantized::{QMatMul, QTensor},
 };
 
 pub use format::WeightFormat;
 pub use matmul::Kernel;
 
+use acts::QuantizedActs;
 use matmul::Blocks;
 
 /// A `[n, k]` matrix of GGUF blocks of a [`WeightFormat`], for `x @ w.T` and row lookups.
@@ -109,6 +113,43 @@ impl QuantMatrix {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         x.apply_op1_no_bwd(self)?.to_dtype(dtype)
+    }
+
+    /// [`QuantMatrix::forward`] of an f32 contiguous `x`, reusing the activations in `shared`
+    /// when they were quantized from `x` for a format that takes the same blocks, and leaving
+    /// there the ones it quantized otherwise.
+    fn forward_sharing(
+        &self,
+        x: &Tensor,
+        shared: &mut Option<QuantizedActs>,
+    ) -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if dims.last() != Some(&self.k) {
+            candle_core::bail!(
+                "input of shape {dims:?} for a quantized matrix of {} columns",
+                self.k
+            );
+        }
+        if let Some(last) = dims.last_mut() {
+            *last = self.n;
+        }
+        let acts = match shared {
+            Some(acts) if acts.fits(self.format) && acts.width() == self.k => acts,
+            _ => {
+                let (storage, layout) = x.storage_and_layout();
+                let (Storage::Cpu(cpu), Some((start, end))) =
+                    (&*storage, layout.contiguous_offsets())
+                else {
+                    candle_core::bail!("quantized product of a non-contiguous or non-CPU tensor");
+                };
+                let values = &cpu.as_slice::<f32>()?[start..end];
+                shared.insert(QuantizedActs::new(self.format, values, self.k))
+            }
+        };
+        acts.offset_for(self.format);
+        let mut out = vec![0f32; acts.rows() * self.n];
+        self.with_blocks(|w| matmul::matmul_quantized(self.kernel, w, acts, &mut out))?;
+        Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
     }
 
     /// The rows `ids` dequantized, `[ids.len(), k]` f32.
@@ -195,6 +236,33 @@ impl QLinear {
             Self::Kernel(m) => m.forward(x),
             Self::Candle(m) => m.forward(x),
         }
+    }
+
+    /// `x @ w.T` for each of `linears`, which share their input (queries, keys and values;
+    /// gate and up): `x` is quantized once for all the kernel matrices whose block types take
+    /// the same activations (Q8_0 and Q5_0; Q4_K with Q4_K, Q6_K with Q6_K).
+    pub fn forward_shared<const N: usize>(
+        linears: [&Self; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let dtype = x.dtype();
+        let mut x32 = None;
+        let mut shared = None;
+        let mut outs = Vec::with_capacity(N);
+        for linear in linears {
+            outs.push(match linear {
+                Self::Kernel(m) => {
+                    let x32 = match &mut x32 {
+                        Some(x32) => x32,
+                        None => x32.insert(x.to_dtype(DType::F32)?.contiguous()?),
+                    };
+                    m.forward_sharing(x32, &mut shared)?.to_dtype(dtype)?
+                }
+                Self::Candle(m) => m.forward(x)?,
+            });
+        }
+        outs.try_into()
+            .map_err(|_| candle_core::Error::Msg("one output per projection".into()))
     }
 
     /// The rows `ids` (a 1-D u32 tensor) as `[ids, cols]` f32 rows.

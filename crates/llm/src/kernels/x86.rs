@@ -1,5 +1,7 @@
 //! AVX-512 VNNI kernels: tiles of weight rows × activation rows computed with integer dot
-//! products (`vpdpbusd`, `vpmaddubsw` + `vpdpwssd`), each weight block unpacked once per tile.
+//! products (`vpdpbusd`, `vpmaddubsw` + `vpdpwssd`), each weight block unpacked once per tile;
+//! for many activation rows, `panel`'s 16-row panels unpacked once per product; `quantize`,
+//! the activations' quantization.
 //!
 //! Safety: every function here that uses the instructions is a `#[target_feature]` function;
 //! the only way to call them is through [`Avx512`], which exists only once the CPU has been
@@ -10,6 +12,9 @@
 use std::arch::x86_64::*;
 
 use super::{acts::ActRow, format::WeightFormat};
+
+mod panel;
+mod quantize;
 
 /// Proof that the CPU running us has AVX-512 F/BW/VL/DQ, VNNI, F16C and FMA.
 #[derive(Debug, Clone, Copy)]

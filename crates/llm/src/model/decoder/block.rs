@@ -35,7 +35,24 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        self.add_bias(self.weight.forward(x)?)
+    }
+
+    /// [`Linear::forward`] of projections of the same input, which is quantized once.
+    fn forward_shared<const N: usize>(
+        linears: [&Self; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let ys = QLinear::forward_shared(linears.map(|l| &l.weight), x)?;
+        let mut out = Vec::with_capacity(N);
+        for (linear, y) in linears.iter().zip(ys) {
+            out.push(linear.add_bias(y)?);
+        }
+        out.try_into()
+            .map_err(|_| candle_core::Error::Msg("one output per projection".into()))
+    }
+
+    fn add_bias(&self, y: Tensor) -> candle_core::Result<Tensor> {
         match &self.bias {
             Some(bias) => y.broadcast_add(bias),
             None => Ok(y),
@@ -141,7 +158,10 @@ impl Block {
         config: &DecoderConfig,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (q, k, v) = match &self.qkv {
-            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Separate { q, k, v } => {
+                let [q, k, v] = Linear::forward_shared([q, k, v], x)?;
+                (q, k, v)
+            }
             Qkv::Fused(qkv) => {
                 let all = qkv.forward(x)?;
                 let (q_w, kv_w) = (config.q_width(), config.kv_width());
@@ -174,7 +194,10 @@ impl Block {
     pub(crate) fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.ffn_norm.forward(x)?;
         let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(&h)?, up.forward(&h)?),
+            GateUp::Separate { gate, up } => {
+                let [gate, up] = Linear::forward_shared([gate, up], &h)?;
+                (gate, up)
+            }
             GateUp::Fused(gate_up) => {
                 let both = gate_up.forward(&h)?;
                 let half = both.dim(D::Minus1)? / 2;
