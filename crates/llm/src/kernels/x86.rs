@@ -217,6 +217,15 @@ fn prefetch(at: *const u8) {
     _mm_prefetch::<_MM_HINT_T0>(at.cast())
 }
 
+/// [`prefetch`] of every cache line of the `len` bytes from `at`.
+#[inline]
+#[target_feature(enable = "sse")]
+fn prefetch_lines(at: *const u8, len: usize) {
+    for line in (0..len).step_by(64) {
+        prefetch(at.wrapping_add(line));
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn halves_sum(v: __m512) -> [f32; 2] {
@@ -357,8 +366,11 @@ fn tile_q4k<const W: usize, const R: usize>(w: [&[u8]; W], a: [ActRow<'_>; R]) -
     let blocks = a[0].d.len();
     let mut acc = [[_mm512_setzero_ps(); W]; R];
     let low = _mm256_set1_epi8(0xF);
+    // As in `tile32`: the same block of the rows one tile further on.
+    let ahead = W * blocks * 144;
     for b in 0..blocks {
         for j in 0..W {
+            prefetch_lines(w[j].as_ptr().wrapping_add(ahead + b * 144), 144);
             let block = &w[j][b * 144..(b + 1) * 144];
             let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
             let mut scales = [0i16; 8];
@@ -415,8 +427,11 @@ fn tile_q6k<const W: usize, const R: usize>(w: [&[u8]; W], a: [ActRow<'_>; R]) -
     let mut acc = [[_mm512_setzero_ps(); W]; R];
     let low = _mm256_set1_epi8(0xF);
     let bits = |v: i32| _mm256_set1_epi8(v as i8);
+    // As in `tile32`: the same block of the rows one tile further on.
+    let ahead = W * blocks * 210;
     for b in 0..blocks {
         for j in 0..W {
+            prefetch_lines(w[j].as_ptr().wrapping_add(ahead + b * 210), 210);
             let block = &w[j][b * 210..(b + 1) * 210];
             let d = f16_at(block, 208);
             let scales = _mm256_cvtepi8_epi16(load128(&block[192..]));
