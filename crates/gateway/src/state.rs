@@ -294,6 +294,11 @@ impl AppState {
         self.inner.routes.current()
     }
 
+    /// The bound on concurrent `/v1` requests.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
     pub(crate) fn upstream_client(&self) -> &UpstreamClient {
         &self.inner.upstream
     }
@@ -317,8 +322,4 @@ impl FromRef<AppState> for GatewayMetrics {
     }
 }
 
-impl FromRef<AppState> for Admission {
-    fn from_ref(state: &AppState) -> Self {
-        state.inner.admission.clone()
-    }
-}
+
