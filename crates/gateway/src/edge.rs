@@ -178,7 +178,11 @@ fn is_fit(id: &HeaderValue) -> bool {
 
 /// The span every request runs in. It names the route template, not the raw path, and never
 /// headers: `Authorization` must not reach the logs. `key_id` is filled in by the access layer.
-fn request_span(req: &Request, route: Option<&MatchedPath>, request_id: &HeaderValue) -> tracing::Span {
+fn request_span(
+    req: &Request,
+    route: Option<&MatchedPath>,
+    request_id: &HeaderValue,
+) -> tracing::Span {
     let route = route.map_or(UNMATCHED, MatchedPath::as_str);
     let request_id = request_id.to_str().unwrap_or_default();
     let span = tracing::info_span!(

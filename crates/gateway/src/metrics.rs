@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use passerelle_telemetry::metrics::{INTER_TOKEN_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS};
-use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Model label for routes that do not name a model.
 const NO_MODEL: &str = "none";

@@ -50,9 +50,6 @@ pub enum GatewayError {
     /// The routing table is inconsistent.
     #[error(transparent)]
     Routing(#[from] crate::routing::RoutingError),
-    /// The HTTP client for upstreams could not be built.
-    #[error("cannot build the upstream HTTP client: {0}")]
-    UpstreamClient(#[from] reqwest::Error),
 }
 
 impl GatewayError {
@@ -177,7 +174,7 @@ impl AppState {
         };
         let metrics = GatewayMetrics::register(registry)?;
         let routes = Routes::new(&config.routing)?;
-        let upstream = UpstreamClient::new(config.connect_timeout)?;
+        let upstream = UpstreamClient::new(config.connect_timeout);
         let semantic_cache = match (&config.semantic_cache, &embeddings) {
             (None, _) => None,
             (Some(cache), Some(embeddings)) => Some(SemanticCache::new(
@@ -321,5 +318,3 @@ impl FromRef<AppState> for GatewayMetrics {
         state.inner.metrics.clone()
     }
 }
-
-

@@ -10,10 +10,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use http_body_util::{BodyDataStream, BodyExt as _};
 use serde::Deserialize;
 
 use super::sse_split::SseSplitter;
 use super::table::Lease;
+use super::upstream::UpstreamResponse;
 use crate::error::ApiError;
 use crate::llm::Usage;
 use crate::meter::{Meter, Served};
@@ -149,7 +151,7 @@ impl Drop for Account {
 
 /// A non-streaming answer, read whole (bounded by `deadline`) and passed on as received.
 pub(crate) async fn json(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
@@ -159,7 +161,7 @@ pub(crate) async fn json(
         model: account.model.clone(),
         status: StatusCode::BAD_GATEWAY.as_u16(),
     };
-    let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+    let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
         Err(_) => {
             lease.failed();
             return Err(ApiError::UpstreamTimeout {
@@ -171,7 +173,7 @@ pub(crate) async fn json(
             tracing::warn!(model = %account.model, error = %err, "upstream answer cut short");
             return Err(failed(&account));
         }
-        Ok(Ok(body)) => body,
+        Ok(Ok(body)) => body.to_bytes(),
     };
     let Ok(peek) = serde_json::from_slice::<Peek>(&body) else {
         lease.failed();
@@ -197,13 +199,13 @@ pub(crate) async fn json(
 /// A streaming answer, relayed event by event. `client_wants_usage`: whether the client asked
 /// for the usage chunk; when it did not, the one the gateway asked for is not passed on.
 pub(crate) fn stream(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
     client_wants_usage: bool,
 ) -> Response {
-    let mut upstream = response.bytes_stream();
+    let mut upstream = BodyDataStream::new(response.into_body());
     let events = async_stream::stream! {
         let mut splitter = SseSplitter::default();
         let mut done = false;
