@@ -4,12 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::attach_to_body;
 use crate::error::ApiError;
 
 /// Permits for in-flight requests. Cheap to clone.
@@ -22,14 +18,11 @@ impl Admission {
     }
 }
 
-/// Admits a request if a permit is free; the permit is held until the response body ends.
-pub(crate) async fn admit(
-    State(admission): State<Admission>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let permit = Arc::clone(&admission.0)
-        .try_acquire_owned()
-        .map_err(|_| ApiError::GatewayBusy)?;
-    Ok(attach_to_body(next.run(req).await, permit))
+impl Admission {
+    /// A permit if one is free, to hold until the response body ends; else 503 at once.
+    pub(crate) fn try_admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.0)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::GatewayBusy)
+    }
 }

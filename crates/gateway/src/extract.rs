@@ -156,23 +156,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// Longest client-supplied request id we keep; longer or non-printable ones are replaced, since
-/// the id goes into logs, traces and the service's request.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// Drops a client `x-request-id` unfit to log, so the request-id layer generates a fresh one.
-pub(crate) async fn sanitize_request_id(mut req: Request) -> Request {
-    let unfit = req.headers().get(REQUEST_ID_HEADER).is_some_and(|v| {
-        v.len() > MAX_REQUEST_ID_LEN
-            || v.is_empty()
-            || !v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    });
-    if unfit {
-        req.headers_mut().remove(REQUEST_ID_HEADER);
-    }
-    req
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

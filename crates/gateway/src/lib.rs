@@ -8,9 +8,10 @@
 //! extractors that reject in that envelope), [`openai`] (request and response shapes, validation,
 //! conversion to the llm contract), [`llm`] (the domain client of the llm service), `generation`
 //! (one generation, timed and collected), `sse` (streaming with cancellation on disconnect),
-//! `catalog` (the cached model list), [`metrics`] (Prometheus), `admission` (the concurrency
-//! bound), [`ratelimit`] (per-principal rpm, tpm and concurrency limits, in process or in Redis),
-//! [`jwt`] (bearer-token verification), `documents` (the client of the document store) with
+//! `catalog` (the cached model list), `edge` (request ids, spans, logs and metrics of every
+//! request), [`metrics`] (Prometheus), `admission` (the concurrency bound), [`ratelimit`]
+//! (per-principal rpm, tpm and concurrency limits, in process or in Redis), [`jwt`]
+//! (bearer-token verification), `documents` (the client of the document store) with
 //! [`retrieval`] (documents put in chat prompts and cited), [`admin`] (the operator API's
 //! shapes: keys, audit log, erasure), [`routing`] (external upstreams, aliases, fallbacks,
 //! load balancing) and `routes` (the handlers).
@@ -25,6 +26,7 @@ mod catalog;
 pub mod config;
 mod documents;
 pub mod drift;
+mod edge;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -50,14 +52,10 @@ use std::future::{Future, IntoFuture};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::HeaderName;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
 pub use auth::Principal;
 pub use config::GatewayConfig;
@@ -68,7 +66,7 @@ pub use routing::{CascadeConfig, RoutingConfig, UpstreamConfig};
 pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
 
-use extract::{BodyLimit, REQUEST_ID_HEADER};
+use extract::BodyLimit;
 use passerelle_store::KeyVerifier as _;
 
 /// The gateway's router, with every route and middleware, ready to serve.
@@ -109,16 +107,11 @@ pub fn app(state: AppState) -> Router {
             "/v1/documents/{id}",
             get(routes::documents::get).delete(routes::documents::delete),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admission::admit,
-        ))
-        // Outside admission: callers turned away here never hold a concurrency permit.
+        // Auth, then the concurrency bound, for the routes above only: a 405 on them needs no key.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
         ));
-    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
         .merge(v1)
         .route("/health/live", get(routes::health::live))
@@ -127,45 +120,14 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         // Applies to the routes added above, so it must come after them.
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::Extension(BodyLimit(body_limit)))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        // One `layer` call: each boxes every route's service and future once more per request.
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
-                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+            tower::ServiceBuilder::new()
+                .layer(edge::EdgeLayer::new(state.metrics().clone()))
+                .layer(axum::Extension(BodyLimit(body_limit)))
+                .layer(DefaultBodyLimit::max(body_limit)),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::map_request(extract::sanitize_request_id))
         .with_state(state)
-}
-
-/// The span every request runs in. It names the route template, not the raw path, and never
-/// headers: `Authorization` must not reach the logs. `key_id` is filled in by [`Principal`].
-fn request_span(req: &Request) -> tracing::Span {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let request_id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "http_request",
-        method = %req.method(),
-        route,
-        request_id,
-        key_id = tracing::field::Empty,
-    );
-    passerelle_telemetry::propagation::set_parent_from(&span, req.headers());
-    span
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then stops accepting connections and

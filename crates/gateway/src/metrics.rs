@@ -1,4 +1,4 @@
-//! The gateway's Prometheus metrics and the middleware that records per-request ones.
+//! The gateway's Prometheus metrics, and the per-request ones that `edge` records.
 //!
 //! Labels come from closed sets only: the route template (`/v1/models/{id}`, or `unmatched`),
 //! a model id the llm service reported (else `unknown`, or `none` for routes without a model),
@@ -7,13 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
 use axum::response::Response;
 use passerelle_telemetry::metrics::{INTER_TOKEN_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS};
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-
-use crate::body::attach_to_body;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Model label for routes that do not name a model.
 const NO_MODEL: &str = "none";
@@ -244,40 +242,48 @@ impl GatewayMetrics {
     }
 }
 
-/// Counts a request when its response head is ready, and times it until its body is done
-/// (or dropped, when the client goes away mid-stream).
-pub(crate) async fn track(
-    State(metrics): State<GatewayMetrics>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let started = Instant::now();
-    let in_flight = InFlight::enter(&metrics);
+/// A request's metrics once its response head is ready: counted (by route, model and status
+/// class) at once, timed until the body ends or is dropped (the client went away mid-stream).
+pub(crate) struct RequestTimer {
+    duration: Histogram,
+    started: Instant,
+    _in_flight: InFlight,
+}
 
-    let response = next.run(req).await;
+impl RequestTimer {
+    /// `route` is the route template, or `unmatched`.
+    pub(crate) fn start(
+        metrics: &GatewayMetrics,
+        route: &str,
+        response: &Response,
+        started: Instant,
+        in_flight: InFlight,
+    ) -> Self {
+        let status = status_class(response.status().as_u16());
+        let model = response
+            .extensions()
+            .get::<ModelLabel>()
+            .map_or(NO_MODEL, |label| label.0.as_str());
+        metrics
+            .inner
+            .requests
+            .with_label_values(&[route, model, status])
+            .inc();
+        Self {
+            duration: metrics
+                .inner
+                .request_duration
+                .with_label_values(&[route, status]),
+            started,
+            _in_flight: in_flight,
+        }
+    }
+}
 
-    let status = status_class(response.status().as_u16());
-    let model = response
-        .extensions()
-        .get::<ModelLabel>()
-        .map_or(NO_MODEL, |label| label.0.as_str());
-    metrics
-        .inner
-        .requests
-        .with_label_values(&[&route, model, status])
-        .inc();
-    let timer = BodyTimer {
-        metrics: metrics.clone(),
-        route,
-        status,
-        started,
-        _in_flight: in_flight,
-    };
-    attach_to_body(response, timer)
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -291,10 +297,10 @@ fn status_class(status: u16) -> &'static str {
 }
 
 /// Holds the in-flight gauge up while a request is handled or its body is streaming.
-struct InFlight(GatewayMetrics);
+pub(crate) struct InFlight(GatewayMetrics);
 
 impl InFlight {
-    fn enter(metrics: &GatewayMetrics) -> Self {
+    pub(crate) fn enter(metrics: &GatewayMetrics) -> Self {
         metrics.inner.in_flight.inc();
         Self(metrics.clone())
     }
@@ -303,26 +309,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inner.in_flight.dec();
-    }
-}
-
-/// Observes the request duration when the response body is dropped: after its last byte, or
-/// when the client disconnected.
-struct BodyTimer {
-    metrics: GatewayMetrics,
-    route: String,
-    status: &'static str,
-    started: Instant,
-    _in_flight: InFlight,
-}
-
-impl Drop for BodyTimer {
-    fn drop(&mut self) {
-        self.metrics
-            .inner
-            .request_duration
-            .with_label_values(&[self.route.as_str(), self.status])
-            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 

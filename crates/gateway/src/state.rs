@@ -50,9 +50,6 @@ pub enum GatewayError {
     /// The routing table is inconsistent.
     #[error(transparent)]
     Routing(#[from] crate::routing::RoutingError),
-    /// The HTTP client for upstreams could not be built.
-    #[error("cannot build the upstream HTTP client: {0}")]
-    UpstreamClient(#[from] reqwest::Error),
 }
 
 impl GatewayError {
@@ -177,7 +174,7 @@ impl AppState {
         };
         let metrics = GatewayMetrics::register(registry)?;
         let routes = Routes::new(&config.routing)?;
-        let upstream = UpstreamClient::new(config.connect_timeout)?;
+        let upstream = UpstreamClient::new(config.connect_timeout);
         let semantic_cache = match (&config.semantic_cache, &embeddings) {
             (None, _) => None,
             (Some(cache), Some(embeddings)) => Some(SemanticCache::new(
@@ -294,6 +291,11 @@ impl AppState {
         self.inner.routes.current()
     }
 
+    /// The bound on concurrent `/v1` requests.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
     pub(crate) fn upstream_client(&self) -> &UpstreamClient {
         &self.inner.upstream
     }
@@ -314,11 +316,5 @@ impl AppState {
 impl FromRef<AppState> for GatewayMetrics {
     fn from_ref(state: &AppState) -> Self {
         state.inner.metrics.clone()
-    }
-}
-
-impl FromRef<AppState> for Admission {
-    fn from_ref(state: &AppState) -> Self {
-        state.inner.admission.clone()
     }
 }

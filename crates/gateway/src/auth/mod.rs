@@ -62,28 +62,27 @@ fn route_access(route: &str) -> RouteAccess {
     }
 }
 
-/// The access layer (see the module docs).
+/// The access layer (see the module docs), and after it the gateway's concurrency bound: callers
+/// turned away here never hold a concurrency permit. One layer rather than two, since every
+/// layer boxes its service and future again per request.
 pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(String::new, |path| path.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("", MatchedPath::as_str);
     let client = client_addr(&state, &req);
     let principal = match authenticate(&state, req.headers()).await {
         Ok(principal) => principal,
         Err(err) => return err.into_response(),
     };
-    let span = tracing::Span::current();
     if let Some(key_id) = principal.key_id() {
-        span.record("key_id", key_id);
+        tracing::Span::current().record("key_id", key_id);
     }
-    let access = route_access(&route);
+    let access = route_access(route);
     if let Some(scope) = access.scope
         && let Err(err) = principal.require(scope)
     {
         state.audit(blocked(
             &principal,
-            &route,
+            route,
             client.as_deref(),
             format!("missing scope {scope}"),
         ));
@@ -95,7 +94,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
             if matches!(err, ApiError::BudgetExceeded { .. }) {
                 state.audit(blocked(
                     &principal,
-                    &route,
+                    route,
                     client.as_deref(),
                     "budget spent".to_owned(),
                 ));
@@ -111,15 +110,19 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
             Err(refused) => return ApiError::RateLimited(refused).into_response(),
         }
     }
+    let in_flight = match state.admission().try_admit() {
+        Ok(permit) => permit,
+        Err(busy) => return busy.into_response(),
+    };
     req.extensions_mut().insert(principal);
     req.extensions_mut().insert(ClientAddr(client));
     let mut response = next.run(req).await;
     match admitted {
         Some(admitted) => {
             admitted.headers.apply(response.headers_mut());
-            attach_to_body(response, admitted.permit)
+            attach_to_body(response, (admitted.permit, in_flight))
         }
-        None => response,
+        None => attach_to_body(response, in_flight),
     }
 }
 

@@ -10,11 +10,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use http_body_util::{BodyDataStream, BodyExt as _};
 use serde::Deserialize;
 
 use super::inspect::Inspector;
 use super::sse_split::SseSplitter;
 use super::table::Lease;
+use super::upstream::UpstreamResponse;
 use crate::error::ApiError;
 use crate::llm::Usage;
 use crate::meter::{Meter, Served};
@@ -157,7 +159,7 @@ impl Drop for Account {
 /// A non-streaming answer, read whole (bounded by `deadline`) and passed on as received, or
 /// as `inspector` leaves it.
 pub(crate) async fn json(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
@@ -168,7 +170,7 @@ pub(crate) async fn json(
         model: account.model.clone(),
         status: StatusCode::BAD_GATEWAY.as_u16(),
     };
-    let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+    let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
         Err(_) => {
             lease.failed();
             return Err(ApiError::UpstreamTimeout {
@@ -180,7 +182,7 @@ pub(crate) async fn json(
             tracing::warn!(model = %account.model, error = %err, "upstream answer cut short");
             return Err(failed(&account));
         }
-        Ok(Ok(body)) => body,
+        Ok(Ok(body)) => body.to_bytes(),
     };
     let Ok(peek) = serde_json::from_slice::<Peek>(&body) else {
         lease.failed();
@@ -211,14 +213,14 @@ pub(crate) async fn json(
 /// `client_wants_usage`: whether the client asked for the usage chunk; when it did not, the one
 /// the gateway asked for is not passed on.
 pub(crate) fn stream(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
     client_wants_usage: bool,
     mut inspector: Option<Inspector>,
 ) -> Response {
-    let mut upstream = response.bytes_stream();
+    let mut upstream = BodyDataStream::new(response.into_body());
     let events = async_stream::stream! {
         let mut splitter = SseSplitter::default();
         let mut done = false;

@@ -21,6 +21,9 @@ pub enum RoutingError {
     /// An upstream, alias or fallback names an empty model.
     #[error("routing: a model name is empty")]
     EmptyModel,
+    /// An upstream's API key cannot be sent in a header (a control character).
+    #[error("upstream {model:?}: the API key holds characters a header cannot carry")]
+    InvalidApiKey { model: String },
     /// An upstream's weight is 0.
     #[error("upstream {model:?} at {url:?}: weight must be at least 1")]
     ZeroWeight { model: String, url: String },
@@ -62,16 +65,17 @@ pub(crate) struct Replica {
     pub(crate) base_url: String,
     /// `{base_url}/chat/completions` and `{base_url}/completions`, parsed once: parsing a URL
     /// per request is a measurable share of the gateway's cost.
-    pub(crate) chat_url: reqwest::Url,
-    pub(crate) completions_url: reqwest::Url,
-    pub(crate) api_key: Option<String>,
+    pub(crate) chat_url: http::Uri,
+    pub(crate) completions_url: http::Uri,
+    /// `Bearer <key>`, marked sensitive so that it is never logged.
+    pub(crate) authorization: Option<http::HeaderValue>,
     /// The model name sent upstream.
     pub(crate) upstream_model: String,
 }
 
 impl Replica {
     /// The URL a request through `api` goes to.
-    pub(crate) fn endpoint(&self, api: super::dispatch::Api) -> &reqwest::Url {
+    pub(crate) fn endpoint(&self, api: super::dispatch::Api) -> &http::Uri {
         match api {
             super::dispatch::Api::Chat => &self.chat_url,
             super::dispatch::Api::Completions => &self.completions_url,
@@ -186,7 +190,12 @@ impl RouteTable {
                 return Err(RoutingError::EmptyModel);
             }
             let url = upstream.url.trim_end_matches('/');
-            let endpoint = |path: &str| reqwest::Url::parse(&format!("{url}/{path}")).ok();
+            let endpoint = |path: &str| {
+                format!("{url}/{path}")
+                    .parse::<http::Uri>()
+                    .ok()
+                    .filter(|uri| uri.scheme().is_some() && uri.authority().is_some())
+            };
             let (Some(chat_url), Some(completions_url)) =
                 (endpoint("chat/completions"), endpoint("completions"))
             else {
@@ -209,11 +218,23 @@ impl RouteTable {
                     url: upstream.url.clone(),
                 });
             }
+            let authorization =
+                match upstream.api_key.as_deref().filter(|k| !k.is_empty()) {
+                    None => None,
+                    Some(key) => {
+                        let mut value = http::HeaderValue::from_str(&format!("Bearer {key}"))
+                            .map_err(|_| RoutingError::InvalidApiKey {
+                                model: upstream.model.clone(),
+                            })?;
+                        value.set_sensitive(true);
+                        Some(value)
+                    }
+                };
             grouped.entry(&upstream.model).or_default().push(Replica {
                 base_url: url.to_owned(),
                 chat_url,
                 completions_url,
-                api_key: upstream.api_key.clone().filter(|k| !k.is_empty()),
+                authorization,
                 upstream_model: upstream
                     .upstream_model
                     .clone()

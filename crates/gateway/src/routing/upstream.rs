@@ -5,6 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -15,20 +22,35 @@ use crate::extract::REQUEST_ID_HEADER;
 /// Retry hint when every replica is ejected or unreachable and no better one is known.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
-/// The gateway's HTTP client for upstreams: one connection pool for all of them.
+/// An upstream's answer, its body not read yet.
+pub(crate) type UpstreamResponse = http::Response<Incoming>;
+
+/// The gateway's HTTP client for upstreams: one pool of keep-alive HTTP/1.1 connections for all
+/// of them, `https://` through rustls with the webpki roots. hyper's pooled client directly:
+/// reqwest's layers on top (URL re-parsing, redirect policy, header merging) were a measurable
+/// share of the gateway's CPU time per proxied request on a fast upstream.
 #[derive(Clone, Debug)]
 pub(crate) struct UpstreamClient {
-    http: reqwest::Client,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl UpstreamClient {
-    pub(crate) fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_nodelay(true);
+        // Schemes are checked when the routing table is built.
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
-        Ok(Self { http })
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { http }
     }
 }
 
@@ -129,7 +151,7 @@ impl Outgoing<'_> {
     /// Sends until a replica answers with a 2xx head (returned with its lease, to be held
     /// while the body is read) or a 4xx (passed on), or the retries run out. Nothing of any
     /// answer has been read when a retry is made.
-    pub(crate) async fn send(self) -> Result<(reqwest::Response, Lease), SendError> {
+    pub(crate) async fn send(self) -> Result<(UpstreamResponse, Lease), SendError> {
         let mut tried = Vec::new();
         let mut last = SendError::Unavailable {
             retry_after: UNAVAILABLE_RETRY,
@@ -152,37 +174,48 @@ impl Outgoing<'_> {
             let body = self
                 .body
                 .to_upstream(&replica.upstream_model, self.ask_usage);
-            let mut request = self
-                .client
-                .http
-                .post(replica.endpoint(self.api).clone())
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(REQUEST_ID_HEADER, self.request_id)
-                .body(body);
-            if let Some(key) = &replica.api_key {
-                request = request.bearer_auth(key);
+            let mut request = http::Request::post(replica.endpoint(self.api).clone())
+                .header(http::header::CONTENT_TYPE, "application/json");
+            if let Ok(id) = http::HeaderValue::from_str(self.request_id) {
+                request = request.header(REQUEST_ID_HEADER, id);
             }
-            let response = match tokio::time::timeout_at(self.deadline, request.send()).await {
-                Err(_) => {
-                    lease.failed();
-                    return Err(SendError::TimedOut);
-                }
-                Ok(Err(err)) => {
-                    lease.failed();
-                    tracing::warn!(
-                        model = %self.pool.model,
-                        upstream = %replica.base_url,
-                        attempt,
-                        error = %err,
-                        "upstream unreachable"
-                    );
-                    last = SendError::Unavailable {
+            if let Some(key) = &replica.authorization {
+                request = request.header(http::header::AUTHORIZATION, key.clone());
+            }
+            let request = match request.body(Full::new(body)) {
+                Ok(request) => request,
+                Err(err) => {
+                    // Only a URI or header the table let through could fail here.
+                    tracing::error!(model = %self.pool.model, error = %err, "cannot build the upstream request");
+                    return Err(SendError::Unavailable {
                         retry_after: UNAVAILABLE_RETRY,
-                    };
-                    continue;
+                    });
                 }
-                Ok(Ok(response)) => response,
             };
+            let response =
+                match tokio::time::timeout_at(self.deadline, self.client.http.request(request))
+                    .await
+                {
+                    Err(_) => {
+                        lease.failed();
+                        return Err(SendError::TimedOut);
+                    }
+                    Ok(Err(err)) => {
+                        lease.failed();
+                        tracing::warn!(
+                            model = %self.pool.model,
+                            upstream = %replica.base_url,
+                            attempt,
+                            error = %err,
+                            "upstream unreachable"
+                        );
+                        last = SendError::Unavailable {
+                            retry_after: UNAVAILABLE_RETRY,
+                        };
+                        continue;
+                    }
+                    Ok(Ok(response)) => response,
+                };
             let status = response.status();
             if status.is_server_error() {
                 lease.failed();
@@ -205,7 +238,7 @@ impl Outgoing<'_> {
         Err(last)
     }
 
-    async fn rejection(&self, response: reqwest::Response) -> UpstreamRejection {
+    async fn rejection(&self, response: UpstreamResponse) -> UpstreamRejection {
         let status = response.status();
         let retry_after = response
             .headers()
@@ -213,10 +246,11 @@ impl Outgoing<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = tokio::time::timeout_at(self.deadline, response.bytes())
+        let body = tokio::time::timeout_at(self.deadline, response.into_body().collect())
             .await
             .ok()
             .and_then(Result::ok)
+            .map(|collected| collected.to_bytes())
             .unwrap_or_default();
         UpstreamRejection::read(status, retry_after, &body)
     }
