@@ -77,7 +77,7 @@ pub(crate) fn attend(
     let heads = |t: &Tensor| t.unsqueeze(0)?.transpose(1, 2)?.contiguous();
     let q = rope.apply(&heads(q)?, &positions.cos, &positions.sin)?;
     let k = rope.apply(&heads(k)?, &positions.cos, &positions.sin)?;
-    let (k, v) = cache.append(layer, k, heads(v)?)?;
+    let (k, v) = cache.append(layer, &k.squeeze(0)?, &heads(v)?.squeeze(0)?)?;
     // Grouped-query attention without copying the cache once per query head: the query heads
     // sharing a key head are stacked as rows, `[kv_heads, groups * len, d]`.
     let (kv_heads, groups, d) = (
@@ -85,10 +85,8 @@ pub(crate) fn attend(
         config.num_heads / config.num_kv_heads,
         config.head_dim,
     );
-    let total = k.dim(2)?;
+    let total = k.dim(1)?;
     let q = q.reshape((kv_heads, groups * len, d))?;
-    let k = k.squeeze(0)?;
-    let v = v.squeeze(0)?;
     let scale = 1.0 / (d as f64).sqrt();
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask(positions, config.window(layer), q.device())? {
