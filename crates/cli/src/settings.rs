@@ -46,6 +46,8 @@ pub struct GatewaySettings {
     pub api_keys: Vec<String>,
     pub data_dir: PathBuf,
     pub redis_url: Option<String>,
+    /// HTTP worker threads; 0 serves on the shared runtime.
+    pub workers: usize,
 }
 
 pub fn telemetry(
@@ -218,6 +220,10 @@ pub fn gateway(
         passerelle_gateway::pricing::PriceList::new(file.prices.clone().unwrap_or_default())?;
     let routing = routing_source(args, None).build(file)?;
     Ok(GatewaySettings {
+        workers: args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| passerelle_gateway::workers::default_count().get()),
         redis_url,
         config: passerelle_gateway::GatewayConfig {
             semantic_cache,
