@@ -19,7 +19,9 @@ impl GatewayListener {
     /// Binds `listen` for `workers` worker threads, or for the shared runtime when 0.
     pub async fn bind(listen: SocketAddr, workers: usize) -> anyhow::Result<Self> {
         let listener = match NonZeroUsize::new(workers) {
-            None => tokio::net::TcpListener::bind(listen).await.map(Self::Shared),
+            None => tokio::net::TcpListener::bind(listen)
+                .await
+                .map(Self::Shared),
             Some(count) => passerelle_gateway::workers::bind(listen, count).map(Self::Workers),
         };
         listener.with_context(|| format!("cannot listen on {listen}"))

@@ -34,7 +34,8 @@ async fn workers_share_one_port_answer_concurrently_and_drain_on_shutdown() {
     let data_dir = tempfile::tempdir().unwrap();
     let state = state(&upstream, data_dir.path()).await;
     let count = NonZeroUsize::new(WORKERS).unwrap();
-    let listeners = passerelle_gateway::workers::bind("127.0.0.1:0".parse().unwrap(), count).unwrap();
+    let listeners =
+        passerelle_gateway::workers::bind("127.0.0.1:0".parse().unwrap(), count).unwrap();
     assert_eq!(listeners.len(), WORKERS);
     let addr = listeners[0].local_addr().unwrap();
     assert!(listeners.iter().all(|l| l.local_addr().unwrap() == addr));
@@ -54,10 +55,17 @@ async fn workers_share_one_port_answer_concurrently_and_drain_on_shutdown() {
     let answers = futures::future::join_all((0..32).map(|_| {
         let url = format!("{base}/v1/chat/completions");
         async move {
-            let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
             let response = tokio::time::timeout(
                 BOUND,
-                client.post(url).bearer_auth(KEY).json(&ask("remote")).send(),
+                client
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&ask("remote"))
+                    .send(),
             )
             .await
             .expect("answered in time")
@@ -92,7 +100,10 @@ async fn workers_share_one_port_answer_concurrently_and_drain_on_shutdown() {
     // Every worker stops accepting: poll until a fresh connection is refused.
     let deadline = tokio::time::Instant::now() + BOUND;
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "still accepting after shutdown");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting after shutdown"
+        );
         tokio::task::yield_now().await;
     }
     assert!(!server.is_finished(), "stopped before the stream ended");
