@@ -533,6 +533,21 @@ mod tests {
     }
 
     #[test]
+    fn workers_come_from_the_flag_then_the_file_then_the_cores() {
+        let gateway_of = |argv: &[&str], file: &str| {
+            let file: FileConfig = toml::from_str(file).unwrap();
+            let serve = serve_args(argv);
+            gateway(&serve.gateway, &file, "http://127.0.0.1:1".to_owned(), None).unwrap()
+        };
+        assert_eq!(gateway_of(&["--workers", "0"], "workers = 3").workers, 0);
+        assert_eq!(gateway_of(&[], "workers = 3").workers, 3);
+        assert_eq!(
+            gateway_of(&[], "").workers,
+            passerelle_gateway::workers::default_count().get()
+        );
+    }
+
+    #[test]
     fn upstream_flags_reach_the_gateway_config() {
         let serve = serve_args(&[
             "--upstream",

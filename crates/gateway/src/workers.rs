@@ -48,7 +48,11 @@ pub fn bind(addr: SocketAddr, count: NonZeroUsize) -> std::io::Result<Vec<std::n
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..count.get() {
+        #[cfg(unix)]
         listeners.push(bind_one(addr, true)?);
+        // Without SO_REUSEPORT the workers accept on one shared socket.
+        #[cfg(not(unix))]
+        listeners.push(listeners[0].try_clone()?);
     }
     Ok(listeners)
 }
