@@ -46,14 +46,15 @@ pub fn bind(addr: SocketAddr, count: NonZeroUsize) -> std::io::Result<Vec<std::n
     }
     let first = bind_one(addr, true)?;
     let addr = first.local_addr()?;
-    let mut listeners = vec![first];
+    let mut listeners = Vec::with_capacity(count.get());
     for _ in 1..count.get() {
         #[cfg(unix)]
         listeners.push(bind_one(addr, true)?);
         // Without SO_REUSEPORT the workers accept on one shared socket.
         #[cfg(not(unix))]
-        listeners.push(listeners[0].try_clone()?);
+        listeners.push(first.try_clone()?);
     }
+    listeners.insert(0, first);
     Ok(listeners)
 }
 
