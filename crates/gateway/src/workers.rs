@@ -45,6 +45,7 @@ pub fn bind(addr: SocketAddr, count: NonZeroUsize) -> std::io::Result<Vec<std::n
         drop(bind_one(addr, false)?);
     }
     let first = bind_one(addr, true)?;
+    #[cfg(unix)]
     let addr = first.local_addr()?;
     let mut listeners = Vec::with_capacity(count.get());
     for _ in 1..count.get() {
