@@ -243,6 +243,11 @@ pub struct GatewayOptions {
     /// [default: false].
     #[arg(long, env = "PASSERELLE_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true")]
     pub trust_forwarded_for: Option<bool>,
+    /// Threads serving HTTP, each with its own event loop, listening socket on the address
+    /// (SO_REUSEPORT) and upstream connections; 0 serves on the shared runtime instead
+    /// [default: one per core].
+    #[arg(long, env = "PASSERELLE_WORKERS")]
+    pub workers: Option<usize>,
     /// Store every prompt and answer, with emails, phone numbers, card numbers, IBANs and IP addresses
     /// redacted, for review and access requests [default: false].
     #[arg(long, env = "PASSERELLE_LOG_PROMPTS", num_args = 0..=1, default_missing_value = "true")]

@@ -75,6 +75,7 @@ pub struct FileConfig {
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub trust_forwarded_for: Option<bool>,
+    pub workers: Option<usize>,
     pub log_prompts: Option<bool>,
     pub prices: Option<std::collections::HashMap<String, passerelle_gateway::pricing::ModelPrice>>,
     pub drift: Option<bool>,

@@ -46,6 +46,8 @@ pub struct GatewaySettings {
     pub api_keys: Vec<String>,
     pub data_dir: PathBuf,
     pub redis_url: Option<String>,
+    /// HTTP worker threads; 0 serves on the shared runtime.
+    pub workers: usize,
 }
 
 pub fn telemetry(
@@ -218,6 +220,10 @@ pub fn gateway(
         passerelle_gateway::pricing::PriceList::new(file.prices.clone().unwrap_or_default())?;
     let routing = routing_source(args, None).build(file)?;
     Ok(GatewaySettings {
+        workers: args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| passerelle_gateway::workers::default_count().get()),
         redis_url,
         config: passerelle_gateway::GatewayConfig {
             semantic_cache,
@@ -524,6 +530,21 @@ mod tests {
         let bad = serve_args(&["--max-running", "600"]);
         let err = model(&bad.model, &FileConfig::default()).unwrap_err();
         assert!(err.to_string().contains("max_batch_tokens"), "{err}");
+    }
+
+    #[test]
+    fn workers_come_from_the_flag_then_the_file_then_the_cores() {
+        let gateway_of = |argv: &[&str], file: &str| {
+            let file: FileConfig = toml::from_str(file).unwrap();
+            let serve = serve_args(argv);
+            gateway(&serve.gateway, &file, "http://127.0.0.1:1".to_owned(), None).unwrap()
+        };
+        assert_eq!(gateway_of(&["--workers", "0"], "workers = 3").workers, 0);
+        assert_eq!(gateway_of(&[], "workers = 3").workers, 3);
+        assert_eq!(
+            gateway_of(&[], "").workers,
+            passerelle_gateway::workers::default_count().get()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! (bearer-token verification), `documents` (the client of the document store) with
 //! [`retrieval`] (documents put in chat prompts and cited), [`admin`] (the operator API's
 //! shapes: keys, audit log, erasure), [`routing`] (external upstreams, aliases, fallbacks,
-//! load balancing) and `routes` (the handlers).
+//! load balancing) and `routes` (the handlers), and [`workers`] (serving on per-core threads, as [`serve_workers`]).
 
 pub mod admin;
 mod admission;
@@ -47,6 +47,7 @@ pub mod safety;
 pub mod semantic_cache;
 mod sse;
 pub mod state;
+pub mod workers;
 
 use std::future::{Future, IntoFuture};
 use std::time::Duration;
@@ -65,6 +66,7 @@ pub use metrics::GatewayMetrics;
 pub use routing::{CascadeConfig, RoutingConfig, UpstreamConfig};
 pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
+pub use workers::serve_workers;
 
 use extract::BodyLimit;
 use passerelle_store::KeyVerifier as _;
@@ -155,6 +157,19 @@ pub async fn serve(
     warn_if_open(&state).await;
     let grace = state.config().shutdown_grace;
     let ledger = state.ledger().clone();
+    let result = serve_connections(listener, state, shutdown).await;
+    flush_ledger(&ledger, grace).await;
+    result
+}
+
+/// Accepts connections on `listener` for [`app`] until `shutdown` completes, then drains them
+/// for up to the shutdown grace.
+async fn serve_connections(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = state.config().shutdown_grace;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, llm = %state.config().llm_endpoint, "gateway listening");
     }
@@ -172,7 +187,7 @@ pub async fn serve(
         let _ = signalled.send(());
     });
     let mut server = std::pin::pin!(server.into_future());
-    let result = tokio::select! {
+    tokio::select! {
         result = &mut server => result,
         _ = on_signal => {
             tracing::info!(
@@ -181,9 +196,12 @@ pub async fn serve(
             );
             drain(server, grace).await
         }
-    };
-    // Usage and audit records of the requests just finished must reach the store, however the
-    // server stopped: with no connection open it finishes in the very poll that sees the signal.
+    }
+}
+
+/// Usage and audit records of the requests just finished must reach the store, however the
+/// server stopped: with no connection open it finishes in the very poll that sees the signal.
+async fn flush_ledger(ledger: &ledger::Ledger, grace: Duration) {
     let left = ledger.flush(grace).await;
     if left > 0 {
         tracing::error!(
@@ -191,7 +209,6 @@ pub async fn serve(
             "shutting down with records not yet written to the store"
         );
     }
-    result
 }
 
 async fn drain(

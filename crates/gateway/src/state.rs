@@ -97,6 +97,8 @@ pub struct AppState {
     /// Shared, so a clone (several per request: extractors, middleware, accounting) is one
     /// reference count, not one per client and channel.
     inner: Arc<Shared>,
+    /// Apart from the rest: each per-core worker has its own (see [`AppState::for_worker`]).
+    upstream: UpstreamClient,
 }
 
 struct Shared {
@@ -117,7 +119,6 @@ struct Shared {
     registry: Registry,
     admission: Admission,
     routes: Routes,
-    upstream: UpstreamClient,
 }
 
 impl std::fmt::Debug for AppState {
@@ -205,7 +206,6 @@ impl AppState {
                     config.models_cache_ttl,
                 ),
                 routes,
-                upstream,
                 embeddings,
                 admission: Admission::new(config.max_concurrent_requests),
                 config: Arc::new(config),
@@ -219,7 +219,18 @@ impl AppState {
                 metrics,
                 registry: registry.clone(),
             }),
+            upstream,
         })
+    }
+
+    /// The same state with an upstream client of its own, for a worker thread with its own
+    /// runtime: pooled upstream connections are then driven by the thread that uses them,
+    /// not woken across threads.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            upstream: UpstreamClient::new(self.inner.config.connect_timeout),
+        }
     }
 
     /// The configuration the gateway runs with.
@@ -297,7 +308,7 @@ impl AppState {
     }
 
     pub(crate) fn upstream_client(&self) -> &UpstreamClient {
-        &self.inner.upstream
+        &self.upstream
     }
 
     pub(crate) fn catalog(&self) -> &ModelCatalog {

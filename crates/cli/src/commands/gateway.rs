@@ -10,6 +10,8 @@ use crate::{
     shutdown::Shutdown,
 };
 
+use super::listener::GatewayListener;
+
 const DEFAULT_LLM_ENDPOINT: &str = "http://127.0.0.1:50051";
 
 pub async fn run(
@@ -33,14 +35,14 @@ pub async fn run(
     gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
     let shutdown = Shutdown::on_signals();
     let registry = prometheus::Registry::new();
+    let workers = gateway.workers;
     let state = super::gateway_state(gateway, &registry).await?;
     let routing_source = settings::routing_source(&args.gateway, config_path);
     crate::routing::reload_on_sighup(state.clone(), routing_source.clone());
     crate::config_watch::reload_on_change(state.clone(), routing_source);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    passerelle_gateway::serve(listener, state, shutdown.wait())
+    GatewayListener::bind(listen, workers)
+        .await?
+        .serve(state, shutdown.wait())
         .await
         .context("gateway failed")
 }

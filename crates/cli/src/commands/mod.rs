@@ -4,6 +4,7 @@ mod bench;
 mod embeddings;
 mod gateway;
 mod keys;
+mod listener;
 mod llm;
 mod safety;
 mod serve;

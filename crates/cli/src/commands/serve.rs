@@ -92,16 +92,15 @@ pub async fn run(
 
     let mut gateway = settings::gateway(&args.gateway, file, llm_endpoint, embeddings_endpoint)?;
     gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
+    let workers = gateway.workers;
     let state = super::gateway_state(gateway, &registry).await?;
     let routing_source = settings::routing_source(&args.gateway, config_path);
     crate::routing::reload_on_sighup(state.clone(), routing_source.clone());
     crate::config_watch::reload_on_change(state.clone(), routing_source);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = super::listener::GatewayListener::bind(listen, workers).await?;
     let bound = listener.local_addr()?;
     tracing::info!(%bound, "passerelle is up: OpenAI API at http://{bound}/v1");
-    let gateway = passerelle_gateway::serve(listener, state, shutdown.wait());
+    let gateway = listener.serve(state, shutdown.wait());
 
     // Any part failing ends the process; on a signal all of them drain.
     tokio::select! {

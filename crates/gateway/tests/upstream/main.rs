@@ -1,10 +1,11 @@
 //! The gateway in front of real OpenAI-compatible HTTP upstreams on loopback (see `mock`):
 //! relay without buffering, usage from streams, retries only before the first byte,
 //! fallbacks, ejection and recovery, aliases and key restrictions, errors passed on, and
-//! small-to-large cascades (`cascade`).
+//! small-to-large cascades (`cascade`), and serving on per-core workers (`workers`).
 
 mod cascade;
 mod mock;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
