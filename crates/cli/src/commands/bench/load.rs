@@ -120,8 +120,9 @@ impl Phase {
                 }
                 Err(err) => {
                     connections.push(None);
-                    all.errors
-                        .transport("load task failed".to_owned(), || format!("load task failed: {err}"));
+                    all.errors.transport("load task failed".to_owned(), || {
+                        format!("load task failed: {err}")
+                    });
                 }
             }
         }

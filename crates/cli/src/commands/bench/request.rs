@@ -11,9 +11,9 @@ use crate::args::LoadArgs;
 /// Common English words, each one token (with its leading space) in the usual BPE vocabularies.
 const WORDS: [&str; 32] = [
     "the", "time", "people", "year", "way", "day", "man", "thing", "woman", "life", "child",
-    "world", "school", "state", "family", "student", "group", "country", "problem", "hand",
-    "part", "place", "case", "week", "company", "system", "program", "question", "work",
-    "number", "night", "point",
+    "world", "school", "state", "family", "student", "group", "country", "problem", "hand", "part",
+    "place", "case", "week", "company", "system", "program", "question", "work", "number", "night",
+    "point",
 ];
 
 /// The tag's digits: the run's, then the request's.
@@ -165,7 +165,11 @@ mod tests {
         }
         assert_eq!(contents[0].split(' ').count(), 101);
         assert_ne!(contents[0], contents[1]);
-        assert!(contents[1][..21].ends_with("-0000000001]"), "{}", contents[1]);
+        assert!(
+            contents[1][..21].ends_with("-0000000001]"),
+            "{}",
+            contents[1]
+        );
         assert_eq!(contents[0][21..], contents[2][21..], "only the tag differs");
 
         let same = target_of(&["--prompt-tokens", "10", "--same-prompt"]);

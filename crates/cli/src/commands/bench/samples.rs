@@ -75,7 +75,10 @@ impl Errors {
         *self.by_status.entry(status).or_default() += 1;
         self.count(|| {
             let body = String::from_utf8_lossy(&body[..body.len().min(300)]);
-            format!("HTTP status {status}: {}", body.trim())
+            match body.trim() {
+                "" => format!("HTTP status {status}"),
+                body => format!("HTTP status {status}: {body}"),
+            }
         });
     }
 

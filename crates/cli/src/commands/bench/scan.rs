@@ -173,17 +173,25 @@ mod tests {
     const ROLE: &[u8] = br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}"#;
 
     fn content(text: &str) -> Vec<u8> {
-        format!(r#"data: {{"choices":[{{"index":0,"delta":{{"content":"{text}"}}}}],"usage":null}}"#)
-            .into_bytes()
+        format!(
+            r#"data: {{"choices":[{{"index":0,"delta":{{"content":"{text}"}}}}],"usage":null}}"#
+        )
+        .into_bytes()
     }
 
     #[test]
     fn a_stream_split_anywhere_gives_the_same_times_and_tokens() {
         let mut events: Vec<Vec<u8>> = vec![ROLE.to_vec(), content("Hel"), content("lo")];
-        events.push(br#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#.to_vec());
+        events.push(
+            br#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#
+                .to_vec(),
+        );
         events.push(br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#.to_vec());
         events.push(b"data: [DONE]".to_vec());
-        let body: Vec<u8> = events.iter().flat_map(|e| [e.as_slice(), b"\n\n"].concat()).collect();
+        let body: Vec<u8> = events
+            .iter()
+            .flat_map(|e| [e.as_slice(), b"\n\n"].concat())
+            .collect();
         let mut scan = Scan::new(true);
         for split in 1..body.len() {
             scan.reset();
@@ -229,10 +237,14 @@ mod tests {
         assert!(carries_content(br#"{"delta": {"content" : "x"}}"#));
         assert!(!carries_content(br#"{"delta": {"content": ""}}"#));
         assert!(!carries_content(br#"{"delta": {"content": null}}"#));
-        assert!(!carries_content(br#"{"delta": {"reasoning_content": "x"}}"#));
+        assert!(!carries_content(
+            br#"{"delta": {"reasoning_content": "x"}}"#
+        ));
         assert!(!carries_content(br#"{"delta": {"role": "\"content\""}}"#));
         assert_eq!(
-            completion_tokens(br#"{"usage": {"completion_tokens_details": {}, "completion_tokens": 42}}"#),
+            completion_tokens(
+                br#"{"usage": {"completion_tokens_details": {}, "completion_tokens": 42}}"#
+            ),
             Some(42)
         );
         assert_eq!(completion_tokens(br#"{"usage": null}"#), None);
