@@ -556,9 +556,25 @@ pub struct LoadArgs {
     /// Stop the measured phase after this many seconds even if requests remain.
     #[arg(long, default_value_t = 60)]
     pub max_secs: u64,
-    /// Ask for a streamed answer and also report the time to its first SSE event.
+    /// Ask for a streamed answer (with `stream_options.include_usage`) and also report the
+    /// time to its first SSE event, the time to its first token (the first event carrying
+    /// content, not the role-only opening) and the gaps between tokens.
     #[arg(long)]
     pub stream: bool,
+    /// Send a user message of about this many tokens instead of "Say hello.": this many words
+    /// of common English (one token each in the usual BPE vocabularies), after a tag of about
+    /// a dozen tokens that is different for every request of every run, so that no prefix or
+    /// response cache can answer a request from an earlier one [default: "Say hello."].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub prompt_tokens: Option<u32>,
+    /// With `--prompt-tokens`: send the same message in every request (a tag of zeros), so
+    /// that prefix and response caches may answer from the first.
+    #[arg(long, requires = "prompt_tokens")]
+    pub same_prompt: bool,
+    /// The `max_tokens` of each request. The API has no `ignore_eos`: a model may stop earlier,
+    /// and the token counts in the report are what it generated.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
     /// A process whose CPU time (user + system, its descendants included) is divided by the
     /// measured requests; repeatable, summed.
     #[arg(long = "pid")]

@@ -550,3 +550,110 @@ async fn editing_the_config_file_changes_routing_without_a_signal() {
     assert!(warned.contains("WARN"), "{warned}");
     assert_eq!(answer().await, "second");
 }
+
+/// `passerelle bench --json` with `args`, against `base_url`; its report.
+fn bench(base_url: &str, args: &[&str]) -> Value {
+    let out = run_ok(
+        passerelle()
+            .args(["--log-filter", "warn", "bench", "--url"])
+            .arg(format!("{base_url}/v1"))
+            .args(["--model", "tiny", "--json", "--max-secs", "60"])
+            .args(args),
+    );
+    serde_json::from_str(&out).unwrap_or_else(|err| panic!("{err}: {out}"))
+}
+
+#[tokio::test]
+async fn bench_reports_tokens_and_errors_by_status_against_a_real_model() {
+    let model = TinyQwen2::write(3).unwrap();
+    let gguf = model.write_gguf(WeightDtype::Q8_0).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let created = run_ok(
+        passerelle()
+            .args(["keys", "--data-dir"])
+            .arg(data.path())
+            .args(["create", "--name", "bench"]),
+    );
+    let secret = created.lines().last().unwrap().trim().to_owned();
+    let server = Server::start(&gguf, data.path(), &[]);
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{}/health/ready", server.base_url))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let base = server.base_url.as_str();
+    let common = [
+        "--api-key",
+        &secret,
+        "-n",
+        "6",
+        "--warmup",
+        "1",
+        "--concurrency",
+        "2",
+        "--prompt-tokens",
+        "30",
+        "--max-tokens",
+        "8",
+    ];
+
+    let streamed = bench(base, &[&common[..], &["--stream"]].concat());
+    assert_eq!(
+        (streamed["ok"].as_u64(), streamed["errors"].as_u64()),
+        (Some(6), Some(0)),
+        "{streamed}"
+    );
+    let count = |field: &str| streamed[field]["count"].as_u64().unwrap();
+    let content_events = streamed["content_events"].as_u64().unwrap();
+    let tokens = streamed["completion_tokens"].as_u64().unwrap();
+    assert_eq!(streamed["answers_with_tokens"], 6, "{streamed}");
+    assert!((6..=6 * 8).contains(&tokens), "{streamed}");
+    assert!(content_events <= tokens, "{streamed}");
+    // Every stream had a first token; the gaps are one fewer than its content events.
+    assert_eq!(count("ttft"), 6, "{streamed}");
+    assert_eq!(count("itl"), content_events - 6, "{streamed}");
+    let p50 = |field: &str| streamed[field]["p50_us"].as_f64().unwrap();
+    assert!(p50("first_event") > 0.0, "{streamed}");
+    assert!(p50("first_event") <= p50("ttft"), "{streamed}");
+    assert!(p50("ttft") <= p50("latency"), "{streamed}");
+    assert!(
+        streamed["tokens_per_sec"].as_f64().unwrap() > 0.0,
+        "{streamed}"
+    );
+    if content_events > 6 {
+        assert!(p50("itl") > 0.0, "{streamed}");
+        assert!(streamed["stream_tokens_per_sec"]["p50"].as_f64().unwrap() > 0.0);
+    }
+
+    let whole = bench(base, &common);
+    assert_eq!(whole["ok"], 6, "{whole}");
+    assert_eq!(whole["answers_with_tokens"], 6, "{whole}");
+    assert!(whole["completion_tokens"].as_u64().unwrap() >= 6, "{whole}");
+    assert!(
+        whole["ttft"].is_null() && whole["first_event"].is_null(),
+        "{whole}"
+    );
+
+    let unauthorised = bench(base, &["-n", "3", "--warmup", "0"]);
+    assert_eq!(unauthorised["ok"], 0, "{unauthorised}");
+    assert_eq!(unauthorised["errors"], 3, "{unauthorised}");
+    assert_eq!(unauthorised["errors_by_status"], json!({"401": 3}));
+    assert!(
+        unauthorised["first_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("HTTP status 401")),
+        "{unauthorised}"
+    );
+
+    let missing = bench(
+        &format!("{base}/nowhere"),
+        &["--api-key", &secret, "-n", "2", "--warmup", "0"],
+    );
+    assert_eq!(missing["errors_by_status"], json!({"404": 2}), "{missing}");
+}

@@ -18,14 +18,30 @@ pub enum Http1Error {
     Closed,
 }
 
+impl Http1Error {
+    /// A short name for counting errors by kind: the I/O error kind, not its message.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Io(err) => err.kind().to_string(),
+            Self::Malformed(_) => "malformed response".to_owned(),
+            Self::Closed => "closed mid-answer".to_owned(),
+        }
+    }
+}
+
 /// One request's outcome.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange {
     pub status: u16,
     /// From the request's first byte written to the answer's last byte read.
     pub total: Duration,
-    /// To the first complete SSE event (`\n\n`-terminated) of the body, when there was one.
-    pub first_event: Option<Duration>,
+}
+
+/// What [`Connection::exchange`] hands the answer's body to, piece by piece as it is read.
+pub trait BodySink {
+    /// `bytes` of the body (chunked framing removed) were read `at` after the request's
+    /// first byte was written.
+    fn data(&mut self, bytes: &[u8], at: Duration);
 }
 
 /// A keep-alive connection to one server.
@@ -54,33 +70,22 @@ impl Connection {
         })
     }
 
-    /// Sends `request` (a whole HTTP/1.1 request) and reads the whole answer. Returns the
-    /// outcome and whether the connection may be reused.
-    pub async fn exchange(&mut self, request: &[u8]) -> Result<(Exchange, bool), Http1Error> {
+    /// Sends `request` (a whole HTTP/1.1 request) and reads the whole answer, handing its body
+    /// to `sink`. Returns the outcome and whether the connection may be reused.
+    pub async fn exchange(
+        &mut self,
+        request: &[u8],
+        sink: &mut impl BodySink,
+    ) -> Result<(Exchange, bool), Http1Error> {
         self.buf.clear();
         self.start = 0;
         let began = Instant::now();
         self.stream.write_all(request).await?;
         let (status, framing, keep_alive) = self.read_head().await?;
-        let mut first_event = None;
-        let mut seen = 0usize;
-        let mut body = Vec::new();
-        let mut on_body = |data: &[u8], body: &mut Vec<u8>| {
-            if first_event.is_none() {
-                body.extend_from_slice(data);
-                if body[seen.saturating_sub(1)..]
-                    .windows(2)
-                    .any(|w| w == b"\n\n")
-                {
-                    first_event = Some(began.elapsed());
-                }
-                seen = body.len();
-            }
-        };
         match framing {
             Framing::Length(len) => {
                 self.fill(len).await?;
-                on_body(&self.buf[self.start..self.start + len], &mut body);
+                sink.data(&self.buf[self.start..self.start + len], began.elapsed());
                 self.start += len;
             }
             Framing::Chunked => loop {
@@ -92,13 +97,12 @@ impl Connection {
                     break;
                 }
                 self.fill(size + 2).await?;
-                on_body(&self.buf[self.start..self.start + size], &mut body);
+                sink.data(&self.buf[self.start..self.start + size], began.elapsed());
                 self.start += size + 2;
             },
             Framing::Close => loop {
-                let available = self.buf.len() - self.start;
-                if available > 0 {
-                    on_body(&self.buf[self.start..], &mut body);
+                if self.buf.len() > self.start {
+                    sink.data(&self.buf[self.start..], began.elapsed());
                     self.start = self.buf.len();
                 }
                 if self.read_more().await? == 0 {
@@ -109,7 +113,6 @@ impl Connection {
         let exchange = Exchange {
             status,
             total: began.elapsed(),
-            first_event,
         };
         Ok((exchange, keep_alive && !matches!(framing, Framing::Close)))
     }

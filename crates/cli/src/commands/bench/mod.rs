@@ -1,7 +1,9 @@
-//! `passerelle bench`: the load tool for measuring the gateway's own overhead. `load` drives
-//! chat requests over plain keep-alive HTTP/1.1 connections and reports latency percentiles,
-//! throughput and the CPU time of the processes under test; `mock` is the fast upstream they
-//! are measured against.
+//! `passerelle bench`: the load tool for measuring the gateway's own overhead and a model
+//! server's latency under load. `load` drives chat requests (`request`) over plain keep-alive
+//! HTTP/1.1 connections (`http1`), reads the answers cheaply (`scan`) and reports latency
+//! percentiles, time to first token, inter-token latency, throughput in requests and tokens,
+//! errors by status and the CPU time of the processes under test (`report`); `mock` is the
+//! fast upstream the gateway is measured against.
 //!
 //! Both run on runtimes of their own, small and fixed, so the tool takes a known share of the
 //! machine's cores whatever the process's main runtime has.
@@ -10,6 +12,10 @@ mod http1;
 mod load;
 mod mock;
 mod proc_cpu;
+mod report;
+mod request;
+mod samples;
+mod scan;
 mod stats;
 
 use anyhow::Context as _;
