@@ -241,7 +241,9 @@ mod tests {
     #[test]
     fn clones_extending_a_shared_snapshot_do_not_see_each_other() {
         let mut prompt = KvCache::new();
-        prompt.append(0, &filled(&[1.0, 2.0]), &filled(&[1.0, 2.0])).unwrap();
+        prompt
+            .append(0, &filled(&[1.0, 2.0]), &filled(&[1.0, 2.0]))
+            .unwrap();
         prompt.advance(&[1, 2]);
         let (mut a, mut b) = (prompt.clone(), prompt.clone());
         let (ka, _) = a.append(0, &filled(&[3.0]), &filled(&[3.0])).unwrap();
@@ -252,7 +254,8 @@ mod tests {
         assert_eq!(keys(&kb), [1.0, 2.0, 4.0]);
         // Growing in place, past the first buffers' room, keeps every position.
         for step in 0..40 {
-            a.append(0, &filled(&[step as f32]), &filled(&[0.0])).unwrap();
+            a.append(0, &filled(&[step as f32]), &filled(&[0.0]))
+                .unwrap();
             a.advance(&[0]);
         }
         let (ka, _) = a.append(0, &filled(&[-1.0]), &filled(&[0.0])).unwrap();
