@@ -38,6 +38,7 @@ pub async fn try_engine_with(
     let config = EngineConfig {
         model_path: path.to_path_buf(),
         model_id: MODEL_ID.to_owned(),
+        device: passerelle_llm::DeviceChoice::Cpu,
         threads: Some(1),
         queue_capacity,
         batch,
