@@ -3,8 +3,11 @@
 # nvcc, the CUDA headers and the CUDA libraries come from NVIDIA's PyPI wheels (CUDA 13.0 series,
 # the version the driver 580 machines run), installed into a virtual environment. See docs/cuda.md.
 #
-#   scripts/build-cuda.sh                 # release build of passerelle-cli --features cuda
-#   scripts/build-cuda.sh --env           # only prepare the toolkit; print the variables to export
+#   scripts/build-cuda.sh              # release build of passerelle-cli --features cuda
+#   scripts/build-cuda.sh --env        # only prepare the toolkit; print the variables to export
+#   scripts/build-cuda.sh --kit DIR    # also the GPU tests, the engine benchmark and the testkit
+#                                      # (writes random-weight models), stripped and gzipped
+#                                      # into DIR to carry to a GPU machine (docs/cuda.md)
 #
 # Environment:
 #   PASSERELLE_CUDA_VENV  where the wheels go (default: .cuda-venv in the repository root)
@@ -69,13 +72,45 @@ export PATH="$toolkit/bin:$PATH"
 export CUDA_ROOT="$cuda_root"
 unset CUDA_HOME CUDA_PATH CUDA_TOOLKIT_ROOT_DIR
 
-if [ "${1:-}" = "--env" ]; then
-    echo "export PATH=\"$toolkit/bin:\$PATH\" CUDA_ROOT=\"$cuda_root\" CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
-    exit 0
-fi
+case "${1:-}" in
+    --env)
+        echo "export PATH=\"$toolkit/bin:\$PATH\" CUDA_ROOT=\"$cuda_root\" CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
+        exit 0
+        ;;
+    --kit)
+        kit=${2:?--kit needs a directory}
+        ;;
+    "") ;;
+    *)
+        echo "usage: $0 [--env | --kit DIR]" >&2
+        exit 2
+        ;;
+esac
 
 nvcc --version | tail -n 2
+release="${CARGO_TARGET_DIR:-$repo/target}/release"
 cargo build --locked --release -p passerelle-cli --features cuda
-bin="${CARGO_TARGET_DIR:-$repo/target}/release/passerelle"
-echo "built $bin (sm_$CUDA_COMPUTE_CAP); at run time it needs the CUDA 13 libraries:"
-ldd "$bin" | grep -E 'libcu|libnvrtc' || true
+echo "built $release/passerelle (sm_$CUDA_COMPUTE_CAP); at run time it needs the CUDA 13 libraries:"
+ldd "$release/passerelle" | grep -E 'libcu|libnvrtc' || true
+[ -n "${kit:-}" ] || exit 0
+
+# One cargo invocation each for what shares the same features, so candle is not rebuilt.
+cargo build --locked --release -p passerelle-cli -p passerelle-testkit -p passerelle-llm \
+    --features passerelle-cli/cuda,passerelle-llm/cuda --bin passerelle --bin passerelle-testkit \
+    --example bench_engine
+tests=$(cargo test --locked --release -p passerelle-llm --features cuda --test cuda --no-run \
+    --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
+        print(m["executable"])')
+mkdir -p "$kit"
+for file in "$release/passerelle" "$release/passerelle-testkit" "$release/examples/bench_engine" \
+    "$tests"; do
+    name=$(basename "$file")
+    [ "$file" = "$tests" ] && name=llm-cuda-tests
+    strip -o "$kit/$name" "$file"
+    gzip -9 -f "$kit/$name"
+done
+ls -l "$kit"
