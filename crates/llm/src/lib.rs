@@ -42,8 +42,8 @@ pub use engine::{
     BatchConfig, Engine, EngineConfig, EngineHandle, EngineState, EngineStats, GenerationStream,
 };
 pub use error::{LlmError, LoadError};
-pub use passerelle_model_runtime::DeviceChoice;
 pub use model::{ModelFiles, ModelFormat};
+pub use passerelle_model_runtime::DeviceChoice;
 pub use request::{
     ChatMessage, ChatPrompt, FinishReason, Finished, GenerationEvent, GenerationRequest, Prompt,
     ResponseFormat, SamplingParams, StoppingParams, TokenDelta, TokenLogprob, ToolCall,

@@ -50,7 +50,11 @@ fn decoder(path: &Path, device: &Device) -> Arc<Decoder> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (norm(a) * norm(b)).max(f64::MIN_POSITIVE)
 }
@@ -146,7 +150,12 @@ async fn the_engine_streams_the_cpus_greedy_tokens_on_the_gpu() {
     let gpu = try_engine_on(&path, DeviceChoice::Cuda(0), 8, batch)
         .await
         .unwrap();
-    let prompts = ["hello there", "the quick brown fox", "a", "one two three four five"];
+    let prompts = [
+        "hello there",
+        "the quick brown fox",
+        "a",
+        "one two three four five",
+    ];
     let want: Vec<Vec<u32>> = {
         let mut out = Vec::new();
         for prompt in prompts {

@@ -56,7 +56,8 @@ impl Worker {
     /// Runs until every handle is dropped and every admitted request has ended.
     pub fn run(mut self) {
         let loaded = self.compute_pool().and_then(|pool| {
-            let (model, served) = pool.install(|| load_and_warm_up(&self.files, &self.model_id, self.device))?;
+            let (model, served) =
+                pool.install(|| load_and_warm_up(&self.files, &self.model_id, self.device))?;
             let scheduler = Scheduler::new(self.batch.scheduler(served.context_length))?;
             Ok((pool, model, served, scheduler))
         });
