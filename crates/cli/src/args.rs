@@ -76,6 +76,10 @@ pub struct ModelArgs {
     /// CPU threads for model work [default: all cores].
     #[arg(long, short = 't', env = "PASSERELLE_THREADS")]
     pub threads: Option<usize>,
+    /// Device the model runs on: cpu, cuda or cuda:N (a GPU needs a build with the `cuda`
+    /// feature) [default: cpu].
+    #[arg(long, env = "PASSERELLE_DEVICE")]
+    pub device: Option<passerelle_model_runtime::DeviceChoice>,
     /// Generation requests that may wait for the model; more get 429 [default: 64].
     #[arg(long, env = "PASSERELLE_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,

@@ -18,6 +18,7 @@ pub struct ModelSettings {
     pub model: String,
     pub model_id: Option<String>,
     pub threads: Option<usize>,
+    pub device: passerelle_model_runtime::DeviceChoice,
     pub hub: HubOptions,
     pub queue_capacity: usize,
     pub batch: passerelle_llm::BatchConfig,
@@ -84,6 +85,13 @@ pub fn model(args: &ModelArgs, file: &FileConfig) -> anyhow::Result<ModelSetting
         }),
         model_id: args.model_id.clone().or_else(|| file.model_id.clone()),
         threads: threads(args.threads, file)?,
+        device: match (args.device, &file.device) {
+            (Some(device), _) => device,
+            (None, Some(device)) => device
+                .parse()
+                .map_err(|err| anyhow::anyhow!("`device` in the configuration file: {err}"))?,
+            (None, None) => passerelle_model_runtime::DeviceChoice::Cpu,
+        },
         hub: hub(&args.hub, file),
         queue_capacity,
         batch: batch(&args.batch, file)?,
@@ -650,5 +658,32 @@ mod tests {
         assert!(err.contains("invalid listen address"), "{err}");
         let zero_threads = serve_args(&["--threads", "0"]);
         assert!(model(&zero_threads.model, &FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn the_model_device_comes_from_the_flag_then_the_file_then_cpu() {
+        use passerelle_model_runtime::DeviceChoice;
+
+        let none = FileConfig::default();
+        assert_eq!(
+            model(&serve_args(&[]).model, &none).unwrap().device,
+            DeviceChoice::Cpu
+        );
+        let file: FileConfig = toml::from_str("device = \"cuda:1\"").unwrap();
+        assert_eq!(
+            model(&serve_args(&[]).model, &file).unwrap().device,
+            DeviceChoice::Cuda(1)
+        );
+        let flagged = serve_args(&["--device", "cpu"]);
+        assert_eq!(
+            model(&flagged.model, &file).unwrap().device,
+            DeviceChoice::Cpu
+        );
+        let typo: FileConfig = toml::from_str("device = \"tpu\"").unwrap();
+        let err = model(&serve_args(&[]).model, &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`device`") && err.contains("cuda:N"), "{err}");
+        assert!(Cli::try_parse_from(["passerelle", "llm", "--device", "tpu"]).is_err());
     }
 }

@@ -10,7 +10,9 @@
 //! - peak resident memory (`VmHWM` from `/proc/self/status`) at the end.
 //!
 //! `cargo run --release -p passerelle-llm --example bench_engine -- MODEL.gguf [--threads 2]
-//! [--reps 3] [--prompt 512] [--gen 128] [--streams 8] [--json]`
+//! [--reps 3] [--prompt 512] [--gen 128] [--streams 8] [--device cuda] [--json]`
+//!
+//! `--device cuda` (or `cuda:N`) runs the model on a GPU, in a build with `--features cuda`.
 //!
 //! Unlike `llama-bench`, which times bare `llama_decode` calls, this goes through the engine's
 //! public API (admission, greedy sampling over the full vocabulary, detokenization, the
@@ -21,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    BatchConfig, Engine, EngineConfig, EngineHandle, GenerationEvent, GenerationRequest, Prompt,
+    BatchConfig, DeviceChoice, Engine, EngineConfig, EngineHandle, GenerationEvent,
+    GenerationRequest, Prompt,
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 
@@ -34,6 +37,7 @@ struct Options {
     prompt: usize,
     generate: usize,
     streams: usize,
+    device: DeviceChoice,
     json: bool,
 }
 
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Options, Box<dyn std::error::Error>> {
         prompt: 512,
         generate: 128,
         streams: 0,
+        device: DeviceChoice::Cpu,
         json: false,
     };
     while let Some(arg) = args.next() {
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Options, Box<dyn std::error::Error>> {
             "--prompt" => options.prompt = value()?.parse()?,
             "--gen" => options.generate = value()?.parse()?,
             "--streams" => options.streams = value()?.parse()?,
+            "--device" => options.device = value()?.parse()?,
             "--json" => options.json = true,
             path if options.path.is_empty() && !path.starts_with("--") => {
                 options.path = path.to_owned()
@@ -66,7 +72,7 @@ fn parse_args() -> Result<Options, Box<dyn std::error::Error>> {
     if options.path.is_empty() || options.reps == 0 {
         return Err(
             "usage: bench_engine MODEL.gguf [--threads N] [--reps N] [--prompt N] \
-                    [--gen N] [--streams N] [--json]"
+                    [--gen N] [--streams N] [--device cpu|cuda|cuda:N] [--json]"
                 .into(),
         );
     }
@@ -166,6 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         EngineConfig {
             model_path: options.path.clone().into(),
             model_id: MODEL_ID.into(),
+            device: options.device,
             threads: Some(options.threads),
             queue_capacity: options.streams.max(1),
             batch: BatchConfig {
@@ -220,6 +227,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             serde_json::json!({
                 "model": options.path,
                 "threads": engine.threads(),
+                "device": options.device.to_string(),
                 "reps": options.reps,
                 "load_s": load.as_secs_f64(),
                 "pp": {"n_prompt": options.prompt, "tokens_per_s": pp_mean, "std": pp_std, "samples": pp},
@@ -234,8 +242,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     } else {
         println!(
-            "model {} on {} threads, loaded in {load:.2?}, {} reps",
+            "model {} on {} ({} threads), loaded in {load:.2?}, {} reps",
             options.path,
+            options.device,
             engine.threads(),
             options.reps
         );

@@ -27,6 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         EngineConfig {
             model_path: path.into(),
             model_id: "model".into(),
+            device: passerelle_llm::DeviceChoice::Cpu,
             threads,
             queue_capacity: 1,
             batch: BatchConfig::default(),

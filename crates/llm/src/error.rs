@@ -45,6 +45,8 @@ pub enum LoadError {
     Grammar(#[from] crate::grammar::GrammarSetupError),
     #[error("model weights: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Device(#[from] passerelle_model_runtime::DeviceError),
     #[error("the engine's batching limits do not fit this model: {0}")]
     Limits(#[from] crate::engine::SchedulerConfigError),
     #[error("cannot start {threads} compute threads: {source}")]

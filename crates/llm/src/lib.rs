@@ -1,5 +1,5 @@
-//! Text generation on candle (CPU) for Qwen2, Qwen3, Llama and Phi-3 models, as a library and
-//! as a gRPC service.
+//! Text generation on candle (CPU, or CUDA with the `cuda` feature) for Qwen2, Qwen3, Llama and
+//! Phi-3 models, as a library and as a gRPC service.
 //!
 //! - [`model`]: a model's files ([`ModelFiles`]: one GGUF file, or a Hugging Face directory with
 //!   safetensors weights) and the decoder forward pass over them (shared weights, one KV cache
@@ -43,6 +43,7 @@ pub use engine::{
 };
 pub use error::{LlmError, LoadError};
 pub use model::{ModelFiles, ModelFormat};
+pub use passerelle_model_runtime::DeviceChoice;
 pub use request::{
     ChatMessage, ChatPrompt, FinishReason, Finished, GenerationEvent, GenerationRequest, Prompt,
     ResponseFormat, SamplingParams, StoppingParams, TokenDelta, TokenLogprob, ToolCall,

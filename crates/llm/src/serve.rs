@@ -4,6 +4,7 @@
 use std::{future::Future, path::PathBuf};
 
 use passerelle_grpc_server::{GrpcServer, ServerConfig};
+use passerelle_model_runtime::DeviceChoice;
 use passerelle_proto::llm::llm_server::LlmServer;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -23,6 +24,8 @@ pub struct LlmServiceConfig {
     pub model_id: String,
     /// What the operator named (a path or a hub repo), reported by `ListModels`.
     pub source: String,
+    /// Where the model runs: the CPU, or a GPU in a build with the `cuda` feature.
+    pub device: DeviceChoice,
     /// Compute threads; candle's default when `None`.
     pub threads: Option<usize>,
     /// Requests that may wait for the engine before new ones get RESOURCE_EXHAUSTED.
@@ -44,6 +47,7 @@ pub async fn serve(
         EngineConfig {
             model_path: config.model_path,
             model_id: config.model_id,
+            device: config.device,
             threads: config.threads,
             queue_capacity: config.queue_capacity,
             batch: config.batch,

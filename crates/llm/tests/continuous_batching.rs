@@ -350,6 +350,7 @@ async fn decode_throughput_of_8_streams_against_one() {
     let config = passerelle_llm::EngineConfig {
         model_path: path,
         model_id: MODEL_ID.to_owned(),
+        device: passerelle_llm::DeviceChoice::Cpu,
         threads: Some(threads),
         queue_capacity: 16,
         batch: BatchConfig::default(),

@@ -152,3 +152,23 @@ async fn tokenize_renders_exactly_what_generate_sees() {
         Err(LlmError::ModelNotFound(_))
     ));
 }
+
+#[cfg(not(feature = "cuda"))]
+#[tokio::test]
+async fn a_gpu_asked_of_a_cpu_build_is_a_clear_load_failure() {
+    let model = tiny(16);
+    let err = common::try_engine_on(
+        &model.gguf_path(),
+        passerelle_llm::DeviceChoice::Cuda(0),
+        1,
+        passerelle_llm::BatchConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, LlmError::LoadFailed(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("device `cuda:0` needs a build with the `cuda` feature"),
+        "{err}"
+    );
+}

@@ -101,6 +101,7 @@ impl Stack {
             model_path: options.model_path.clone(),
             model_id: options.model_id.clone(),
             source: options.model_path.display().to_string(),
+            device: passerelle_llm::DeviceChoice::Cpu,
             threads: Some(1),
             queue_capacity: options.queue_capacity,
             batch: options.batch.clone(),

@@ -53,6 +53,7 @@ async fn llm_config(model: &ModelSettings) -> anyhow::Result<passerelle_llm::Llm
         model_path: resolved.path,
         model_id: model.model_id.clone().unwrap_or(resolved.default_id),
         source: model.model.clone(),
+        device: model.device,
         threads: model.threads,
         queue_capacity: model.queue_capacity,
         batch: model.batch.clone(),

@@ -19,7 +19,10 @@ pub mod scheduler;
 mod sequence;
 mod worker;
 
-use passerelle_model_runtime::lifecycle::{ModelState, WaitError, wait_ready};
+use passerelle_model_runtime::{
+    DeviceChoice,
+    lifecycle::{ModelState, WaitError, wait_ready},
+};
 use std::{
     path::PathBuf,
     pin::Pin,
@@ -60,6 +63,8 @@ pub struct EngineConfig {
     pub model_path: PathBuf,
     /// The id requests name the model by.
     pub model_id: String,
+    /// Where the model runs: the CPU, or a GPU in a build with the `cuda` feature.
+    pub device: DeviceChoice,
     /// Compute threads; candle's default (physical cores, or `RAYON_NUM_THREADS`) when `None`.
     pub threads: Option<usize>,
     /// Requests that may wait for admission into the running batch before new ones are
@@ -99,6 +104,7 @@ impl Engine {
         let worker = Worker {
             files,
             model_id: config.model_id.clone(),
+            device: config.device,
             threads,
             state: state_tx,
             commands: receiver,

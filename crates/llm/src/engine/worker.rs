@@ -7,7 +7,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use candle_core::Device;
+use passerelle_model_runtime::DeviceChoice;
 use rayon::ThreadPool;
 use tokio::sync::{mpsc, watch};
 use tracing::Span;
@@ -43,6 +43,7 @@ pub(crate) enum Command {
 pub(crate) struct Worker {
     pub files: ModelFiles,
     pub model_id: String,
+    pub device: DeviceChoice,
     pub threads: usize,
     pub state: watch::Sender<EngineState>,
     pub commands: mpsc::Receiver<Command>,
@@ -55,7 +56,8 @@ impl Worker {
     /// Runs until every handle is dropped and every admitted request has ended.
     pub fn run(mut self) {
         let loaded = self.compute_pool().and_then(|pool| {
-            let (model, served) = pool.install(|| load_and_warm_up(&self.files, &self.model_id))?;
+            let (model, served) =
+                pool.install(|| load_and_warm_up(&self.files, &self.model_id, self.device))?;
             let scheduler = Scheduler::new(self.batch.scheduler(served.context_length))?;
             Ok((pool, model, served, scheduler))
         });
@@ -84,6 +86,7 @@ impl Worker {
         tracing::info!(
             model = %self.model_id,
             format = %served.format,
+            device = %self.device,
             threads = self.threads,
             kv_cache_tokens = kv_tokens,
             kv_cache_gib = kv_bytes as f64 / f64::from(1u32 << 30),
@@ -116,9 +119,10 @@ impl Worker {
 fn load_and_warm_up(
     files: &ModelFiles,
     model_id: &str,
+    device: DeviceChoice,
 ) -> Result<(CausalLm, Arc<ServedModel>), LoadError> {
     let started = Instant::now();
-    let model::LoadedModel { mut model, assets } = model::load(files, &Device::Cpu)?;
+    let model::LoadedModel { mut model, assets } = model::load(files, &device.open()?)?;
     let warm_up_token = assets.eos_token_ids.first().copied().unwrap_or(0);
     model.forward(&[warm_up_token], 0)?;
     model.clear_kv_cache();
@@ -139,7 +143,7 @@ fn load_and_warm_up(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let served = ServedModel::new(model_id.to_owned(), assets, created_unix)?;
-    tracing::info!(elapsed = ?started.elapsed(), context_length = served.context_length, "model loaded and warmed up");
+    tracing::info!(elapsed = ?started.elapsed(), %device, context_length = served.context_length, "model loaded and warmed up");
     Ok((model, Arc::new(served)))
 }
 

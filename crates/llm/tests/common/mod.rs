@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use passerelle_llm::{
-    BatchConfig, Engine, EngineConfig, EngineHandle, EngineStats, FinishReason, Finished,
-    GenerationEvent, GenerationRequest, GenerationStream, LlmError, Prompt,
+    BatchConfig, DeviceChoice, Engine, EngineConfig, EngineHandle, EngineStats, FinishReason,
+    Finished, GenerationEvent, GenerationRequest, GenerationStream, LlmError, Prompt,
 };
 use passerelle_testkit::TinyQwen2;
 use prometheus::Registry;
@@ -35,9 +35,19 @@ pub async fn try_engine_with(
     queue_capacity: usize,
     batch: BatchConfig,
 ) -> Result<EngineHandle, LlmError> {
+    try_engine_on(path, DeviceChoice::Cpu, queue_capacity, batch).await
+}
+
+pub async fn try_engine_on(
+    path: &std::path::Path,
+    device: DeviceChoice,
+    queue_capacity: usize,
+    batch: BatchConfig,
+) -> Result<EngineHandle, LlmError> {
     let config = EngineConfig {
         model_path: path.to_path_buf(),
         model_id: MODEL_ID.to_owned(),
+        device,
         threads: Some(1),
         queue_capacity,
         batch,
