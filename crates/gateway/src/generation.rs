@@ -10,7 +10,7 @@ use crate::llm::{
     ToolCallOut, Usage,
 };
 use crate::metrics::{GatewayMetrics, UNKNOWN_MODEL};
-use crate::semantic_cache::{CacheKey, SemanticCache, StoredAnswer, StoredChoice};
+use crate::semantic_cache::{CacheKey, SemanticCache, StoredAnswer};
 use crate::state::AppState;
 
 /// What happens after the start.
@@ -173,24 +173,9 @@ impl Generation {
             return;
         };
         let usage = self.usage();
-        let choices = recorder
-            .texts
-            .into_iter()
-            .zip(recorder.reasons)
-            .map(|(text, reason)| {
-                reason.map(|finish_reason| StoredChoice {
-                    text,
-                    finish_reason,
-                })
-            })
-            .collect::<Option<Vec<_>>>();
-        if let Some(choices) = choices {
-            let answer = StoredAnswer {
-                model: self.model.clone(),
-                choices,
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-            };
+        if let Some(answer) =
+            StoredAnswer::finished(self.model.clone(), recorder.texts, recorder.reasons, &usage)
+        {
             recorder.cache.store(recorder.key, &answer);
         }
     }

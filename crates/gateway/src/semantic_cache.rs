@@ -73,6 +73,32 @@ pub(crate) struct StoredChoice {
 }
 
 impl StoredAnswer {
+    /// The answer whose choice `i` is `texts[i]`, finished for `reasons[i]`; `None` while a
+    /// choice has not finished (an answer cut short is not kept).
+    pub(crate) fn finished(
+        model: String,
+        texts: Vec<String>,
+        reasons: Vec<Option<FinishReason>>,
+        usage: &Usage,
+    ) -> Option<Self> {
+        let choices = texts
+            .into_iter()
+            .zip(reasons)
+            .map(|(text, reason)| {
+                reason.map(|finish_reason| StoredChoice {
+                    text,
+                    finish_reason,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            model,
+            choices,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        })
+    }
+
     pub(crate) fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens,

@@ -18,7 +18,7 @@ use super::dispatch::Api;
 use crate::generation::Progress;
 use crate::llm::{Delta, FinishReason, Finished, Usage};
 use crate::output_screen::{OutputScreen, Screened};
-use crate::semantic_cache::{CacheKey, SemanticCache, StoredAnswer, StoredChoice};
+use crate::semantic_cache::{CacheKey, SemanticCache, StoredAnswer};
 
 /// Most choices a relayed answer is screened or recorded for (OpenAI's limit on `n`); a
 /// choice beyond those it was asked for is not passed on when answers are screened.
@@ -367,24 +367,7 @@ impl Recording {
         if self.texts.is_empty() {
             return;
         }
-        let choices = self
-            .texts
-            .into_iter()
-            .zip(self.reasons)
-            .map(|(text, reason)| {
-                reason.map(|finish_reason| StoredChoice {
-                    text,
-                    finish_reason,
-                })
-            })
-            .collect::<Option<Vec<_>>>();
-        if let Some(choices) = choices {
-            let answer = StoredAnswer {
-                model: self.model,
-                choices,
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-            };
+        if let Some(answer) = StoredAnswer::finished(self.model, self.texts, self.reasons, &usage) {
             self.cache.store(self.key, &answer);
         }
     }
