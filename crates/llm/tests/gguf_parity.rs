@@ -46,9 +46,9 @@ fn ids(value: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// Runs every prompt of `file`'s fixture greedily and checks llama.cpp's ids.
-async fn check(file: &str) {
-    let fixture = fixture();
+/// `file`'s entry in the fixture and its path, once the file is checked to be the one llama.cpp
+/// ran.
+fn checked_model<'a>(fixture: &'a Value, file: &str) -> (&'a Value, PathBuf) {
     let model = &fixture["models"][file];
     assert!(model.is_object(), "{file} is not in gguf_parity.json");
     let path = fixtures().join(model["file"].as_str().unwrap());
@@ -57,6 +57,13 @@ async fn check(file: &str) {
         digest, model["sha256"],
         "{file} is not the file llama.cpp ran: rerun make_gguf_parity_fixture.py"
     );
+    (model, path)
+}
+
+/// Runs every prompt of `file`'s fixture greedily and checks llama.cpp's ids.
+async fn check(file: &str) {
+    let fixture = fixture();
+    let (model, path) = checked_model(&fixture, file);
 
     let engine = engine(&path).await;
     for (i, case) in model["cases"].as_array().unwrap().iter().enumerate() {
@@ -91,21 +98,15 @@ const Q4_K_M_GAP: f64 = 0.05;
 /// engine's greedy choice is llama.cpp's wherever llama.cpp's top-2 gap exceeds
 /// [`Q4_K_M_GAP`], that such steps are at least three quarters of all, and that the choices
 /// agree at 95% of all steps (the near-ties that go the other way depend on the kernels' f32
-/// summation order: 4 of Llama's 160 steps with the prompt panels, 0 to 2 before). Free-running greedy decoding does not match token for token on
-/// these 256-wide quantized models: a 1e-6 difference in the F32 operations around the
-/// matmuls sometimes puts an activation on the other side of an 8-bit rounding boundary, that
-/// step's logits move by up to 2e-1, a near-tie goes the other way and the sequences part. So
-/// each step is compared from the same tokens.
+/// summation order: 4 of Llama's 160 steps with the prompt panels, 0 to 2 before).
+/// Free-running greedy decoding does not match token for token on these 256-wide quantized
+/// models: a 1e-6 difference in the F32 operations around the matmuls sometimes puts an
+/// activation on the other side of an 8-bit rounding boundary, that step's logits move by up to
+/// 2e-1, a near-tie goes the other way and the sequences part. So each step is compared from the
+/// same tokens.
 fn check_fed_back(file: &str) {
     let fixture = fixture();
-    let model = &fixture["models"][file];
-    assert!(model.is_object(), "{file} is not in gguf_parity.json");
-    let path = fixtures().join(model["file"].as_str().unwrap());
-    let digest = format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()));
-    assert_eq!(
-        digest, model["sha256"],
-        "{file} is not the file llama.cpp ran"
-    );
+    let (model, path) = checked_model(&fixture, file);
     let files = ModelFiles::resolve(&path).unwrap();
     let decoder = model::load(&files, &Device::Cpu)
         .unwrap()
