@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::interleaved::Interleaved;
 use super::{
     acts::{ActRow, QuantizedActs},
     format::{WeightFormat, dot_scalar},
@@ -28,20 +30,31 @@ impl Kernel {
         Self::Scalar
     }
 
-    fn max_weight_rows(self, format: WeightFormat) -> usize {
+    /// The AVX-512 tiles when they take `format`.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_tiles(self, format: WeightFormat) -> Option<super::x86::Avx512> {
         match self {
-            Self::Scalar => 4,
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512(_) => super::x86::Avx512::max_weight_rows(format),
+            Self::Avx512(avx512) if super::x86::Avx512::tiles(format) => Some(avx512),
+            _ => None,
         }
     }
 
-    fn max_act_rows(self, format: WeightFormat) -> usize {
-        match self {
-            Self::Scalar => 4,
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512(_) => super::x86::Avx512::max_act_rows(format),
+    fn max_weight_rows(self, format: WeightFormat) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx512_tiles(format).is_some() {
+            return super::x86::Avx512::MAX_WEIGHT_ROWS;
         }
+        let _ = format;
+        4
+    }
+
+    fn max_act_rows(self, format: WeightFormat) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx512_tiles(format).is_some() {
+            return super::x86::Avx512::MAX_ACT_ROWS;
+        }
+        let _ = format;
+        4
     }
 
     /// `out[r * stride + j] = dot(w[j], a[r])`.
@@ -53,16 +66,15 @@ impl Kernel {
         out: &mut [f32],
         stride: usize,
     ) {
-        match self {
-            Self::Scalar => {
-                for (r, act) in a.iter().enumerate() {
-                    for (j, row) in w.iter().enumerate() {
-                        out[r * stride + j] = dot_scalar(format, row, act);
-                    }
-                }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx512) = self.avx512_tiles(format) {
+            avx512.tile(format, w, a, out, stride);
+            return;
+        }
+        for (r, act) in a.iter().enumerate() {
+            for (j, row) in w.iter().enumerate() {
+                out[r * stride + j] = dot_scalar(format, row, act);
             }
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx512(avx512) => avx512.tile(format, w, a, out, stride),
         }
     }
 }
@@ -104,16 +116,7 @@ const PANEL_ROWS_PER_TASK: usize = 512;
 #[cfg(target_arch = "x86_64")]
 const PANEL_COLS_PER_TASK: usize = 32;
 
-/// `out = x @ w.T` for `x` of `m` rows of `w.k` values; `out` is `[m, w.n]`.
-pub(crate) fn matmul(kernel: Kernel, w: Blocks<'_>, x: &[f32], out: &mut [f32]) {
-    if x.is_empty() || w.n == 0 {
-        return;
-    }
-    let acts = quantize(w.format, x, w.k);
-    matmul_quantized(kernel, w, &acts, out);
-}
-
-/// [`matmul`] of activations already quantized for `w`'s format
+/// `out = acts @ w.T`, `out` `[acts.rows(), w.n]`, for activations quantized for `w`'s format
 /// ([`QuantizedActs::fits`], offsets set by [`QuantizedActs::offset_for`]).
 pub(crate) fn matmul_quantized(
     kernel: Kernel,
@@ -128,7 +131,7 @@ pub(crate) fn matmul_quantized(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Kernel::Avx512(avx512) = kernel
+    if let Some(avx512) = kernel.avx512_tiles(w.format)
         && m >= PANEL_MIN_ROWS
     {
         panels(avx512, w, acts, out);
@@ -177,35 +180,100 @@ pub(crate) fn matmul_quantized(
     }
 }
 
-fn quantize(format: WeightFormat, x: &[f32], k: usize) -> QuantizedActs {
-    QuantizedActs::new(format, x, k)
+/// A part of a product for one parallel task: activation rows `rows` by weight rows `cols`,
+/// with the strip of `cols` of each of its output rows.
+struct Strip<'o> {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: Vec<&'o mut [f32]>,
 }
 
-/// The product in panels (x86): tasks of up to `PANEL_ROWS_PER_TASK` activation rows by
-/// `PANEL_COLS_PER_TASK` weight rows, each writing its strip of every output row, so that
-/// each weight row is unpacked once per `PANEL_ROWS_PER_TASK` activation rows.
+/// `out` (`[m, n]`) cut into strips of up to `rows_per_task` rows by `cols_per_task` columns.
+fn strips(
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    rows_per_task: usize,
+    cols_per_task: usize,
+) -> Vec<Strip<'_>> {
+    let mut tasks = Vec::new();
+    for (chunk, out) in out.chunks_mut(rows_per_task * n).enumerate() {
+        let first = tasks.len();
+        let rows = chunk * rows_per_task..(chunk * rows_per_task + rows_per_task).min(m);
+        tasks.extend((0..n.div_ceil(cols_per_task)).map(|s| Strip {
+            rows: rows.clone(),
+            cols: s * cols_per_task..((s + 1) * cols_per_task).min(n),
+            out: Vec::with_capacity(rows.len()),
+        }));
+        for row in out.chunks_mut(n) {
+            for (s, strip) in row.chunks_mut(cols_per_task).enumerate() {
+                tasks[first + s].out.push(strip);
+            }
+        }
+    }
+    tasks
+}
+
+/// The product in K-quant panels (x86): tasks of up to `PANEL_ROWS_PER_TASK` activation rows by
+/// `PANEL_COLS_PER_TASK` weight rows, so that each weight row is unpacked once per
+/// `PANEL_ROWS_PER_TASK` activation rows.
 #[cfg(target_arch = "x86_64")]
 fn panels(avx512: super::x86::Avx512, w: Blocks<'_>, acts: &QuantizedActs, out: &mut [f32]) {
     let (n, row_bytes) = (w.n, w.row_bytes());
     let weights: Vec<&[u8]> = w.data.chunks_exact(row_bytes).take(n).collect();
     let act_rows: Vec<ActRow<'_>> = (0..acts.rows()).map(|r| acts.row(r)).collect();
-    let mut tasks = Vec::new();
-    for (rows, out) in act_rows
-        .chunks(PANEL_ROWS_PER_TASK)
-        .zip(out.chunks_mut(PANEL_ROWS_PER_TASK * n))
-    {
-        let strips = n.div_ceil(PANEL_COLS_PER_TASK);
-        let first = tasks.len();
-        tasks.extend((0..strips).map(|s| (rows, s, Vec::with_capacity(rows.len()))));
-        for row in out.chunks_mut(n) {
-            for (s, strip) in row.chunks_mut(PANEL_COLS_PER_TASK).enumerate() {
-                tasks[first + s].2.push(strip);
+    let tasks = strips(
+        out,
+        acts.rows(),
+        n,
+        PANEL_ROWS_PER_TASK,
+        PANEL_COLS_PER_TASK,
+    );
+    tasks.into_par_iter().for_each(|mut task| {
+        avx512.panels(
+            w.format,
+            &weights[task.cols],
+            &act_rows[task.rows],
+            &mut task.out,
+        );
+    });
+}
+
+/// The product with [`Interleaved`] panels (x86): each task takes whole panels, against every
+/// activation row for decoding, against up to `PANEL_ROWS_PER_TASK` rows for prompts (the
+/// panels, read again for each 8 rows, stay in cache).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn interleaved(
+    avx512: super::x86::Avx512,
+    w: &Interleaved,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    use super::{interleaved::PANEL_ROWS, x86::INTERLEAVED_MAX_ACT_ROWS};
+    let (m, n) = (acts.rows(), w.rows());
+    let act_rows: Vec<ActRow<'_>> = (0..m).map(|r| acts.row(r)).collect();
+    let cols_per_task = if m >= PANEL_MIN_ROWS {
+        PANEL_COLS_PER_TASK
+    } else {
+        WEIGHT_ROWS_PER_TASK
+    };
+    let tasks = strips(out, m, n, PANEL_ROWS_PER_TASK, cols_per_task);
+    tasks.into_par_iter().for_each(|mut task| {
+        let mut sums = [[0f32; PANEL_ROWS]; INTERLEAVED_MAX_ACT_ROWS];
+        for p in task.cols.start / PANEL_ROWS..task.cols.end.div_ceil(PANEL_ROWS) {
+            let at = p * PANEL_ROWS - task.cols.start;
+            let width = PANEL_ROWS.min(task.cols.end - p * PANEL_ROWS);
+            for (acts, out) in act_rows[task.rows.clone()]
+                .chunks(INTERLEAVED_MAX_ACT_ROWS)
+                .zip(task.out.chunks_mut(INTERLEAVED_MAX_ACT_ROWS))
+            {
+                let sums = &mut sums[..acts.len()];
+                avx512.interleaved(w, p, acts, sums);
+                for (sums, out) in sums.iter().zip(out) {
+                    out[at..at + width].copy_from_slice(&sums[..width]);
+                }
             }
         }
-    }
-    tasks.into_par_iter().for_each(|(rows, s, mut out)| {
-        let cols = s * PANEL_COLS_PER_TASK..((s + 1) * PANEL_COLS_PER_TASK).min(n);
-        avx512.panels(w.format, &weights[cols], rows, &mut out);
     });
 }
 

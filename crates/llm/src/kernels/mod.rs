@@ -1,12 +1,13 @@
 //! CPU kernels for quantized matrix products, faster than candle's for the block types
 //! llama.cpp's quantizers produce for small models (Q8_0, Q5_0, Q4_K, Q6_K).
 //!
-//! The weights stay as GGUF blocks in candle's `QTensor` (read in place through
-//! `QTensor::data`); activations are quantized once per product to 8-bit blocks, as llama.cpp
-//! does, and multiplied with integer dot products in tiles of several weight rows by several
-//! activation rows, so that each weight block is unpacked once per tile; with many activation
-//! rows (prompts) the x86 kernels unpack 16 weight rows at a time into panels shared by all of
-//! them. The product is split over the current rayon pool (the engine's), by activation rows
+//! K-quant weights stay as GGUF blocks in candle's `QTensor` (read in place through
+//! `QTensor::data`); on x86, Q8_0 and Q5_0 weights are re-laid out once at load into
+//! [`interleaved`] panels of 16 rows, which the products read without unpacking. Activations
+//! are quantized once per product to 8-bit blocks, as llama.cpp does, and multiplied with
+//! integer dot products: K-quants in tiles of several weight rows by several activation rows,
+//! so that each weight block is unpacked once per tile, and with many activation rows
+//! (prompts) in 16-row panels unpacked once and shared by all of them. The product is split over the current rayon pool (the engine's), by activation rows
 //! and weight rows for prompts and by weight rows for decoding. Projections of the same input
 //! share one quantization of it ([`QLinear::forward_shared`]).
 //!
@@ -20,6 +21,8 @@
 
 mod acts;
 pub mod format;
+#[cfg(target_arch = "x86_64")]
+mod interleaved;
 mod matmul;
 #[cfg(test)]
 mod tests;
@@ -39,14 +42,24 @@ pub use matmul::Kernel;
 use acts::QuantizedActs;
 use matmul::Blocks;
 
-/// A `[n, k]` matrix of GGUF blocks of a [`WeightFormat`], for `x @ w.T` and row lookups.
+/// A `[n, k]` matrix of a [`WeightFormat`], for `x @ w.T` and row lookups.
 #[derive(Clone)]
 pub struct QuantMatrix {
-    tensor: Arc<QTensor>,
+    weights: Weights,
     format: WeightFormat,
     kernel: Kernel,
     n: usize,
     k: usize,
+}
+
+/// Where a [`QuantMatrix`]'s blocks are.
+#[derive(Clone)]
+enum Weights {
+    /// GGUF blocks, read in place.
+    Blocks(Arc<QTensor>),
+    /// Q8_0 or Q5_0 laid out for the AVX-512 kernels.
+    #[cfg(target_arch = "x86_64")]
+    Interleaved(x86::Avx512, Arc<interleaved::Interleaved>),
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -66,15 +79,28 @@ impl QuantMatrix {
         Self::with_kernel(tensor, Kernel::detect())
     }
 
-    /// As [`QuantMatrix::new`] with a chosen kernel (tests compare them).
+    /// As [`QuantMatrix::new`] with a chosen kernel (tests compare them). With AVX-512, Q8_0
+    /// and Q5_0 blocks are copied into [`interleaved`] panels, and `tensor` is not kept.
     pub fn with_kernel(tensor: Arc<QTensor>, kernel: Kernel) -> Option<Self> {
         let format = WeightFormat::from_ggml(tensor.dtype())?;
         let (n, k) = tensor.shape().dims2().ok()?;
         if !tensor.device().is_cpu() || !k.is_multiple_of(format.block_len()) {
             return None;
         }
+        let weights = match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(avx512) if interleaved::Interleaved::takes(format) => {
+                let data = tensor.data().ok()?;
+                if data.len() < n * k / format.block_len() * format.block_bytes() {
+                    return None;
+                }
+                let panels = interleaved::Interleaved::new(format, &data, n, k);
+                Weights::Interleaved(avx512, Arc::new(panels))
+            }
+            _ => Weights::Blocks(tensor),
+        };
         Some(Self {
-            tensor,
+            weights,
             format,
             kernel,
             n,
@@ -91,9 +117,31 @@ impl QuantMatrix {
         (self.n, self.k)
     }
 
-    fn with_blocks<T>(&self, f: impl FnOnce(Blocks<'_>) -> T) -> candle_core::Result<T> {
-        let data = self.tensor.data()?;
-        let expected = self.n * self.k / self.format.block_len() * self.format.block_bytes();
+    /// `out = acts @ w.T`, `out` `[acts.rows(), n]`, the activations offset for this format.
+    fn product(&self, acts: &QuantizedActs, out: &mut [f32]) -> candle_core::Result<()> {
+        match &self.weights {
+            Weights::Blocks(tensor) => {
+                Self::with_blocks(tensor, self.format, self.n, self.k, |w| {
+                    matmul::matmul_quantized(self.kernel, w, acts, out)
+                })
+            }
+            #[cfg(target_arch = "x86_64")]
+            Weights::Interleaved(avx512, w) => {
+                matmul::interleaved(*avx512, w, acts, out);
+                Ok(())
+            }
+        }
+    }
+
+    fn with_blocks<T>(
+        tensor: &QTensor,
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+        f: impl FnOnce(Blocks<'_>) -> T,
+    ) -> candle_core::Result<T> {
+        let data = tensor.data()?;
+        let expected = n * k / format.block_len() * format.block_bytes();
         if data.len() < expected {
             candle_core::bail!(
                 "quantized tensor holds {} bytes, expected {expected}",
@@ -101,10 +149,10 @@ impl QuantMatrix {
             );
         }
         Ok(f(Blocks {
-            format: self.format,
+            format,
             data: &data,
-            n: self.n,
-            k: self.k,
+            n,
+            k,
         }))
     }
 
@@ -148,7 +196,7 @@ impl QuantMatrix {
         };
         acts.offset_for(self.format);
         let mut out = vec![0f32; acts.rows() * self.n];
-        self.with_blocks(|w| matmul::matmul_quantized(self.kernel, w, acts, &mut out))?;
+        self.product(acts, &mut out)?;
         Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
     }
 
@@ -157,16 +205,27 @@ impl QuantMatrix {
         if let Some(id) = ids.iter().find(|id| **id as usize >= self.n) {
             candle_core::bail!("row {id} is outside a matrix of {} rows", self.n);
         }
-        let (k, format) = (self.k, self.format);
-        let values = self.with_blocks(|w| {
-            let row_bytes = k / format.block_len() * format.block_bytes();
-            let mut values = vec![0f32; ids.len() * k];
-            for (&id, out) in ids.iter().zip(values.chunks_exact_mut(k)) {
-                let id = id as usize;
-                format::dequantize_row(format, &w.data[id * row_bytes..(id + 1) * row_bytes], out);
+        let (n, k, format) = (self.n, self.k, self.format);
+        let mut values = vec![0f32; ids.len() * k];
+        let rows = ids
+            .iter()
+            .map(|&id| id as usize)
+            .zip(values.chunks_exact_mut(k));
+        match &self.weights {
+            Weights::Blocks(tensor) => Self::with_blocks(tensor, format, n, k, |w| {
+                let row_bytes = k / format.block_len() * format.block_bytes();
+                for (id, out) in rows {
+                    let row = &w.data[id * row_bytes..(id + 1) * row_bytes];
+                    format::dequantize_row(format, row, out);
+                }
+            })?,
+            #[cfg(target_arch = "x86_64")]
+            Weights::Interleaved(_, w) => {
+                for (id, out) in rows {
+                    w.dequantize_row(id, out);
+                }
             }
-            values
-        })?;
+        }
         Tensor::from_vec(values, (ids.len(), k), &candle_core::Device::Cpu)
     }
 }
@@ -195,9 +254,10 @@ impl candle_core::CustomOp1 for QuantMatrix {
         if let Some(last) = dims.last_mut() {
             *last = self.n;
         }
-        let m = x.len() / self.k;
-        let mut out = vec![0f32; m * self.n];
-        self.with_blocks(|w| matmul::matmul(self.kernel, w, x, &mut out))?;
+        let mut out = vec![0f32; x.len() / self.k * self.n];
+        if !x.is_empty() && self.n > 0 {
+            self.product(&QuantizedActs::new(self.format, x, self.k), &mut out)?;
+        }
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

@@ -13,8 +13,11 @@ use std::arch::x86_64::*;
 
 use super::{acts::ActRow, format::WeightFormat};
 
+mod interleaved;
 mod panel;
 mod quantize;
+
+pub(crate) use interleaved::MAX_ACT_ROWS as INTERLEAVED_MAX_ACT_ROWS;
 
 /// Proof that the CPU running us has AVX-512 F/BW/VL/DQ, VNNI, F16C and FMA.
 #[derive(Debug, Clone, Copy)]
@@ -32,25 +35,22 @@ impl Avx512 {
         ok.then_some(Self(()))
     }
 
-    /// Most weight rows one [`Avx512::tile`] call takes.
-    pub(crate) const fn max_weight_rows(format: WeightFormat) -> usize {
-        match format {
-            WeightFormat::Q8_0 | WeightFormat::Q5_0 => 8,
-            WeightFormat::Q4K | WeightFormat::Q6K => 2,
-        }
+    /// Whether [`Avx512::tile`] takes blocks of `format` (the K-quants; Q8_0 and Q5_0 are
+    /// [`Interleaved`](crate::kernels::interleaved::Interleaved) at load instead).
+    pub(crate) const fn tiles(format: WeightFormat) -> bool {
+        matches!(format, WeightFormat::Q4K | WeightFormat::Q6K)
     }
 
-    /// Most activation rows one [`Avx512::tile`] call takes. A K-quant block's unpacking
-    /// (scales, 6-bit values) costs more, so it is shared by more rows.
-    pub(crate) const fn max_act_rows(format: WeightFormat) -> usize {
-        match format {
-            WeightFormat::Q8_0 | WeightFormat::Q5_0 => 4,
-            WeightFormat::Q4K | WeightFormat::Q6K => 8,
-        }
-    }
+    /// Most weight rows one [`Avx512::tile`] call takes.
+    pub(crate) const MAX_WEIGHT_ROWS: usize = 2;
+
+    /// Most activation rows one [`Avx512::tile`] call takes: a K-quant block's unpacking
+    /// (scales, 6-bit values) is costly, so it is shared by many rows.
+    pub(crate) const MAX_ACT_ROWS: usize = 8;
 
     /// `out[r * stride + j] = dot(w[j], a[r])` for every weight row `j` (at most
-    /// [`Avx512::max_weight_rows`]) and activation row `r` (at most [`Avx512::max_act_rows`]).
+    /// [`Avx512::MAX_WEIGHT_ROWS`]) and activation row `r` (at most [`Avx512::MAX_ACT_ROWS`])
+    /// of a K-quant matrix ([`Avx512::tiles`]).
     pub(crate) fn tile(
         self,
         format: WeightFormat,
@@ -59,17 +59,6 @@ impl Avx512 {
         out: &mut [f32],
         stride: usize,
     ) {
-        macro_rules! by_acts {
-            ($f:ident, $n:literal $(, $arg:ident)*) => {
-                match a.len() {
-                    1 => $f::<$n, 1 $(, $arg)*>(self, w, a, out, stride),
-                    2 => $f::<$n, 2 $(, $arg)*>(self, w, a, out, stride),
-                    3 => $f::<$n, 3 $(, $arg)*>(self, w, a, out, stride),
-                    4 => $f::<$n, 4 $(, $arg)*>(self, w, a, out, stride),
-                    n => panic!("{n} activation rows in one tile"),
-                }
-            };
-        }
         macro_rules! by_acts8 {
             ($f:ident, $n:literal) => {
                 match a.len() {
@@ -86,20 +75,6 @@ impl Avx512 {
             };
         }
         match format {
-            WeightFormat::Q8_0 | WeightFormat::Q5_0 => {
-                let q5 = format == WeightFormat::Q5_0;
-                match (w.len().div_ceil(2), q5) {
-                    (1, false) => by_acts!(run32, 1, Q8),
-                    (2, false) => by_acts!(run32, 2, Q8),
-                    (3, false) => by_acts!(run32, 3, Q8),
-                    (4, false) => by_acts!(run32, 4, Q8),
-                    (1, true) => by_acts!(run32, 1, Q5),
-                    (2, true) => by_acts!(run32, 2, Q5),
-                    (3, true) => by_acts!(run32, 3, Q5),
-                    (4, true) => by_acts!(run32, 4, Q5),
-                    (n, _) => panic!("{n} weight row pairs in one tile"),
-                }
-            }
             WeightFormat::Q4K => match w.len() {
                 1 => by_acts8!(run_q4k, 1),
                 2 => by_acts8!(run_q4k, 2),
@@ -110,21 +85,11 @@ impl Avx512 {
                 2 => by_acts8!(run_q6k, 2),
                 n => panic!("{n} weight rows in one tile"),
             },
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => {
+                panic!("{format:?} blocks are interleaved, not tiled")
+            }
         }
     }
-}
-
-/// How a 32-value block is turned into unsigned bytes (the value plus an offset).
-trait Block32 {
-    const BYTES: usize;
-}
-struct Q8;
-struct Q5;
-impl Block32 for Q8 {
-    const BYTES: usize = 34;
-}
-impl Block32 for Q5 {
-    const BYTES: usize = 22;
 }
 
 #[inline]
@@ -141,14 +106,6 @@ fn load256(bytes: &[u8]) -> __m256i {
     let bytes = &bytes[..32];
     // SAFETY: `bytes` holds 32 bytes; the load is unaligned.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn load256_i8(values: &[i8]) -> __m256i {
-    let values = &values[..32];
-    // SAFETY: `values` holds 32 bytes; the load is unaligned.
-    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
 }
 
 #[inline]
@@ -189,27 +146,6 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
-/// Block `b` of a Q8_0 or Q5_0 row as 32 unsigned bytes (value + 128, value + 16) and its scale.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-fn block32<B: Block32>(row: &[u8], b: usize) -> (__m256i, f32) {
-    let block = &row[b * B::BYTES..(b + 1) * B::BYTES];
-    let d = f16_at(block, 0);
-    if B::BYTES == 34 {
-        let q = load256(&block[2..]);
-        (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), d)
-    } else {
-        let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-        let qs = load128(&block[6..]);
-        let mask = _mm_set1_epi8(0xF);
-        let lo = _mm_and_si128(qs, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
-        let nibbles = _mm256_set_m128i(hi, lo);
-        let high_bits = _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(0x10));
-        (_mm256_or_si256(nibbles, high_bits), d)
-    }
-}
-
 /// Asks for the cache line holding `at` ahead of its use. A hint: any address is allowed.
 #[inline]
 #[target_feature(enable = "sse")]
@@ -224,80 +160,6 @@ fn prefetch_lines(at: *const u8, len: usize) {
     for line in (0..len).step_by(64) {
         prefetch(at.wrapping_add(line));
     }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn halves_sum(v: __m512) -> [f32; 2] {
-    [
-        _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0x00FF, v)),
-        _mm512_reduce_add_ps(_mm512_maskz_mov_ps(0xFF00, v)),
-    ]
-}
-
-fn run32<const P: usize, const R: usize, B: Block32>(
-    _: Avx512,
-    w: &[&[u8]],
-    a: &[ActRow<'_>],
-    out: &mut [f32],
-    stride: usize,
-) {
-    // An odd last row is paired with itself; its second result is dropped.
-    let pairs: [[&[u8]; 2]; P] =
-        std::array::from_fn(|p| [w[2 * p], w[(2 * p + 1).min(w.len() - 1)]]);
-    let acts: [ActRow<'_>; R] = std::array::from_fn(|r| a[r]);
-    // SAFETY: an `Avx512` exists only where its features were detected.
-    let sums = unsafe { tile32::<P, R, B>(pairs, acts) };
-    for (r, row) in sums.iter().enumerate() {
-        for (j, value) in row.iter().flatten().take(w.len()).enumerate() {
-            out[r * stride + j] = *value;
-        }
-    }
-}
-
-/// Q8_0/Q5_0: two weight rows share a register (one block each), against each activation
-/// block broadcast to both halves. The weight offset is cancelled in the integer sum by
-/// starting it at `-offset * sum(activations)` (the `offs` of the activations).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
-fn tile32<const P: usize, const R: usize, B: Block32>(
-    w: [[&[u8]; 2]; P],
-    a: [ActRow<'_>; R],
-) -> [[[f32; 2]; P]; R] {
-    let blocks = a[0].d.len();
-    let mut acc = [[_mm512_setzero_ps(); P]; R];
-    // The tile's rows are consecutive in memory, and so are the next tile's: fetching the same
-    // block of the rows one tile further on keeps the memory streams ahead of the products
-    // (the hardware prefetcher alone does not, on rows this short).
-    let ahead = 2 * P * blocks * B::BYTES;
-    for b in 0..blocks {
-        let mut wv = [_mm512_setzero_si512(); P];
-        let mut ws = [_mm512_setzero_ps(); P];
-        for p in 0..P {
-            prefetch(w[p][0].as_ptr().wrapping_add(ahead + b * B::BYTES));
-            prefetch(w[p][1].as_ptr().wrapping_add(ahead + b * B::BYTES));
-            let (lo, d_lo) = block32::<B>(w[p][0], b);
-            let (hi, d_hi) = block32::<B>(w[p][1], b);
-            wv[p] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-            ws[p] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d_lo), _mm512_set1_ps(d_hi));
-        }
-        for r in 0..R {
-            let av = _mm512_broadcast_i64x4(load256_i8(&a[r].qs[32 * b..]));
-            let start = _mm512_maskz_set1_epi32(0x0101, a[r].offs[b]);
-            let da = _mm512_set1_ps(a[r].d[b]);
-            for p in 0..P {
-                let dot = _mm512_dpbusd_epi32(start, wv[p], av);
-                let scale = _mm512_mul_ps(ws[p], da);
-                acc[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][p]);
-            }
-        }
-    }
-    let mut out = [[[0f32; 2]; P]; R];
-    for r in 0..R {
-        for p in 0..P {
-            out[r][p] = halves_sum(acc[r][p]);
-        }
-    }
-    out
 }
 
 fn run_q4k<const W: usize, const R: usize>(

@@ -1,5 +1,5 @@
-//! Panels, for products with several activation rows (prompts, batches): 16 weight rows
-//! unpacked once into unsigned bytes interleaved by four, so that lane `j` of each 512-bit
+//! Panels of K-quant matrices, for products with several activation rows (prompts, batches):
+//! 16 weight rows unpacked once into unsigned bytes interleaved by four, so that lane `j` of each 512-bit
 //! vector holds four consecutive values of row `j`, with their scales spread the same way.
 //! One `vpdpbusd` against four activation bytes broadcast then adds four products to each of
 //! the 16 rows; sub-block scales are applied with exact integer products, block scales in f32,
@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Avx512, Block32, Q5, Q8, block32, load256};
+use super::{Avx512, load256};
 use crate::kernels::{
     acts::ActRow,
     format::{WeightFormat, f16_at, q4k_scale_min},
@@ -23,7 +23,7 @@ const ACT_ROWS: usize = 8;
 /// 16 weight rows over the whole width, unpacked. Rows past the matrix's last are zeros.
 #[derive(Default)]
 struct Panel {
-    /// Per four values (64 per 256-value block, 8 per 32-value one): lane `j`, row `j`'s bytes.
+    /// Per four values (64 per block): lane `j`, row `j`'s bytes.
     values: Vec<__m512i>,
     /// Per sub-block (Q4_K: 8 per block, Q6_K: 16): lane `j`, row `j`'s scale.
     scales: Vec<__m512i>,
@@ -84,27 +84,7 @@ impl Panel {
         let mut chunk = [_mm512_setzero_si512(); LANES];
         match format {
             WeightFormat::Q8_0 | WeightFormat::Q5_0 => {
-                for b in 0..blocks {
-                    let mut d = [0f32; LANES];
-                    for (d, row) in d.iter_mut().zip(rows) {
-                        *d = f16_at(row, b * bytes);
-                    }
-                    self.d.push(load_f32(&d));
-                }
-                // Two blocks per 64 values; an odd last block is padded with zeros.
-                for b in (0..blocks).step_by(2) {
-                    for (j, row) in rows.iter().enumerate() {
-                        let (lo, hi) = if format == WeightFormat::Q8_0 {
-                            (block32::<Q8>(row, b).0, pair_next::<Q8>(row, b, blocks))
-                        } else {
-                            (block32::<Q5>(row, b).0, pair_next::<Q5>(row, b, blocks))
-                        };
-                        chunk[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                    }
-                    let quads = transpose(chunk);
-                    let take = if b + 1 < blocks { 16 } else { 8 };
-                    self.values.extend_from_slice(&quads[..take]);
-                }
+                panic!("{format:?} blocks are interleaved at load, not unpacked per product")
             }
             WeightFormat::Q4K => {
                 for b in 0..blocks {
@@ -175,7 +155,9 @@ impl Panel {
     ) {
         let a = &a[..R];
         let acc = match format {
-            WeightFormat::Q8_0 | WeightFormat::Q5_0 => self.blocks32::<R>(a),
+            WeightFormat::Q8_0 | WeightFormat::Q5_0 => {
+                panic!("{format:?} blocks are interleaved at load, not unpacked per product")
+            }
             WeightFormat::Q4K => self.q4k::<R>(a),
             WeightFormat::Q6K => self.q6k::<R>(a),
         };
@@ -184,33 +166,6 @@ impl Panel {
             store_f32(&mut row, *acc);
             out[cols.clone()].copy_from_slice(&row[..cols.len()]);
         }
-    }
-
-    /// Q8_0/Q5_0 against Q8_0 activations: each block's integer sum starts at `-offset *
-    /// sum(activations)`, cancelling the offset that made the weights unsigned.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
-    fn blocks32<const R: usize>(&self, a: &[ActRow<'_>]) -> [__m512; R] {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for (b, (values, d)) in self.values.chunks_exact(8).zip(&self.d).enumerate() {
-            let mut qs: [&[i8]; R] = [&[]; R];
-            for r in 0..R {
-                qs[r] = &a[r].qs[32 * b..32 * b + 32];
-            }
-            let mut dot = [_mm512_setzero_si512(); R];
-            for r in 0..R {
-                dot[r] = _mm512_set1_epi32(a[r].offs[b]);
-            }
-            for (q, w) in values.iter().enumerate() {
-                for r in 0..R {
-                    dot[r] = _mm512_dpbusd_epi32(dot[r], *w, broadcast4(qs[r], 4 * q));
-                }
-            }
-            for r in 0..R {
-                let scale = _mm512_mul_ps(*d, _mm512_set1_ps(a[r].d[b]));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), scale, acc[r]);
-            }
-        }
-        acc
     }
 
     /// Q4_K against Q8_K: per 32-value sub-block an integer sum times its scale; the mins
@@ -287,17 +242,6 @@ impl Panel {
             }
         }
         acc
-    }
-}
-
-/// Block `b + 1` of a Q8_0 or Q5_0 row as unsigned bytes, zeros past the last block.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-fn pair_next<B: Block32>(row: &[u8], b: usize, blocks: usize) -> __m256i {
-    if b + 1 < blocks {
-        block32::<B>(row, b + 1).0
-    } else {
-        _mm256_setzero_si256()
     }
 }
 
