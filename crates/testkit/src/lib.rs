@@ -21,5 +21,6 @@ pub mod redis;
 pub mod stack;
 
 pub use models::{
-    Preset, Qwen2Checkpoint, Qwen2Spec, TestkitError, TinyQwen2, Vocabulary, WeightDtype,
+    Preset, Qwen2Checkpoint, Qwen2Spec, TestkitError, TinyQwen2, VocabFill, Vocabulary,
+    WeightDtype,
 };
