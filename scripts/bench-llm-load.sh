@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Time to first token, inter-token latency and throughput of `passerelle serve` under load
-# (issue 8): streamed chats with a prompt of about PROMPT_TOKENS words and max_tokens MAX_TOKENS
-# at each concurrency of CONCURRENCY, measured by `passerelle bench --stream`. Prints a
-# markdown table.
+# (issue 8): streamed chats of PROMPT_WORDS words (about 128 tokens in this model's tokenizer)
+# and max_tokens MAX_TOKENS at each concurrency of CONCURRENCY, measured by
+# `passerelle bench --stream`. Prints a markdown table, with the prompt's length in tokens as
+# the server counted it (`/metrics`: the rendered chat template, and the part computed rather
+# than reused from the prefix cache, which keeps the template's shared system prompt).
 #
 # The model is the random-weight Qwen2.5-0.5B architecture at Q4_K_M with its padding rows
 # filled with synthetic words (`passerelle-testkit write-qwen2 --fill-vocab words`): with the
@@ -23,7 +25,9 @@
 #   CONCURRENCY     "1 4 8" the concurrencies measured, in order
 #   REQUESTS        "16 32 32" measured requests at each concurrency (the last repeats)
 #   WARMUP          0       unmeasured requests before each phase (0: one per connection)
-#   PROMPT_TOKENS   128     --prompt-tokens: words of the user message, after a per-request tag
+#   PROMPT_WORDS    40      `bench --prompt-tokens`: common English words after a per-request
+#                           tag; the testkit tokenizer (340 merges) splits each into about 2.7
+#                           tokens, so 40 make a user message of about 128 tokens
 #   MAX_TOKENS      64      --max-tokens
 #   MAX_SECS        600     longest a measured phase runs
 #   PORT            18180   where the server listens (127.0.0.1)
@@ -43,7 +47,7 @@ kv_tokens=${KV_CACHE_TOKENS:-16384}
 read -r -a concurrencies <<<"${CONCURRENCY:-1 4 8}"
 read -r -a request_counts <<<"${REQUESTS:-16 32 32}"
 warmup=${WARMUP:-0}
-prompt_tokens=${PROMPT_TOKENS:-128}
+prompt_words=${PROMPT_WORDS:-40}
 max_tokens=${MAX_TOKENS:-64}
 max_secs=${MAX_SECS:-600}
 port=${PORT:-18180}
@@ -98,6 +102,16 @@ until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health
 done
 
 # --- the load ----------------------------------------------------------------------------
+# The prompt counters of /metrics as a JSON object: rendered prompt tokens (the gateway's usage),
+# tokens the engine computed, and requests the engine took.
+counters() {
+    curl -sf "http://127.0.0.1:$port/metrics" | awk '
+        /^passerelle_prompt_tokens_total[{ ]/ { rendered += $NF }
+        /^passerelle_llm_prompt_tokens_total[{ ]/ { computed += $NF }
+        /^passerelle_llm_requests_total[{ ]/ { requests += $NF }
+        END { printf "{\"rendered\": %d, \"computed\": %d, \"requests\": %d}", rendered, computed, requests }'
+}
+
 results=$tmp/results.jsonl
 for i in "${!concurrencies[@]}"; do
     c=${concurrencies[$i]}
@@ -105,15 +119,21 @@ for i in "${!concurrencies[@]}"; do
     w=$warmup
     ((w > 0)) || w=$c
     echo "concurrency $c: $n requests after $w unmeasured" >&2
+    before=$(counters)
     PASSERELLE_BENCH_API_KEY=$key "$bin" --log-filter warn bench \
         --url "http://127.0.0.1:$port/v1" --model bench --stream \
         --concurrency "$c" -n "$n" --warmup "$w" --max-secs "$max_secs" \
-        --prompt-tokens "$prompt_tokens" --max-tokens "$max_tokens" \
-        --pid "$server_pid" --json >>"$results"
+        --prompt-tokens "$prompt_words" --max-tokens "$max_tokens" \
+        --pid "$server_pid" --json >"$tmp/report.json"
+    after=$(counters)
+    # One JSON line per phase: the bench report and the server's prompt counters over it
+    # (warm-up included, as the counters cannot tell it apart).
+    printf '{"report": %s, "counters_before": %s, "counters_after": %s}\n' \
+        "$(cat "$tmp/report.json")" "$before" "$after" >>"$results"
 done
 [[ -z ${KEEP_JSON:-} ]] || cp "$results" "$KEEP_JSON"
 
 echo "passerelle serve, $(basename "$model"), $threads threads, max_running $max_running;" \
-    "streamed chats, prompt ~$prompt_tokens words, max_tokens $max_tokens"
+    "streamed chats, prompt of $prompt_words words after a per-request tag, max_tokens $max_tokens"
 echo
 python3 "$here/scripts/bench_llm_load_table.py" "$results"

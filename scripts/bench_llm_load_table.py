@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""Turns the `passerelle bench --stream --json` lines of scripts/bench-llm-load.sh into its
-markdown table: one row per concurrency, in the order run.
+"""Turns the JSON lines of scripts/bench-llm-load.sh into its markdown table: one row per
+concurrency, in the order run.
+
+Each line is {"report": <passerelle bench --stream --json>, "counters_before": ...,
+"counters_after": ...}, the counters being the server's prompt tokens rendered and computed and
+the engine's requests, read from /metrics around the phase (its warm-up included).
 
 Times are in milliseconds. Aggregate tokens/s is the completion tokens of every answer over the
 phase's wall time; per-stream tokens/s is each stream's tokens after the first over the time
@@ -21,15 +25,33 @@ def errors(report):
     return ", ".join(counts) if counts else "0"
 
 
+def prompt_tokens(entry):
+    """Rendered prompt tokens per request, and of those the ones computed (not from the prefix
+    cache), from the counters around the phase."""
+    before, after = entry.get("counters_before"), entry.get("counters_after")
+    if not before or not after:
+        return "-"
+    requests = after["requests"] - before["requests"]
+    if requests <= 0:
+        return "-"
+    rendered = (after["rendered"] - before["rendered"]) / requests
+    computed = (after["computed"] - before["computed"]) / requests
+    return f"{rendered:.0f} ({computed:.0f})"
+
+
 def main(path):
-    reports = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    entries = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
     print(
-        "| concurrency | requests ok | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | "
-        "ITL p50 ms | ITL p90 ms | ITL p99 ms | tokens/answer | aggregate tokens/s | "
-        "per-stream tokens/s p50 (p10) | errors |"
+        "| concurrency | requests ok | prompt tokens (computed) | TTFT p50 ms | TTFT p90 ms | "
+        "TTFT p99 ms | ITL p50 ms | ITL p90 ms | ITL p99 ms | tokens/answer | "
+        "aggregate tokens/s | per-stream tokens/s p50 (p10) | errors |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for r in reports:
+    print(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- |"
+    )
+    for entry in entries:
+        r = entry["report"]
         ttft, itl = r.get("ttft"), r.get("itl")
         rate = r.get("tokens_per_sec")
         per_stream = r.get("stream_tokens_per_sec") or {}
@@ -42,11 +64,12 @@ def main(path):
             else "-"
         )
         print(
-            f"| {r['concurrency']} | {r['ok']} of {r['ok'] + r['errors']} | "
+            f"| {r['concurrency']} | {r['ok']} of {r['ok'] + r['errors']} | {prompt_tokens(entry)} | "
             f"{ms(ttft, 'p50_us')} | {ms(ttft, 'p90_us')} | {ms(ttft, 'p99_us')} | "
             f"{ms(itl, 'p50_us')} | {ms(itl, 'p90_us')} | {ms(itl, 'p99_us')} | {per_answer} | "
             f"{f'{rate:.1f}' if rate is not None else '-'} | {stream_rate} | {errors(r)} |"
         )
+    reports = [entry["report"] for entry in entries]
     missing = [r["concurrency"] for r in reports if r["ok"] and not (r.get("ttft") or {}).get("count")]
     if missing:
         print()
