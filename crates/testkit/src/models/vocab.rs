@@ -421,7 +421,10 @@ mod tests {
             let text = tokenizer.decode(&[id], false).unwrap();
             assert!(!text.is_empty(), "id {id} decodes to nothing");
         }
-        assert_eq!(tokenizer.decode(&[learned as u32 + 7], true).unwrap(), " w7");
+        assert_eq!(
+            tokenizer.decode(&[learned as u32 + 7], true).unwrap(),
+            " w7"
+        );
         // Text still encodes through the learned merges, never to a synthetic word.
         let ids = tokenizer.encode(" w7 the model", false).unwrap();
         assert!(ids.get_ids().iter().all(|id| (*id as usize) < learned));
