@@ -4,7 +4,7 @@ mod common;
 
 use common::{MODEL_ID, engine, greedy, run, tiny, try_engine};
 use passerelle_llm::{FinishReason, LlmError, ModelFormat, Prompt, tokenizer::TextTokenizer};
-use passerelle_testkit::WeightDtype;
+use passerelle_testkit::{Qwen2Checkpoint, Qwen2Spec, VocabFill, WeightDtype};
 
 #[tokio::test]
 async fn a_gguf_file_alone_brings_weights_tokenizer_and_chat_template() {
@@ -102,6 +102,50 @@ async fn the_gguf_tokenizer_encodes_and_decodes_like_tokenizer_json() {
             from_gguf.pieces().is_special(id),
             "token {id}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_vocabulary_filled_with_words_decodes_every_id_and_streams_text() {
+    // Mostly synthetic words, as in the 0.5B benchmark model: a random model samples them.
+    let spec = Qwen2Spec {
+        vocab_size: Some(4096),
+        vocab_fill: VocabFill::Words,
+        ..Qwen2Spec::tiny()
+    };
+    let checkpoint = Qwen2Checkpoint::new(spec, 17).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hf_dir = checkpoint
+        .write_safetensors(&dir.path().join("hf"), WeightDtype::F32)
+        .unwrap();
+    let gguf = checkpoint
+        .write_gguf(&dir.path().join("words.gguf"), WeightDtype::Q8_0)
+        .unwrap();
+    let from_json = TextTokenizer::from_file(&hf_dir.join("tokenizer.json")).unwrap();
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(&gguf).unwrap())
+            .unwrap();
+    let from_gguf = TextTokenizer::from_gguf(&content.metadata).unwrap();
+    let vocab = checkpoint.vocabulary();
+    for id in 0..vocab.len() as u32 {
+        let text = from_gguf.decode(&[id], false).unwrap();
+        assert!(!text.is_empty(), "token {id} decodes to nothing");
+        assert_eq!(from_json.decode(&[id], false).unwrap(), text, "token {id}");
+        assert_eq!(
+            from_json.pieces().is_special(id),
+            from_gguf.pieces().is_special(id),
+            "token {id}"
+        );
+    }
+    for tokenizer in [&from_json, &from_gguf] {
+        assert_eq!(tokenizer.token_id("<|im_end|>"), Some(vocab.im_end_id()));
+    }
+
+    for path in [hf_dir, gguf] {
+        let engine = engine(&path).await;
+        let out = run(&engine, greedy("Hello, world!", 16)).await;
+        assert_eq!(out.tokens.len(), 16, "{}", path.display());
+        assert!(!out.text().trim().is_empty(), "{}", path.display());
     }
 }
 

@@ -3,7 +3,9 @@
 use std::fs::File;
 
 use candle_core::{Device, quantized::gguf_file};
-use passerelle_testkit::{Qwen2Checkpoint, Qwen2Spec, TinyQwen2, WeightDtype, models::TokenKind};
+use passerelle_testkit::{
+    Qwen2Checkpoint, Qwen2Spec, TinyQwen2, VocabFill, WeightDtype, models::TokenKind,
+};
 
 #[test]
 fn tokenizer_json_round_trips_text_and_keeps_special_tokens_whole() {
@@ -143,6 +145,65 @@ fn gguf_carries_llama_cpp_metadata_and_the_same_weights() {
     assert_eq!(q, expected.data);
     assert!(content.tensor_infos.contains_key("blk.0.attn_k.bias"));
     assert!(!content.tensor_infos.contains_key("output.weight"));
+}
+
+#[test]
+fn words_fill_every_row_with_text_in_both_formats_and_convert_alike() {
+    let spec = Qwen2Spec {
+        vocab_size: Some(1024),
+        vocab_fill: VocabFill::Words,
+        ..Qwen2Spec::tiny()
+    };
+    let checkpoint = Qwen2Checkpoint::new(spec, 6).unwrap();
+    let vocab = checkpoint.vocabulary();
+    let dir = tempfile::tempdir().unwrap();
+    let hf = checkpoint
+        .write_safetensors(&dir.path().join("hf"), WeightDtype::F32)
+        .unwrap();
+    let written = checkpoint
+        .write_gguf(&dir.path().join("written.gguf"), WeightDtype::F32)
+        .unwrap();
+    let converted = dir.path().join("converted.gguf");
+    passerelle_testkit::models::convert_hf_to_gguf(&hf, &converted, WeightDtype::F32).unwrap();
+
+    let tokenizer = tokenizers::Tokenizer::from_file(hf.join("tokenizer.json")).unwrap();
+    assert_eq!(tokenizer.get_vocab_size(true), vocab.len());
+    for id in 0..vocab.len() as u32 {
+        let text = tokenizer.decode(&[id], false).unwrap();
+        assert!(!text.is_empty(), "token {id} decodes to nothing");
+    }
+    assert_eq!(tokenizer.token_to_id("<|im_end|>"), Some(vocab.im_end_id()));
+
+    let token_metadata = |path: &std::path::Path| {
+        let content = gguf_file::Content::read(&mut File::open(path).unwrap()).unwrap();
+        let strings = |key: &str| -> Vec<String> {
+            content.metadata[key]
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_string().unwrap().clone())
+                .collect()
+        };
+        let types: Vec<i32> = content.metadata["tokenizer.ggml.token_type"]
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_i32().unwrap())
+            .collect();
+        (strings("tokenizer.ggml.tokens"), types)
+    };
+    let (tokens, types) = token_metadata(&written);
+    assert_eq!(tokens, vocab.tokens());
+    assert!(!types.contains(&TokenKind::Unused.gguf_type()));
+    assert_eq!(
+        types[vocab.im_end_id() as usize],
+        TokenKind::Control.gguf_type()
+    );
+    // The words follow the added tokens.
+    let first = tokens.iter().position(|t| t == "Ġw0").unwrap();
+    assert_eq!(first, vocab.added_tokens().last().unwrap().0 as usize + 1);
+    assert_eq!(tokens[1023], format!("Ġw{}", 1023 - first));
+    assert_eq!(token_metadata(&converted), (tokens, types));
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! Writes random-weight models for trying Passerelle without downloading one.
 //!
 //! `passerelle-testkit write-qwen2 --preset tiny --format gguf --dtype q8_0 --seed 1 --out m.gguf`
+//! `passerelle-testkit write-qwen2 --preset qwen2.5-0.5b --format gguf --dtype q4_k_m --fill-vocab words --out m.gguf`
 //! `passerelle-testkit convert-hf --hf-dir model-dir --dtype q4_k --out m.gguf`
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use passerelle_testkit::{Preset, Qwen2Checkpoint, Qwen2Spec, WeightDtype};
+use passerelle_testkit::{Preset, Qwen2Checkpoint, Qwen2Spec, VocabFill, WeightDtype};
 
 /// Test models in real formats.
 #[derive(Debug, Parser)]
@@ -56,6 +57,11 @@ struct WriteQwen2 {
     /// Seed of the random weights; the same seed gives the same weights in every format.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Embedding rows beyond the learned vocabulary: `reserved` (`<|reserved_N|>` padding that
+    /// decodes to nothing, as real checkpoints pad theirs) or `words` (distinct synthetic words
+    /// ` w0`, ` w1`, ..., so that a random model's streams carry text, e.g. to time first tokens).
+    #[arg(long, default_value_t = VocabFill::Reserved, value_parser = parse_fill)]
+    fill_vocab: VocabFill,
     /// Output directory (safetensors) or file (gguf).
     #[arg(long)]
     out: PathBuf,
@@ -68,6 +74,11 @@ enum Format {
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
+    s.parse()
+        .map_err(|e: passerelle_testkit::TestkitError| e.to_string())
+}
+
+fn parse_fill(s: &str) -> Result<VocabFill, String> {
     s.parse()
         .map_err(|e: passerelle_testkit::TestkitError| e.to_string())
 }
@@ -87,15 +98,18 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let checkpoint = Qwen2Checkpoint::new(Qwen2Spec::preset(args.preset), args.seed)
-        .context("building the model")?;
+    let spec = Qwen2Spec {
+        vocab_fill: args.fill_vocab,
+        ..Qwen2Spec::preset(args.preset)
+    };
+    let checkpoint = Qwen2Checkpoint::new(spec, args.seed).context("building the model")?;
     let written = match args.format {
         Format::Safetensors => checkpoint.write_safetensors(&args.out, args.dtype),
         Format::Gguf => checkpoint.write_gguf(&args.out, args.dtype),
     }
     .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
-        "wrote {} {} model ({}, seed {}) to {}",
+        "wrote {} {} model ({}, seed {}, vocabulary filled with {}) to {}",
         args.preset,
         match args.format {
             Format::Safetensors => "safetensors",
@@ -103,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         },
         args.dtype,
         args.seed,
+        args.fill_vocab,
         written.display()
     );
     Ok(())
@@ -135,6 +150,31 @@ mod tests {
         assert_eq!(w.preset, Preset::Qwen2_5_0_5b);
         assert_eq!(w.dtype, WeightDtype::Q8_0);
         assert_eq!(w.seed, 7);
+        assert_eq!(w.fill_vocab, VocabFill::Reserved);
+        let args = Args::try_parse_from([
+            "passerelle-testkit",
+            "write-qwen2",
+            "--fill-vocab",
+            "words",
+            "--out",
+            "m",
+        ])
+        .unwrap();
+        let Command::WriteQwen2(w) = args.command else {
+            panic!("not write-qwen2")
+        };
+        assert_eq!(w.fill_vocab, VocabFill::Words);
+        assert!(
+            Args::try_parse_from([
+                "passerelle-testkit",
+                "write-qwen2",
+                "--out",
+                "x",
+                "--fill-vocab",
+                "zeros"
+            ])
+            .is_err()
+        );
         assert!(
             Args::try_parse_from([
                 "passerelle-testkit",

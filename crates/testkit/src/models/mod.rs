@@ -25,7 +25,7 @@ pub use hf_files::{
     QWEN2_5_CHAT_TEMPLATE, config_json, generation_config_json, tokenizer_config_json,
 };
 pub use hf_gguf::{convert_hf_to_gguf, convert_llama_to_gguf};
-pub use spec::{Preset, Qwen2Spec, WeightDtype};
+pub use spec::{Preset, Qwen2Spec, VocabFill, WeightDtype};
 pub use vocab::{QWEN2_SPLIT_REGEX, TokenKind, Vocabulary, byte_to_char, qwen2_pre_tokenizer};
 pub use weights::{NamedTensor, gguf_name, random_weights};
 

@@ -22,8 +22,10 @@ pub struct Qwen2Spec {
     /// BPE merges learned from the bundled English text (fewer when the text runs out of pairs).
     pub merges: usize,
     /// Rows of the embedding matrix. `None` rounds the tokenizer's size up to a multiple of 64;
-    /// rows beyond the tokenizer are `<|reserved_N|>` tokens, as real checkpoints pad theirs.
+    /// rows beyond the tokenizer are filled as `vocab_fill` says.
     pub vocab_size: Option<usize>,
+    /// What the rows beyond the learned vocabulary and the added tokens hold.
+    pub vocab_fill: VocabFill,
 }
 
 impl Qwen2Spec {
@@ -42,6 +44,7 @@ impl Qwen2Spec {
             tie_word_embeddings: true,
             merges: 400,
             vocab_size: None,
+            vocab_fill: VocabFill::Reserved,
         }
     }
 
@@ -61,6 +64,7 @@ impl Qwen2Spec {
             tie_word_embeddings: true,
             merges: 400,
             vocab_size: Some(151_936),
+            vocab_fill: VocabFill::Reserved,
         }
     }
 
@@ -140,6 +144,43 @@ impl fmt::Display for Preset {
     }
 }
 
+/// What fills the embedding rows beyond the learned vocabulary and the added tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VocabFill {
+    /// `<|reserved_N|>` padding, as real checkpoints pad theirs: left out of `tokenizer.json`,
+    /// UNUSED in GGUF, decoding to nothing. A random-weight model samples almost only these, so
+    /// its streams carry no text.
+    #[default]
+    Reserved,
+    /// Distinct synthetic words, ` w0`, ` w1`, ... (`Ġw0` in byte-level symbols), ordinary BPE
+    /// tokens in both `tokenizer.json` and GGUF that no text encodes to but every one of which
+    /// decodes to text, so a random-weight model streams content (for timing first tokens).
+    Words,
+}
+
+impl FromStr for VocabFill {
+    type Err = TestkitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reserved" => Ok(Self::Reserved),
+            "words" => Ok(Self::Words),
+            other => Err(TestkitError::InvalidSpec(format!(
+                "unknown vocabulary fill `{other}` (expected `reserved` or `words`)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for VocabFill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reserved => "reserved",
+            Self::Words => "words",
+        })
+    }
+}
+
 /// How weights are stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightDtype {
@@ -199,6 +240,14 @@ mod tests {
             assert_eq!(preset.to_string().parse::<Preset>().unwrap(), preset);
         }
         assert_eq!(Qwen2Spec::qwen2_5_0_5b().head_dim(), 64);
+    }
+
+    #[test]
+    fn vocab_fills_parse_by_name() {
+        for fill in [VocabFill::Reserved, VocabFill::Words] {
+            assert_eq!(fill.to_string().parse::<VocabFill>().unwrap(), fill);
+        }
+        assert!("padding".parse::<VocabFill>().is_err());
     }
 
     #[test]

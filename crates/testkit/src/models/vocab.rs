@@ -7,8 +7,13 @@
 //! size. As in the real checkpoints, `tokenizer.json` stops before the padding (Qwen2.5 has
 //! 151,665 tokens for 151,936 embedding rows) while GGUF lists every row, marking the padding
 //! UNUSED the way llama.cpp's converter does; no text maps to it and it decodes to nothing.
+//!
+//! With [`VocabFill::Words`] the rows after the added tokens hold synthetic words instead
+//! (`Ġw0`, `Ġw1`, ...): ordinary BPE tokens that no merge produces, so no text encodes to them,
+//! but each decodes to its own text. `tokenizer.json` then lists the added tokens in the BPE
+//! vocabulary too, as llama.cpp and GGUF readers do, so that they keep their ids below the words.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokenizers::{
     AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
@@ -22,7 +27,7 @@ use tokenizers::{
     },
 };
 
-use crate::models::{Qwen2Spec, TestkitError};
+use crate::models::{Qwen2Spec, TestkitError, VocabFill};
 
 /// Qwen2's pre-tokenizer regex, verbatim from its `tokenizer.json`.
 pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -69,6 +74,7 @@ pub struct Vocabulary {
     tokens: Vec<String>,
     kinds: Vec<TokenKind>,
     merges: Vec<(String, String)>,
+    fill: VocabFill,
 }
 
 impl Vocabulary {
@@ -97,14 +103,32 @@ impl Vocabulary {
                 tokens.len()
             )));
         }
-        for n in 0..target - tokens.len() {
-            tokens.push(format!("<|reserved_{n}|>"));
-            kinds.push(TokenKind::Unused);
+        let rows = target - tokens.len();
+        match spec.vocab_fill {
+            VocabFill::Reserved => {
+                for n in 0..rows {
+                    tokens.push(format!("<|reserved_{n}|>"));
+                    kinds.push(TokenKind::Unused);
+                }
+            }
+            VocabFill::Words => {
+                let space = byte_to_char()[usize::from(b' ')];
+                let taken: HashSet<String> = tokens.iter().cloned().collect();
+                let words = (0..)
+                    .map(|n| format!("{space}w{n}"))
+                    .filter(|word| !taken.contains(word))
+                    .take(rows);
+                for word in words {
+                    tokens.push(word);
+                    kinds.push(TokenKind::Normal);
+                }
+            }
         }
         Ok(Self {
             tokens,
             kinds,
             merges,
+            fill: spec.vocab_fill,
         })
     }
 
@@ -185,12 +209,18 @@ impl Vocabulary {
     /// The tokenizer Qwen2 ships: NFC, Qwen2 regex split, byte-level BPE, byte-level decoder,
     /// with the added tokens numbered right after the BPE tokens.
     pub fn tokenizer(&self) -> Result<Tokenizer, TestkitError> {
+        // `tokenizers` numbers an added token after the model's ids unless the model already
+        // knows it, so with words after the added tokens the BPE vocabulary lists those too.
+        let in_bpe = |kind: TokenKind| match self.fill {
+            VocabFill::Reserved => kind == TokenKind::Normal,
+            VocabFill::Words => kind != TokenKind::Unused,
+        };
         let vocab: tokenizers::models::bpe::Vocab = self
             .tokens
             .iter()
             .zip(&self.kinds)
             .enumerate()
-            .filter(|(_, (_, kind))| **kind == TokenKind::Normal)
+            .filter(|(_, (_, kind))| in_bpe(**kind))
             .map(|(id, (token, _))| (token.clone(), id as u32))
             .collect();
         let bpe = BPE::builder()
@@ -359,6 +389,45 @@ mod tests {
         assert_eq!(table[usize::from(b' ')], 'Ġ');
         assert_eq!(table[usize::from(b'\n')], 'Ċ');
         assert_eq!(table[usize::from(b'a')], 'a');
+    }
+
+    #[test]
+    fn words_fill_the_rows_after_the_added_tokens_and_decode_to_text() {
+        let spec = Qwen2Spec {
+            vocab_size: Some(1024),
+            vocab_fill: VocabFill::Words,
+            ..Qwen2Spec::tiny()
+        };
+        let words = Vocabulary::for_spec(&spec).unwrap();
+        let reserved = Vocabulary::for_spec(&Qwen2Spec {
+            vocab_fill: VocabFill::Reserved,
+            ..spec.clone()
+        })
+        .unwrap();
+        assert_eq!(words.len(), 1024);
+        assert_eq!(words.tokenizer_len(), 1024);
+        assert!(!words.kinds().contains(&TokenKind::Unused));
+        // Everything up to the padding is the same vocabulary, special ids included.
+        let learned = reserved.tokenizer_len();
+        assert_eq!(words.tokens()[..learned], reserved.tokens()[..learned]);
+        assert_eq!(words.im_end_id(), reserved.im_end_id());
+        assert_eq!(words.tokens()[learned], "Ġw0");
+        let distinct: HashSet<&String> = words.tokens().iter().collect();
+        assert_eq!(distinct.len(), words.len());
+
+        let tokenizer = words.tokenizer().unwrap();
+        assert_eq!(tokenizer.get_vocab_size(true), 1024);
+        for id in 0..1024u32 {
+            let text = tokenizer.decode(&[id], false).unwrap();
+            assert!(!text.is_empty(), "id {id} decodes to nothing");
+        }
+        assert_eq!(
+            tokenizer.decode(&[learned as u32 + 7], true).unwrap(),
+            " w7"
+        );
+        // Text still encodes through the learned merges, never to a synthetic word.
+        let ids = tokenizer.encode(" w7 the model", false).unwrap();
+        assert!(ids.get_ids().iter().all(|id| (*id as usize) < learned));
     }
 
     #[test]
