@@ -20,6 +20,7 @@
 //! handled, candle's [`QMatMul`] otherwise (float weights, other quantizations).
 
 mod acts;
+pub(crate) mod attention;
 pub mod format;
 #[cfg(target_arch = "x86_64")]
 mod interleaved;

@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 
 use super::{acts::ActRow, format::WeightFormat};
 
+mod attention;
 mod interleaved;
 mod panel;
 mod quantize;

@@ -2,7 +2,10 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::model::decoder::{DecoderConfig, kv_cache::KvCache, rope::Rope};
+use crate::{
+    kernels,
+    model::decoder::{DecoderConfig, kv_cache::KvCache, rope::Rope},
+};
 
 /// What attention needs of one sequence in a forward pass, shared by every layer.
 pub(crate) struct Positions {
@@ -86,8 +89,14 @@ pub(crate) fn attend(
         config.head_dim,
     );
     let total = k.dim(1)?;
-    let q = q.reshape((kv_heads, groups * len, d))?;
     let scale = 1.0 / (d as f64).sqrt();
+    if len == 1
+        && let Some(out) =
+            kernels::attention::decode(&q, &k, &v, groups, scale as f32, config.window(layer))?
+    {
+        return Ok(out);
+    }
+    let q = q.reshape((kv_heads, groups * len, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask(positions, config.window(layer), q.device())? {
         Some(mask) => scores

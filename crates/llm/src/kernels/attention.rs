@@ -1,0 +1,105 @@
+//! Attention of one new position against a sequence's cached keys and values (a decoding
+//! step): per query head, its scores against the visible keys, their softmax, and the values
+//! weighted by it. Candle's batched products take longer to set up than to compute for one
+//! query row (and ask the OS for the CPU count on every call), so decoding uses this kernel
+//! where the CPU has AVX-512, and the caller's candle path otherwise.
+
+use candle_core::{DType, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Keys or values of one layer, `[kv_heads, positions, head_dim]` in a CPU tensor whose rows
+/// are contiguous (the cache's buffers, narrowed to the filled positions).
+struct Heads<'a> {
+    data: &'a [f32],
+    start: usize,
+    head_stride: usize,
+}
+
+impl Heads<'_> {
+    /// Rows `rows` of head `h`, `d` values each.
+    fn rows(&self, h: usize, rows: std::ops::Range<usize>, d: usize) -> &[f32] {
+        let at = self.start + h * self.head_stride;
+        &self.data[at + rows.start * d..at + rows.end * d]
+    }
+}
+
+/// `softmax(scale * q . K^T) V` for the single query row `q` (`[1, heads, 1, head_dim]`, heads
+/// grouped `groups` to a key head) against `k` and `v` (`[kv_heads, positions, head_dim]`),
+/// seeing the last `window` positions when given: `[1, heads * head_dim]`. `None` where this
+/// kernel does not apply (no AVX-512, another dtype or device, a head size it does not take).
+pub(crate) fn decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: usize,
+    scale: f32,
+    window: Option<usize>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx512) = super::x86::Avx512::detect() {
+        return decode_with(avx512, q, k, v, groups, scale, window);
+    }
+    let _ = (q, k, v, groups, scale, window);
+    Ok(None)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn decode_with(
+    avx512: super::x86::Avx512,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    groups: usize,
+    scale: f32,
+    window: Option<usize>,
+) -> candle_core::Result<Option<Tensor>> {
+    let (kv_heads, positions, d) = k.dims3()?;
+    if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3]
+        || !q.device().is_cpu()
+        || !avx512.attends(d)
+        || v.dims() != k.dims()
+    {
+        return Ok(None);
+    }
+    let q = q.flatten_all()?.contiguous()?;
+    let heads = kv_heads * groups;
+    if q.elem_count() != heads * d || positions == 0 {
+        return Ok(None);
+    }
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let (Storage::Cpu(q_cpu), Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) =
+        (&*q_storage, &*k_storage, &*v_storage)
+    else {
+        return Ok(None);
+    };
+    let view = |data, layout: &candle_core::Layout| {
+        let stride = layout.stride();
+        (stride[1] == d && stride[2] == 1).then(|| Heads {
+            data,
+            start: layout.start_offset(),
+            head_stride: stride[0],
+        })
+    };
+    let (Some(keys), Some(values)) = (
+        view(k_cpu.as_slice::<f32>()?, k_layout),
+        view(v_cpu.as_slice::<f32>()?, v_layout),
+    ) else {
+        return Ok(None);
+    };
+    let query = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..][..heads * d];
+    let visible = positions.saturating_sub(window.unwrap_or(positions))..positions;
+    let mut out = vec![0f32; heads * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(h, out)| {
+        let kv = h / groups;
+        avx512.attend(
+            &query[h * d..(h + 1) * d],
+            keys.rows(kv, visible.clone(), d),
+            values.rows(kv, visible.clone(), d),
+            scale,
+            out,
+        );
+    });
+    Ok(Some(Tensor::from_vec(out, (1, heads * d), q.device())?))
+}

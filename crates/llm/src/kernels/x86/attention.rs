@@ -1,0 +1,117 @@
+//! One query head's attention over its key and value rows with AVX-512: the scores in one
+//! pass over the keys, their exponentials 16 at a time, the values' weighted sum in one pass.
+
+use std::arch::x86_64::*;
+
+use super::Avx512;
+
+/// Most 16-value chunks of a head the kernel keeps in registers (head size 256).
+const MAX_CHUNKS: usize = 16;
+
+impl Avx512 {
+    /// Whether [`Avx512::attend`] takes heads of `d` values.
+    pub(crate) fn attends(self, d: usize) -> bool {
+        d.is_multiple_of(16) && d / 16 <= MAX_CHUNKS && d > 0
+    }
+
+    /// `out = softmax(scale * keys . q) values` for one query head `q` (`d` values, a size
+    /// [`Avx512::attends`] takes) against `keys` and `values`, rows of `d` values.
+    pub(crate) fn attend(
+        self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let mut scores = vec![0f32; keys.len() / q.len()];
+        // SAFETY: an `Avx512` exists only where its features were detected.
+        unsafe { attend(q, keys, values, scale, &mut scores, out) }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let chunks = d / 16;
+    let mut qv = [_mm512_setzero_ps(); MAX_CHUNKS];
+    for (c, qv) in qv.iter_mut().take(chunks).enumerate() {
+        *qv = load(&q[16 * c..]);
+    }
+    let mut max = f32::NEG_INFINITY;
+    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+        let mut acc = _mm512_setzero_ps();
+        for (c, qv) in qv.iter().take(chunks).enumerate() {
+            acc = _mm512_fmadd_ps(*qv, load(&key[16 * c..]), acc);
+        }
+        *score = _mm512_reduce_add_ps(acc) * scale;
+        max = max.max(*score);
+    }
+    let max = _mm512_set1_ps(max);
+    let mut total = _mm512_setzero_ps();
+    for scores in scores.chunks_mut(16) {
+        let mask = (1u32 << scores.len()).wrapping_sub(1) as u16;
+        // SAFETY: the mask covers the `scores.len()` (at most 16) values of the chunk.
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, scores.as_ptr()) };
+        let e = _mm512_maskz_mov_ps(mask, exp(_mm512_sub_ps(x, max)));
+        total = _mm512_add_ps(total, e);
+        // SAFETY: as above.
+        unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr(), mask, e) };
+    }
+    let total = _mm512_reduce_add_ps(total);
+    let mut acc = [_mm512_setzero_ps(); MAX_CHUNKS];
+    for (&p, row) in scores.iter().zip(values.chunks_exact(d)) {
+        let p = _mm512_set1_ps(p);
+        for (c, acc) in acc.iter_mut().take(chunks).enumerate() {
+            *acc = _mm512_fmadd_ps(p, load(&row[16 * c..]), *acc);
+        }
+    }
+    let inverse = _mm512_set1_ps(1.0 / total);
+    for (c, acc) in acc.iter().take(chunks).enumerate() {
+        let out = &mut out[16 * c..16 * c + 16];
+        // SAFETY: `out` holds 16 f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(*acc, inverse)) };
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load(values: &[f32]) -> __m512 {
+    let values = &values[..16];
+    // SAFETY: `values` holds 16 f32; the load is unaligned.
+    unsafe { _mm512_loadu_ps(values.as_ptr()) }
+}
+
+/// `e^x` for `x <= 0` to about one part in 10^7: `x = n ln 2 + r` with `|r| <= ln 2 / 2`,
+/// `e^r` from its Taylor series to the 7th power, times `2^n`. Below -87 it is 0 or tiny.
+#[inline]
+#[target_feature(enable = "avx512f,fma")]
+fn exp(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    // ln 2 in two parts, so that `n * LN2_HI` is exact.
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.0 / 5040.0);
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
