@@ -103,3 +103,64 @@ fn decode_with(
     });
     Ok(Some(Tensor::from_vec(out, (1, heads * d), q.device())?))
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The same attention with candle's operations, as the decoder computed it before.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, groups: usize, scale: f64) -> Tensor {
+        let (kv_heads, _, d) = k.dims3().unwrap();
+        let q = q.reshape((kv_heads, groups, d)).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let weights = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        weights
+            .matmul(&v.contiguous().unwrap())
+            .unwrap()
+            .reshape((1, kv_heads * groups * d))
+            .unwrap()
+    }
+
+    #[test]
+    fn decoding_attention_matches_candles_products_over_cache_views_and_windows() {
+        if !cfg!(target_arch = "x86_64") || !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let device = Device::Cpu;
+        for (kv_heads, groups, d, positions) in [(2, 7, 64, 37), (1, 1, 16, 1), (4, 2, 96, 300)] {
+            // Buffers with room for more positions than are filled, as the cache keeps them.
+            let buffer = |mean: f32| {
+                let t = Tensor::randn(mean, 1.0, (kv_heads, positions + 5, d), &device).unwrap();
+                t.narrow(1, 0, positions).unwrap()
+            };
+            let (k, v) = (buffer(0.0), buffer(0.5));
+            let q = Tensor::randn(0f32, 1.0, (1, kv_heads * groups, 1, d), &device).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            for window in [None, Some(positions.div_ceil(2))] {
+                let ours = decode(&q, &k, &v, groups, scale as f32, window)
+                    .unwrap()
+                    .expect("the kernel takes these heads");
+                let visible = window.map_or(positions, |w| w.min(positions));
+                let (k, v) = (
+                    k.narrow(1, positions - visible, visible).unwrap(),
+                    v.narrow(1, positions - visible, visible).unwrap(),
+                );
+                let theirs = reference(&q, &k, &v, groups, scale);
+                let diff = (ours - theirs)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "{kv_heads}x{groups} heads of {d}, {window:?}: {diff}"
+                );
+            }
+        }
+    }
+}
