@@ -36,13 +36,11 @@ impl Avx512 {
                     $(
                         ($r, false) => {
                             // SAFETY: an `Avx512` exists only where its features were detected.
-                            let acc = unsafe { panel::<$r, false>(values, scales, a) };
-                            store(&acc, out);
+                            unsafe { panel::<$r, false>(values, scales, a, out) };
                         }
                         ($r, true) => {
                             // SAFETY: as above.
-                            let acc = unsafe { panel::<$r, true>(values, scales, a) };
-                            store(&acc, out);
+                            unsafe { panel::<$r, true>(values, scales, a, out) };
                         }
                     )*
                     (r, _) => panic!("{r} activation rows against one panel"),
@@ -53,19 +51,13 @@ impl Avx512 {
     }
 }
 
-fn store<const R: usize>(acc: &[__m512; R], out: &mut [[f32; PANEL_ROWS]]) {
-    for (acc, out) in acc.iter().zip(out) {
-        // SAFETY: `out` holds 16 f32, 64 bytes; the store is unaligned.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) }
-    }
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")]
 fn panel<const R: usize, const Q5: bool>(
     values: &[Line],
     scales: &[f16],
     a: &[ActRow<'_>],
-) -> [__m512; R] {
+    out: &mut [[f32; PANEL_ROWS]],
+) {
     let a: [ActRow<'_>; R] = std::array::from_fn(|r| a[r]);
     let lines = if Q5 { 5 } else { 8 };
     let mut acc = [_mm512_setzero_ps(); R];
@@ -98,7 +90,10 @@ fn panel<const R: usize, const Q5: bool>(
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[r]);
         }
     }
-    acc
+    for (acc, out) in acc.iter().zip(out) {
+        // SAFETY: `out` holds 16 f32, 64 bytes; the store is unaligned.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *acc) }
+    }
 }
 
 #[inline]
