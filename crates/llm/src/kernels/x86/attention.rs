@@ -45,8 +45,29 @@ fn attend(
     for (c, qv) in qv.iter_mut().take(chunks).enumerate() {
         *qv = load(&q[16 * c..]);
     }
-    let mut max = f32::NEG_INFINITY;
-    for (score, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+    // Sixteen keys at a time, their sums reduced together into one vector of scores.
+    let mut maxima = _mm512_set1_ps(f32::NEG_INFINITY);
+    let whole = scores.len() / 16 * 16;
+    for (scores, keys) in scores[..whole]
+        .chunks_exact_mut(16)
+        .zip(keys.chunks_exact(16 * d))
+    {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for (acc, key) in acc.iter_mut().zip(keys.chunks_exact(d)) {
+            for (c, qv) in qv.iter().take(chunks).enumerate() {
+                *acc = _mm512_fmadd_ps(*qv, load(&key[16 * c..]), *acc);
+            }
+        }
+        let sums = _mm512_mul_ps(sum16(acc), _mm512_set1_ps(scale));
+        maxima = _mm512_max_ps(maxima, sums);
+        // SAFETY: `scores` holds 16 f32; the store is unaligned.
+        unsafe { _mm512_storeu_ps(scores.as_mut_ptr(), sums) };
+    }
+    let mut max = _mm512_reduce_max_ps(maxima);
+    for (score, key) in scores[whole..]
+        .iter_mut()
+        .zip(keys[whole * d..].chunks_exact(d))
+    {
         let mut acc = _mm512_setzero_ps();
         for (c, qv) in qv.iter().take(chunks).enumerate() {
             acc = _mm512_fmadd_ps(*qv, load(&key[16 * c..]), acc);
@@ -79,6 +100,40 @@ fn attend(
         // SAFETY: `out` holds 16 f32; the store is unaligned.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(*acc, inverse)) };
     }
+}
+
+/// Lane `i` of the result is the sum of the lanes of `v[i]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sum16(v: [__m512; 16]) -> __m512 {
+    // Pairs: per 128-bit lane, [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+    let pairs: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Quads: per 128-bit lane, each of four vectors' sum over that lane.
+    let quads: [__m512; 4] = std::array::from_fn(|i| {
+        let (a, b) = (
+            _mm512_castps_pd(pairs[2 * i]),
+            _mm512_castps_pd(pairs[2 * i + 1]),
+        );
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    });
+    // Then across the four 128-bit lanes: quad `g`'s lanes summed into lane `g`.
+    let halves = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        )
+    };
+    let (low, high) = (halves(quads[0], quads[1]), halves(quads[2], quads[3]));
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(low, high),
+        _mm512_shuffle_f32x4::<0xDD>(low, high),
+    )
 }
 
 #[inline]
@@ -114,4 +169,26 @@ fn exp(x: __m512) -> __m512 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sixteen_vectors_sum_into_the_lanes_of_one() {
+        if Avx512::detect().is_none() {
+            return;
+        }
+        let values: [[f32; 16]; 16] =
+            std::array::from_fn(|i| std::array::from_fn(|j| (i * 100 + j) as f32));
+        let mut out = [0f32; 16];
+        // SAFETY: the features were detected above.
+        unsafe {
+            let v = values.map(|v| _mm512_loadu_ps(v.as_ptr()));
+            _mm512_storeu_ps(out.as_mut_ptr(), sum16(v));
+        }
+        let expected: [f32; 16] = std::array::from_fn(|i| values[i].iter().sum());
+        assert_eq!(out, expected);
+    }
 }
