@@ -23,85 +23,114 @@ impl Heads<'_> {
     }
 }
 
-/// `softmax(scale * q . K^T) V` for the single query row `q` (`[1, heads, 1, head_dim]`, heads
-/// grouped `groups` to a key head) against `k` and `v` (`[kv_heads, positions, head_dim]`),
-/// seeing the last `window` positions when given: `[1, heads * head_dim]`. `None` where this
-/// kernel does not apply (no AVX-512, another dtype or device, a head size it does not take).
+/// One sequence's decoding step at one layer: its query row, rotated (`[1, heads, 1,
+/// head_dim]`), and its keys and values including the new position (`[kv_heads, positions,
+/// head_dim]`).
+pub(crate) struct Step<'t> {
+    pub q: &'t Tensor,
+    pub k: &'t Tensor,
+    pub v: &'t Tensor,
+}
+
+/// `softmax(scale * q . K^T) V` of each step's query heads (grouped `groups` to a key head),
+/// seeing the last `window` positions when given: `[steps, heads * head_dim]`, every head of
+/// every step in one parallel pass. `None` where this kernel does not apply (no AVX-512,
+/// another dtype or device, a head size it does not take).
 pub(crate) fn decode(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    steps: &[Step<'_>],
     groups: usize,
     scale: f32,
     window: Option<usize>,
 ) -> candle_core::Result<Option<Tensor>> {
     #[cfg(target_arch = "x86_64")]
     if let Some(avx512) = super::x86::Avx512::detect() {
-        return decode_with(avx512, q, k, v, groups, scale, window);
+        return decode_with(avx512, steps, groups, scale, window);
     }
-    let _ = (q, k, v, groups, scale, window);
+    let _ = (steps, groups, scale, window);
     Ok(None)
 }
 
 #[cfg(target_arch = "x86_64")]
 fn decode_with(
     avx512: super::x86::Avx512,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    steps: &[Step<'_>],
     groups: usize,
     scale: f32,
     window: Option<usize>,
 ) -> candle_core::Result<Option<Tensor>> {
-    let (kv_heads, positions, d) = k.dims3()?;
-    if [q.dtype(), k.dtype(), v.dtype()] != [DType::F32; 3]
-        || !q.device().is_cpu()
-        || !avx512.attends(d)
-        || v.dims() != k.dims()
-    {
+    let Some(first) = steps.first() else {
         return Ok(None);
-    }
-    let q = q.flatten_all()?.contiguous()?;
+    };
+    let (kv_heads, _, d) = first.k.dims3()?;
     let heads = kv_heads * groups;
-    if q.elem_count() != heads * d || positions == 0 {
-        return Ok(None);
+    let mut queries = Vec::with_capacity(steps.len());
+    for step in steps {
+        let (_, positions, step_d) = step.k.dims3()?;
+        if [step.q.dtype(), step.k.dtype(), step.v.dtype()] != [DType::F32; 3]
+            || !step.q.device().is_cpu()
+            || !avx512.attends(d)
+            || step_d != d
+            || step.k.dim(0)? != kv_heads
+            || step.v.dims() != step.k.dims()
+            || step.q.elem_count() != heads * d
+            || positions == 0
+        {
+            return Ok(None);
+        }
+        queries.push(step.q.flatten_all()?.contiguous()?);
     }
-    let (q_storage, q_layout) = q.storage_and_layout();
-    let (k_storage, k_layout) = k.storage_and_layout();
-    let (v_storage, v_layout) = v.storage_and_layout();
-    let (Storage::Cpu(q_cpu), Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) =
-        (&*q_storage, &*k_storage, &*v_storage)
-    else {
-        return Ok(None);
-    };
-    let view = |data, layout: &candle_core::Layout| {
-        let stride = layout.stride();
-        (stride[1] == d && stride[2] == 1).then(|| Heads {
-            data,
-            start: layout.start_offset(),
-            head_stride: stride[0],
+    let guards: Vec<_> = steps
+        .iter()
+        .zip(&queries)
+        .map(|(step, q)| {
+            (
+                q.storage_and_layout(),
+                step.k.storage_and_layout(),
+                step.v.storage_and_layout(),
+            )
         })
-    };
-    let (Some(keys), Some(values)) = (
-        view(k_cpu.as_slice::<f32>()?, k_layout),
-        view(v_cpu.as_slice::<f32>()?, v_layout),
-    ) else {
-        return Ok(None);
-    };
-    let query = &q_cpu.as_slice::<f32>()?[q_layout.start_offset()..][..heads * d];
-    let visible = positions.saturating_sub(window.unwrap_or(positions))..positions;
-    let mut out = vec![0f32; heads * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(h, out)| {
-        let kv = h / groups;
+        .collect();
+    let mut views = Vec::with_capacity(steps.len());
+    for ((q, q_layout), (k, k_layout), (v, v_layout)) in &guards {
+        let (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v)) = (&**q, &**k, &**v) else {
+            return Ok(None);
+        };
+        let view = |data, layout: &candle_core::Layout| {
+            let stride = layout.stride();
+            (stride[1] == d && stride[2] == 1).then(|| Heads {
+                data,
+                start: layout.start_offset(),
+                head_stride: stride[0],
+            })
+        };
+        let (Some(keys), Some(values)) = (
+            view(k.as_slice::<f32>()?, k_layout),
+            view(v.as_slice::<f32>()?, v_layout),
+        ) else {
+            return Ok(None);
+        };
+        let query = &q.as_slice::<f32>()?[q_layout.start_offset()..][..heads * d];
+        let positions = k_layout.dims()[1];
+        let visible = positions.saturating_sub(window.unwrap_or(positions))..positions;
+        views.push((query, keys, values, visible));
+    }
+    let mut out = vec![0f32; steps.len() * heads * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(task, out)| {
+        let (query, keys, values, visible) = &views[task / heads];
+        let h = task % heads;
         avx512.attend(
             &query[h * d..(h + 1) * d],
-            keys.rows(kv, visible.clone(), d),
-            values.rows(kv, visible.clone(), d),
+            keys.rows(h / groups, visible.clone(), d),
+            values.rows(h / groups, visible.clone(), d),
             scale,
             out,
         );
     });
-    Ok(Some(Tensor::from_vec(out, (1, heads * d), q.device())?))
+    Ok(Some(Tensor::from_vec(
+        out,
+        (steps.len(), heads * d),
+        first.q.device(),
+    )?))
 }
 
 #[cfg(test)]
@@ -139,7 +168,12 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (1, kv_heads * groups, 1, d), &device).unwrap();
             let scale = 1.0 / (d as f64).sqrt();
             for window in [None, Some(positions.div_ceil(2))] {
-                let ours = decode(&q, &k, &v, groups, scale as f32, window)
+                let step = Step {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                };
+                let ours = decode(&[step], groups, scale as f32, window)
                     .unwrap()
                     .expect("the kernel takes these heads");
                 let visible = window.map_or(positions, |w| w.min(positions));

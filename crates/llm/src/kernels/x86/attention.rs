@@ -25,13 +25,25 @@ impl Avx512 {
         out: &mut [f32],
     ) {
         let mut scores = vec![0f32; keys.len() / q.len()];
-        // SAFETY: an `Avx512` exists only where its features were detected.
-        unsafe { attend(q, keys, values, scale, &mut scores, out) }
+        let scores = &mut scores;
+        // The head's chunks as a constant, so that its vectors stay in registers.
+        macro_rules! by_chunks {
+            ($($c:literal)*) => {
+                match q.len() / 16 {
+                    $(
+                        // SAFETY: an `Avx512` exists only where its features were detected.
+                        $c => unsafe { attend::<$c>(q, keys, values, scale, scores, out) },
+                    )*
+                    c => panic!("a head of {c} chunks of 16"),
+                }
+            };
+        }
+        by_chunks!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
     }
 }
 
 #[target_feature(enable = "avx512f,avx512dq,fma")]
-fn attend(
+fn attend<const C: usize>(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -39,12 +51,8 @@ fn attend(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
-    let chunks = d / 16;
-    let mut qv = [_mm512_setzero_ps(); MAX_CHUNKS];
-    for (c, qv) in qv.iter_mut().take(chunks).enumerate() {
-        *qv = load(&q[16 * c..]);
-    }
+    let d = 16 * C;
+    let qv: [__m512; C] = std::array::from_fn(|c| load(&q[16 * c..]));
     // Sixteen keys at a time, their sums reduced together into one vector of scores.
     let mut maxima = _mm512_set1_ps(f32::NEG_INFINITY);
     let whole = scores.len() / 16 * 16;
@@ -54,7 +62,7 @@ fn attend(
     {
         let mut acc = [_mm512_setzero_ps(); 16];
         for (acc, key) in acc.iter_mut().zip(keys.chunks_exact(d)) {
-            for (c, qv) in qv.iter().take(chunks).enumerate() {
+            for (c, qv) in qv.iter().enumerate() {
                 *acc = _mm512_fmadd_ps(*qv, load(&key[16 * c..]), *acc);
             }
         }
@@ -69,7 +77,7 @@ fn attend(
         .zip(keys[whole * d..].chunks_exact(d))
     {
         let mut acc = _mm512_setzero_ps();
-        for (c, qv) in qv.iter().take(chunks).enumerate() {
+        for (c, qv) in qv.iter().enumerate() {
             acc = _mm512_fmadd_ps(*qv, load(&key[16 * c..]), acc);
         }
         *score = _mm512_reduce_add_ps(acc) * scale;
@@ -87,15 +95,15 @@ fn attend(
         unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr(), mask, e) };
     }
     let total = _mm512_reduce_add_ps(total);
-    let mut acc = [_mm512_setzero_ps(); MAX_CHUNKS];
+    let mut acc = [_mm512_setzero_ps(); C];
     for (&p, row) in scores.iter().zip(values.chunks_exact(d)) {
         let p = _mm512_set1_ps(p);
-        for (c, acc) in acc.iter_mut().take(chunks).enumerate() {
+        for (c, acc) in acc.iter_mut().enumerate() {
             *acc = _mm512_fmadd_ps(p, load(&row[16 * c..]), *acc);
         }
     }
     let inverse = _mm512_set1_ps(1.0 / total);
-    for (c, acc) in acc.iter().take(chunks).enumerate() {
+    for (c, acc) in acc.iter().enumerate() {
         let out = &mut out[16 * c..16 * c + 16];
         // SAFETY: `out` holds 16 f32; the store is unaligned.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(*acc, inverse)) };

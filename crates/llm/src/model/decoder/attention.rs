@@ -64,23 +64,70 @@ fn mask(
     Ok(Some(Tensor::from_vec(mask, (1, 1, len, total), device)?))
 }
 
-/// Attention of one sequence at `layer`: `[q, k, v]` of its new positions (not yet rotated),
-/// `q` `[len, heads, head_dim]`, `k` and `v` `[len, kv_heads, head_dim]`. Appends the rotated
-/// keys and the values to `cache` and returns `[len, heads * head_dim]`.
-pub(crate) fn attend(
+/// One sequence's queries at a layer, rotated (`[1, heads, len, head_dim]`), and that layer's
+/// keys and values with its new positions appended (`[kv_heads, positions, head_dim]`).
+pub(crate) struct Attending {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+/// The first half of one sequence's attention at `layer`: `[q, k, v]` of its new positions (not
+/// yet rotated), `q` `[len, heads, head_dim]`, `k` and `v` `[len, kv_heads, head_dim]`, are
+/// rotated, and the keys and values appended to `cache`.
+pub(crate) fn prepare(
     [q, k, v]: [&Tensor; 3],
     layer: usize,
-    config: &DecoderConfig,
     rope: &Rope,
     positions: &Positions,
     cache: &mut KvCache,
-) -> candle_core::Result<Tensor> {
-    let len = positions.len;
+) -> candle_core::Result<Attending> {
     // [len, heads, d] -> [1, heads, len, d]
     let heads = |t: &Tensor| t.unsqueeze(0)?.transpose(1, 2)?.contiguous();
     let q = rope.apply(&heads(q)?, &positions.cos, &positions.sin)?;
     let k = rope.apply(&heads(k)?, &positions.cos, &positions.sin)?;
     let (k, v) = cache.append(layer, &k.squeeze(0)?, &heads(v)?.squeeze(0)?)?;
+    Ok(Attending { q, k, v })
+}
+
+/// Decoding steps of several sequences (one new position each) at `layer`, all at once:
+/// `[sequences, heads * head_dim]`. `None` where the CPU kernel does not apply.
+pub(crate) fn attend_decoding(
+    sequences: &[Attending],
+    layer: usize,
+    config: &DecoderConfig,
+) -> candle_core::Result<Option<Tensor>> {
+    let steps: Vec<_> = sequences
+        .iter()
+        .map(|s| kernels::attention::Step {
+            q: &s.q,
+            k: &s.k,
+            v: &s.v,
+        })
+        .collect();
+    let scale = 1.0 / (config.head_dim as f64).sqrt();
+    kernels::attention::decode(
+        &steps,
+        config.num_heads / config.num_kv_heads,
+        scale as f32,
+        config.window(layer),
+    )
+}
+
+/// The second half of one sequence's attention at `layer`: `[len, heads * head_dim]`.
+pub(crate) fn attend(
+    attending: &Attending,
+    layer: usize,
+    config: &DecoderConfig,
+    positions: &Positions,
+) -> candle_core::Result<Tensor> {
+    let len = positions.len;
+    if len == 1
+        && let Some(out) = attend_decoding(std::slice::from_ref(attending), layer, config)?
+    {
+        return Ok(out);
+    }
+    let Attending { q, k, v } = attending;
     // Grouped-query attention without copying the cache once per query head: the query heads
     // sharing a key head are stacked as rows, `[kv_heads, groups * len, d]`.
     let (kv_heads, groups, d) = (
@@ -90,12 +137,6 @@ pub(crate) fn attend(
     );
     let total = k.dim(1)?;
     let scale = 1.0 / (d as f64).sqrt();
-    if len == 1
-        && let Some(out) =
-            kernels::attention::decode(&q, &k, &v, groups, scale as f32, config.window(layer))?
-    {
-        return Ok(out);
-    }
     let q = q.reshape((kv_heads, groups * len, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask(positions, config.window(layer), q.device())? {
@@ -108,7 +149,7 @@ pub(crate) fn attend(
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     // [kv_heads, groups * len, d] -> [heads, len, d] -> [len, heads * d]
     weights
-        .matmul(&v)?
+        .matmul(v)?
         .reshape((config.num_heads, len, d))?
         .transpose(0, 1)?
         .reshape((len, config.q_width()))

@@ -32,7 +32,7 @@ pub use kv_cache::KvCache;
 pub use rope::{Llama3Scaling, LongRope, RopeConfig, RopeLayout, RopeScaling};
 
 use crate::kernels::QLinear;
-use attention::{Positions, attend};
+use attention::{Positions, attend, attend_decoding, prepare};
 use block::Block;
 use rope::Rope;
 use source::{GGUF_NAMES, GgufSource, HF_NAMES, Names, SafetensorsSource, Source};
@@ -218,21 +218,36 @@ impl Decoder {
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm(&x)?;
             let (q, k, v) = block.qkv(&h, &self.config)?;
-            let mut outputs = Vec::with_capacity(items.len());
+            let mut attending = Vec::with_capacity(items.len());
             let mut row = 0;
             for (item, positions) in items.iter_mut().zip(&positions) {
                 let rows = |t: &Tensor| t.narrow(0, row, positions.len);
-                outputs.push(attend(
+                attending.push(prepare(
                     [&rows(&q)?, &rows(&k)?, &rows(&v)?],
                     layer,
-                    &self.config,
                     &self.rope,
                     positions,
                     item.cache,
                 )?);
                 row += positions.len;
             }
-            let attention = Tensor::cat(&outputs, 0)?;
+            // Sequences that are all decoding attend together, in one parallel pass.
+            let together = if positions.iter().all(|p| p.len == 1) {
+                attend_decoding(&attending, layer, &self.config)?
+            } else {
+                None
+            };
+            let attention = match together {
+                Some(attention) => attention,
+                None => {
+                    let outputs = attending
+                        .iter()
+                        .zip(&positions)
+                        .map(|(a, p)| attend(a, layer, &self.config, p))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Tensor::cat(&outputs, 0)?
+                }
+            };
             x = (x + block.o(&attention)?)?;
             x = block.mlp(&x)?;
         }
