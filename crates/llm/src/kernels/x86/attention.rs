@@ -95,13 +95,30 @@ fn attend<const C: usize>(
         unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr(), mask, e) };
     }
     let total = _mm512_reduce_add_ps(total);
-    let mut acc = [_mm512_setzero_ps(); C];
-    for (&p, row) in scores.iter().zip(values.chunks_exact(d)) {
-        let p = _mm512_set1_ps(p);
-        for (c, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(p, load(&row[16 * c..]), *acc);
+    // Two keys at a time into two sets of sums: twice the independent multiply-adds.
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    let pairs = scores.len() / 2 * 2;
+    for (p, rows) in scores[..pairs]
+        .chunks_exact(2)
+        .zip(values.chunks_exact(2 * d))
+    {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let weight = _mm512_set1_ps(p[k]);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(weight, load(&rows[k * d + 16 * c..]), *acc);
+            }
         }
     }
+    for (&p, row) in scores[pairs..]
+        .iter()
+        .zip(values[pairs * d..].chunks_exact(d))
+    {
+        let weight = _mm512_set1_ps(p);
+        for (c, acc) in acc[0].iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(weight, load(&row[16 * c..]), *acc);
+        }
+    }
+    let acc: [__m512; C] = std::array::from_fn(|c| _mm512_add_ps(acc[0][c], acc[1][c]));
     let inverse = _mm512_set1_ps(1.0 / total);
     for (c, acc) in acc.iter().enumerate() {
         let out = &mut out[16 * c..16 * c + 16];
