@@ -86,7 +86,18 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Parses a body, naming the field at fault in the error (`messages[0].content`).
+///
+/// A body that parses is read once by plain serde; only a failing one is read again to find
+/// the path to its fault, since tracking the path costs every field of every good body.
 pub(crate) fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
+    parse_json_traced(bytes)
+}
+
+/// [`parse_json`]'s slow path: the same parse, tracking the path for the error.
+fn parse_json_traced<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();

@@ -7,6 +7,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::future::Either;
+
 use passerelle_proto::common::ChatMessage;
 use passerelle_proto::llm::GenerateRequest;
 use passerelle_proto::llm::prompt::Kind;
@@ -375,14 +377,29 @@ async fn check_with<F: Future>(
 /// Runs the input check alongside `start` and returns its result only once the prompt is known
 /// to be safe; an unsafe prompt drops what `start` produced and is refused with 400
 /// `content_filter`. For answers the gateway relays rather than generates.
-pub(crate) async fn input_checked<T>(
+///
+/// Without an input check this is `start` itself: the check's state, boxed apart, is then not
+/// part of (and copied with) the future of every relayed request.
+pub(crate) fn input_checked<T, F>(
     reporter: Reporter,
     screening: Option<Screening>,
+    start: F,
+) -> impl Future<Output = Result<T, ApiError>>
+where
+    F: Future<Output = Result<T, ApiError>>,
+{
+    match screening.filter(|s| s.check_input) {
+        None => Either::Left(start),
+        Some(screening) => Either::Right(Box::pin(checked_input(reporter, screening, start))),
+    }
+}
+
+/// [`input_checked`] with an input check to run.
+async fn checked_input<T>(
+    reporter: Reporter,
+    screening: Screening,
     start: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    let Some(screening) = screening.filter(|s| s.check_input) else {
-        return start.await;
-    };
     let request = CheckRequest {
         messages: screening.messages,
         stage: Stage::Input.into(),

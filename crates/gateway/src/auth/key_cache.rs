@@ -9,6 +9,9 @@ use sha2::{Digest as _, Sha256};
 
 /// How long a verified key is still accepted while the store cannot be reached.
 pub(crate) const STALE_IF_ERROR: Duration = Duration::from_secs(600);
+/// How stale an unchanged entry may grow before a verification renews its time; small beside
+/// [`STALE_IF_ERROR`].
+const REFRESH: Duration = Duration::from_secs(1);
 /// Most keys remembered; past it the cache starts over (it only saves round trips).
 const MAX_ENTRIES: usize = 10_000;
 
@@ -27,12 +30,22 @@ impl KeyCache {
         (at.elapsed() < STALE_IF_ERROR && !record.is_expired(unix_now())).then(|| record.clone())
     }
 
-    pub(crate) fn insert(&self, presented: &str, record: KeyRecord) {
+    /// Remembers `record` as just verified. A key seen again with the same record within
+    /// [`REFRESH`] keeps its entry: every request verifies its key, and copying the record each
+    /// time bought nothing.
+    pub(crate) fn insert(&self, presented: &str, record: &KeyRecord) {
+        let digest = digest(presented);
         let mut entries = self.lock();
+        if let Some((known, at)) = entries.get(&digest)
+            && known == record
+            && at.elapsed() < REFRESH
+        {
+            return;
+        }
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(digest(presented), (record, Instant::now()));
+        entries.insert(digest, (record.clone(), Instant::now()));
     }
 
     pub(crate) fn remove(&self, presented: &str) {

@@ -220,7 +220,7 @@ async fn verify_key(
     let cache = state.key_cache();
     match state.keys().verify(presented).await {
         Ok(Some(record)) => {
-            cache.insert(presented, record.clone());
+            cache.insert(presented, &record);
             Ok(record)
         }
         Ok(None) => {

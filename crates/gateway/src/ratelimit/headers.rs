@@ -1,8 +1,22 @@
 //! The `x-ratelimit-*` headers OpenAI sends on every response, refused or not.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The names of one limit's headers: limit, remaining, reset. Built once rather than formatted
+/// and parsed for every response.
+static REQUESTS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+static TOKENS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
 
 /// One limit's state as a client sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,20 +43,12 @@ impl RateLimitHeaders {
     /// Writes `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the limits that are set,
     /// replacing any already there.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for (suffix, state) in [("requests", self.requests), ("tokens", self.tokens)] {
+        for (names, state) in [(&REQUESTS, self.requests), (&TOKENS, self.tokens)] {
             let Some(state) = state else { continue };
-            let values = [
-                ("limit", HeaderValue::from(state.limit)),
-                ("remaining", HeaderValue::from(state.remaining)),
-                ("reset", reset_value(state.reset)),
-            ];
-            for (what, value) in values {
-                let name = format!("x-ratelimit-{what}-{suffix}");
-                // The names are built from fixed lowercase ASCII parts, so they always parse.
-                if let Ok(name) = HeaderName::try_from(name) {
-                    headers.insert(name, value);
-                }
-            }
+            let [limit, remaining, reset] = names;
+            headers.insert(limit, HeaderValue::from(state.limit));
+            headers.insert(remaining, HeaderValue::from(state.remaining));
+            headers.insert(reset, reset_value(state.reset));
         }
     }
 
@@ -72,14 +78,15 @@ pub fn format_reset(reset: Duration) -> String {
     let minutes = millis / 60_000 % 60;
     let seconds = millis / 1000 % 60;
     let fraction = millis % 1000;
-    let mut out = String::new();
+    let mut out = String::with_capacity(16);
+    // Writing to a `String` cannot fail.
     if hours > 0 {
-        out.push_str(&format!("{hours}h"));
+        let _ = write!(out, "{hours}h");
     }
     if hours > 0 || minutes > 0 {
-        out.push_str(&format!("{minutes}m"));
+        let _ = write!(out, "{minutes}m");
     }
-    out.push_str(&seconds.to_string());
+    let _ = write!(out, "{seconds}");
     if fraction > 0 {
         let digits = format!("{fraction:03}");
         out.push('.');

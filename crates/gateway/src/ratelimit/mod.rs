@@ -389,7 +389,11 @@ impl RateLimiter {
         let adaptive = inner.adaptive.as_ref();
         let result = match &inner.backend {
             Backend::Memory(memory) => Ok(memory.admit(subject, limits, adaptive)),
-            Backend::Redis(redis) => self.call(redis.admit(subject, limits, adaptive)).await,
+            // Boxed: inline, the Redis call's state would be part of (and copied with) every
+            // request's future, whatever the backend.
+            Backend::Redis(redis) => {
+                Box::pin(self.call(redis.admit(subject, limits, adaptive))).await
+            }
         };
         match result {
             Ok(Ok(admitted)) => Ok(admitted),

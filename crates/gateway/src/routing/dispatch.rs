@@ -115,13 +115,16 @@ where
 {
     let table = routed.state.routes();
     // A body without a usable `model` is refused by the full parse, with its usual message.
+    // The llm service's and the cascades' ways are boxed: inline, their states would make the
+    // future of every request several kilobytes, copied when the request's future is built
+    // and boxed (a measurable share of a relayed request's CPU time).
     let Some(requested) = routed.requested.clone() else {
-        return local(parse_json::<T>(&routed.body)?).await;
+        return Box::pin(local(parse_json::<T>(&routed.body)?)).await;
     };
     if let Some(cascade) = table.cascade(table.resolve(&requested)) {
         // The key must be allowed the cascade; its members are the operator's choice.
         routed.principal.check_model(&cascade.name)?;
-        return super::cascade::respond(&routed, &table, cascade, &local).await;
+        return Box::pin(super::cascade::respond(&routed, &table, cascade, &local)).await;
     }
     serve_chain(&routed, &table, &requested, KeyCheck::Each, &local).await
 }
@@ -165,7 +168,8 @@ where
             Target::Local => {
                 let mut body = parse_json::<T>(&routed.body)?;
                 body.set_model(model.clone());
-                local(body).await
+                // Boxed for the reason given in `respond`.
+                Box::pin(local(body)).await
             }
             Target::Upstream(pool) => upstream(routed, table, &pool).await,
         };
@@ -271,8 +275,10 @@ async fn upstream(
     };
     let model = pool.model.clone();
     let relay = async {
+        // The semantic cache's ways are boxed: inline, their states would be part of (and
+        // copied with) the future of every relayed request, cached or not.
         if let Some((cache, key)) = &cached
-            && let Some(hit) = cache.lookup(key).await
+            && let Some(hit) = Box::pin(cache.lookup(key)).await
         {
             let mut answer = Answer::cached(state, hit).metered(meter);
             if let Some(output) = output {
@@ -280,7 +286,7 @@ async fn upstream(
                 answer = answer.screened(output.screen(choices));
             }
             let stream = streaming.then_some(client_wants_usage);
-            return super::cache::replay(answer, routed.api, id, stream).await;
+            return Box::pin(super::cache::replay(answer, routed.api, id, stream)).await;
         }
         let (response, lease) = outgoing.send().await.map_err(|err| match err {
             SendError::Unavailable { retry_after } => ApiError::UpstreamUnavailable {

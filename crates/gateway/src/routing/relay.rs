@@ -197,7 +197,8 @@ pub(crate) async fn json(
     }
     account.finish();
     let body = match inspector {
-        Some(mut inspector) => inspector.json(body, account.usage()).await,
+        // Boxed: only cached or screened answers are inspected (see `dispatch::respond`).
+        Some(mut inspector) => Box::pin(inspector.json(body, account.usage())).await,
         None => body,
     };
     let mut response = Response::new(Body::from(body));
