@@ -25,6 +25,7 @@ pub mod format;
 #[cfg(target_arch = "x86_64")]
 mod interleaved;
 mod matmul;
+pub(crate) mod swiglu;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]

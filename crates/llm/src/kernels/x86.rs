@@ -17,6 +17,7 @@ mod attention;
 mod interleaved;
 mod panel;
 mod quantize;
+mod swiglu;
 
 pub(crate) use interleaved::MAX_ACT_ROWS as INTERLEAVED_MAX_ACT_ROWS;
 

@@ -169,11 +169,12 @@ fn load(values: &[f32]) -> __m512 {
     unsafe { _mm512_loadu_ps(values.as_ptr()) }
 }
 
-/// `e^x` for `x <= 0` to about one part in 10^7: `x = n ln 2 + r` with `|r| <= ln 2 / 2`,
-/// `e^r` from its Taylor series to the 7th power, times `2^n`. Below -87 it is 0 or tiny.
+/// `e^x` to about one part in 10^7: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, `e^r` from its
+/// Taylor series to the 7th power, times `2^n`. Below -87 it is tiny rather than 0; above 88 it
+/// is infinity.
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
-fn exp(x: __m512) -> __m512 {
+pub(super) fn exp(x: __m512) -> __m512 {
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),

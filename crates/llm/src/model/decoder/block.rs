@@ -207,7 +207,7 @@ impl Block {
                 )
             }
         };
-        let h = (candle_nn::ops::silu(&gate)? * up)?;
+        let h = crate::kernels::swiglu::swiglu(&gate, &up)?;
         x + self.down.forward(&h)?
     }
 }
