@@ -138,6 +138,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::kernels::tests::max_abs_diff;
 
     /// The same attention with candle's operations, as the decoder computed it before.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, groups: usize, scale: f64) -> Tensor {
@@ -182,14 +183,7 @@ mod tests {
                     v.narrow(1, positions - visible, visible).unwrap(),
                 );
                 let theirs = reference(&q, &k, &v, groups, scale);
-                let diff = (ours - theirs)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_diff(&ours, &theirs);
                 assert!(
                     diff < 1e-5,
                     "{kv_heads}x{groups} heads of {d}, {window:?}: {diff}"

@@ -45,6 +45,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::kernels::tests::max_abs_diff;
 
     #[test]
     fn the_fused_gate_is_candles_silu_times_up() {
@@ -53,14 +54,7 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, (3, 37), &Device::Cpu).unwrap();
         let ours = swiglu(&gate, &up).unwrap();
         let theirs = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap();
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-4, "{diff}");
         assert!(ours_is_finite(
             &swiglu(&(gate * 10.0).unwrap(), &up).unwrap()

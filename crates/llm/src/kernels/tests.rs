@@ -121,14 +121,7 @@ fn embedding_rows_are_candles_dequantized_rows() {
         let theirs = dequantized
             .index_select(&Tensor::new(&ids, &Device::Cpu).unwrap(), 0)
             .unwrap();
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-6, "{dtype:?}: {diff}");
     }
 }
@@ -218,4 +211,16 @@ fn projections_sharing_their_input_give_their_own_products() {
             assert_eq!(alone, y, "m={m}");
         }
     }
+}
+
+/// The largest absolute difference between two f32 tensors of the same shape.
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
