@@ -146,6 +146,15 @@ async fn screened_stack(upstream: &Upstream) -> Served {
     .await
 }
 
+/// The first choice's finish reasons that the streamed events carry.
+fn finish_reasons(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .map(|e| &e["choices"][0]["finish_reason"])
+        .filter(|r| !r.is_null())
+        .collect()
+}
+
 fn output_blocked(served: &Served) -> f64 {
     served.stack.metric(
         "passerelle_safety_blocked_total",
@@ -175,12 +184,11 @@ async fn output_checks_end_relayed_answers_with_content_filter_streamed_or_not()
         .post_sse("/v1/chat/completions", &streaming)
         .await;
     let events = json_events(&events);
-    let finish: Vec<&Value> = events
-        .iter()
-        .map(|e| &e["choices"][0]["finish_reason"])
-        .filter(|r| !r.is_null())
-        .collect();
-    assert_eq!(finish, vec![&json!("content_filter")], "{events:?}");
+    assert_eq!(
+        finish_reasons(&events),
+        vec![&json!("content_filter")],
+        "{events:?}"
+    );
     assert!(
         events
             .iter()
@@ -260,12 +268,11 @@ async fn a_relayed_stream_is_cut_once_a_window_is_found_unsafe() {
         received.push_str(std::str::from_utf8(&bytes.unwrap()).unwrap());
     }
     let events = json_events(&parse_sse(&received));
-    let finish: Vec<&Value> = events
-        .iter()
-        .map(|e| &e["choices"][0]["finish_reason"])
-        .filter(|r| !r.is_null())
-        .collect();
-    assert_eq!(finish, vec![&json!("content_filter")], "{events:?}");
+    assert_eq!(
+        finish_reasons(&events),
+        vec![&json!("content_filter")],
+        "{events:?}"
+    );
     let text: String = events
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
