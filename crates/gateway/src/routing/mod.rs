@@ -4,7 +4,7 @@
 //!
 //! [`config`] is what the operator writes; `table` builds it into pools of replicas and
 //! resolves names; `balancer` is the pure policy (pick, eject, recover); `upstream` sends one
-//! request with its retries; `relay` passes the answer back (JSON, or SSE event by event) and
+//! request with its retries, over `client`'s pooled connections; `relay` passes the answer back (JSON, or SSE event by event) and
 //! accounts its usage; `inspect` screens and records a relayed answer when output checks or the
 //! semantic cache are on, and `cache` keys and replays it; `dispatch` ties them to the chat and
 //! completion handlers; `cascade`
@@ -13,6 +13,7 @@
 mod balancer;
 mod cache;
 mod cascade;
+mod client;
 pub mod config;
 pub(crate) mod dispatch;
 mod forward;
@@ -24,9 +25,9 @@ mod upstream;
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+pub(crate) use client::UpstreamClient;
 pub use config::{CascadeConfig, DEFAULT_REFUSAL_PHRASES, RoutingConfig, UpstreamConfig};
 pub use table::RoutingError;
-pub(crate) use upstream::UpstreamClient;
 pub use upstream::UpstreamRejection;
 
 use table::RouteTable;

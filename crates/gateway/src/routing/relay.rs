@@ -13,10 +13,10 @@ use futures::StreamExt as _;
 use http_body_util::{BodyDataStream, BodyExt as _};
 use serde::Deserialize;
 
+use super::client::UpstreamResponse;
 use super::inspect::Inspector;
 use super::sse_split::SseSplitter;
 use super::table::Lease;
-use super::upstream::UpstreamResponse;
 use crate::error::ApiError;
 use crate::llm::Usage;
 use crate::meter::{Meter, Served};

@@ -5,60 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::client::{UpstreamClient, UpstreamResponse};
 use super::forward::ForwardBody;
 use super::table::{Lease, Pool};
 use crate::extract::REQUEST_ID_HEADER;
 
 /// Retry hint when every replica is ejected or unreachable and no better one is known.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
-
-/// An upstream's answer, its body not read yet.
-pub(crate) type UpstreamResponse = http::Response<Incoming>;
-
-/// The gateway's HTTP client for upstreams: one pool of keep-alive HTTP/1.1 connections for all
-/// of them, `https://` through rustls with the webpki roots. hyper's pooled client directly:
-/// reqwest's layers on top (URL re-parsing, redirect policy, header merging) were a measurable
-/// share of the gateway's CPU time per proxied request on a fast upstream.
-///
-/// A clone shares the pool. Its connections are driven by tasks on the runtime that opened
-/// them, so each per-core worker has its own client (see [`crate::AppState::for_worker`]).
-#[derive(Clone, Debug)]
-pub(crate) struct UpstreamClient {
-    /// In an `Arc`, so that cloning the state that holds it is one reference count.
-    http: Arc<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
-}
-
-impl UpstreamClient {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(connect_timeout));
-        tcp.set_nodelay(true);
-        // Schemes are checked when the routing table is built.
-        tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Self {
-            http: Arc::new(http),
-        }
-    }
-}
 
 /// An upstream's 4xx, as the client receives it: the upstream's status and error fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,9 +156,7 @@ impl Outgoing<'_> {
                 }
             };
             let response =
-                match tokio::time::timeout_at(self.deadline, self.client.http.request(request))
-                    .await
-                {
+                match tokio::time::timeout_at(self.deadline, self.client.send(request)).await {
                     Err(_) => {
                         lease.failed();
                         return Err(SendError::TimedOut);
