@@ -210,6 +210,9 @@ pub(crate) async fn json(
     Ok(response)
 }
 
+/// The most an upstream may send after `[DONE]` before its connection is given up.
+const MAX_AFTER_DONE: usize = 64 * 1024;
+
 /// A streaming answer, relayed event by event, each as it is or as `inspector` leaves it.
 /// `client_wants_usage`: whether the client asked for the usage chunk; when it did not, the one
 /// the gateway asked for is not passed on.
@@ -314,8 +317,16 @@ pub(crate) fn stream(
             }
             yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
         } else if done {
-            drop(lease);
             account.finish();
+            // The upstream ends its body right after `[DONE]`: read that end, so that its
+            // connection goes back to the pool instead of being closed.
+            let mut after_done = 0usize;
+            while after_done <= MAX_AFTER_DONE
+                && let Ok(Some(Ok(bytes))) = tokio::time::timeout_at(deadline, upstream.next()).await
+            {
+                after_done += bytes.len();
+            }
+            drop(lease);
         } else {
             // The upstream stopped before `[DONE]`: the answer is incomplete, and the client
             // must hear so rather than take it for whole.

@@ -245,6 +245,35 @@ async fn streams_are_relayed_event_by_event_and_the_added_usage_chunk_is_not_lea
 }
 
 #[tokio::test]
+async fn upstream_connections_are_kept_alive_for_answers_and_streams() {
+    let upstream = Upstream::start("a").await;
+    let gateway = Gateway::start(routing(vec![UpstreamConfig::new(
+        "remote",
+        &upstream.base_url,
+    )]))
+    .await;
+    for stream in [false, true, false, true] {
+        let mut body = ask("remote");
+        body["stream"] = json!(stream);
+        let response = gateway
+            .post("/v1/chat/completions", KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(!stream || text.contains("[DONE]"), "{text}");
+    }
+    assert_eq!(upstream.hits(), 4);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one keep-alive connection for all four"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_asks_for_stream_usage_gets_it_and_it_is_accounted() {
     let upstream = Upstream::start("a").await;
     let gateway = Gateway::start(routing(vec![UpstreamConfig::new(

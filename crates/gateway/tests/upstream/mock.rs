@@ -3,12 +3,14 @@
 //! 500s, context-length refusals and streams cut short. Answers carry token log-probabilities
 //! (all the same value, set by the test) when the request asks for them.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -37,6 +39,8 @@ struct Inner {
     name: String,
     behaviour: Mutex<Behaviour>,
     hits: AtomicUsize,
+    /// The client address of every connection a request came on.
+    peers: Mutex<HashSet<SocketAddr>>,
     bodies: Mutex<Vec<Value>>,
     /// When set, streams wait after their first content chunk until notified.
     hold: Mutex<Option<Arc<Notify>>>,
@@ -61,6 +65,7 @@ impl Upstream {
             name: name.to_owned(),
             behaviour: Mutex::new(Behaviour::Answer),
             hits: AtomicUsize::new(0),
+            peers: Mutex::new(HashSet::new()),
             bodies: Mutex::new(Vec::new()),
             hold: Mutex::new(None),
             logprob: Mutex::new(-0.1),
@@ -74,6 +79,7 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         Self {
@@ -114,6 +120,12 @@ impl Upstream {
         self.inner.hits.load(Ordering::SeqCst)
     }
 
+    /// How many connections the requests so far came on.
+    #[allow(dead_code, reason = "only the upstream tests count connections")]
+    pub fn connections(&self) -> usize {
+        self.inner.peers.lock().unwrap().len()
+    }
+
     /// The JSON bodies received, in order.
     pub fn bodies(&self) -> Vec<Value> {
         self.inner.bodies.lock().unwrap().clone()
@@ -134,11 +146,21 @@ pub async fn dead_url() -> String {
     format!("http://{addr}/v1")
 }
 
-async fn chat(State(inner): State<Arc<Inner>>, Json(body): Json<Value>) -> Response {
+async fn chat(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<Value>,
+) -> Response {
+    inner.peers.lock().unwrap().insert(peer);
     answer(inner, body, true)
 }
 
-async fn completions(State(inner): State<Arc<Inner>>, Json(body): Json<Value>) -> Response {
+async fn completions(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(body): Json<Value>,
+) -> Response {
+    inner.peers.lock().unwrap().insert(peer);
     answer(inner, body, false)
 }
 
