@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use http_body_util::{BodyDataStream, BodyExt as _};
 use serde::Deserialize;
@@ -23,11 +23,39 @@ use crate::meter::{Meter, Served};
 use crate::metrics::GatewayMetrics;
 
 /// The parts of an answer or chunk the gateway reads; everything else passes untouched.
+/// Read once per streamed event, so nothing is allocated for the fields it only looks at.
 #[derive(Deserialize)]
-struct Peek {
-    id: Option<String>,
-    choices: Option<Vec<serde::de::IgnoredAny>>,
+struct Peek<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    choices: Option<AnyElement>,
     usage: Option<UsageIn>,
+}
+
+/// Whether a JSON array has an element, read without building any.
+struct AnyElement(bool);
+
+impl<'de> Deserialize<'de> for AnyElement {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AnyElement;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AnyElement, A::Error> {
+                let mut any = false;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    any = true;
+                }
+                Ok(AnyElement(any))
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -122,9 +150,9 @@ impl Account {
         self.meter.as_ref().is_some_and(Meter::wants_completion)
     }
 
-    fn set_response_id(&mut self, id: Option<String>) {
+    fn set_response_id(&mut self, id: Option<std::borrow::Cow<'_, str>>) {
         if let (Some(meter), Some(id)) = (&mut self.meter, id) {
-            meter.set_response_id(id);
+            meter.set_response_id(id.into_owned());
         }
     }
 
@@ -184,7 +212,7 @@ pub(crate) async fn json(
         }
         Ok(Ok(body)) => body.to_bytes(),
     };
-    let Ok(peek) = serde_json::from_slice::<Peek>(&body) else {
+    let Ok(peek) = serde_json::from_slice::<Peek<'_>>(&body) else {
         lease.failed();
         tracing::warn!(model = %account.model, "upstream answer is not JSON");
         return Err(failed(&account));
@@ -227,24 +255,33 @@ pub(crate) fn stream(
     let mut upstream = BodyDataStream::new(response.into_body());
     let events = async_stream::stream! {
         let mut splitter = SseSplitter::default();
+        // The events of one read from the upstream, passed on together as one frame.
+        let mut out = BytesMut::new();
         let mut done = false;
         // Every choice was ended by the output screen: the rest is not wanted.
         let mut ended_early = false;
         let mut first = true;
+        let timeout = tokio::time::sleep_until(deadline);
+        tokio::pin!(timeout);
         'read: loop {
-            let bytes = match tokio::time::timeout_at(deadline, upstream.next()).await {
-                Ok(Some(Ok(bytes))) => bytes,
-                Ok(None) => break,
-                Ok(Some(Err(err))) => {
-                    tracing::warn!(model = %account.model, error = %err, "upstream stream broke");
-                    break;
-                }
-                Err(_) => {
+            let read = tokio::select! {
+                biased;
+                read = upstream.next() => read,
+                () = &mut timeout => {
                     lease.failed();
                     let err = ApiError::UpstreamTimeout { model: account.model.clone() };
-                    yield Ok::<_, Infallible>(error_event(&err));
-                    yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                    out.extend_from_slice(&error_event(&err));
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    yield Ok::<_, Infallible>(out.split().freeze());
                     return;
+                }
+            };
+            let bytes = match read {
+                Some(Ok(bytes)) => bytes,
+                None => break,
+                Some(Err(err)) => {
+                    tracing::warn!(model = %account.model, error = %err, "upstream stream broke");
+                    break;
                 }
             };
             splitter.push(&bytes);
@@ -254,15 +291,15 @@ pub(crate) fn stream(
                         done = true;
                         if let Some(inspector) = &mut inspector {
                             for event in inspector.completed(account.usage()).await {
-                                yield Ok(event);
+                                out.extend_from_slice(&event);
                             }
                         }
-                        yield Ok(event.raw);
+                        out.extend_from_slice(&event.raw);
                         break 'read;
                     }
                     Some(data) => {
-                        if let Ok(peek) = serde_json::from_str::<Peek>(data) {
-                            let has_choices = peek.choices.as_ref().is_some_and(|c| !c.is_empty());
+                        if let Ok(peek) = serde_json::from_str::<Peek<'_>>(data) {
+                            let has_choices = peek.choices.is_some_and(|c| c.0);
                             if first {
                                 first = false;
                                 account.set_response_id(peek.id);
@@ -288,9 +325,14 @@ pub(crate) fn stream(
                             }
                         }
                         let Some(inspector) = &mut inspector else {
-                            yield Ok(event.raw);
+                            out.extend_from_slice(&event.raw);
                             continue;
                         };
+                        // The inspector may wait (on the safety service): what came before
+                        // goes out first.
+                        if !out.is_empty() {
+                            yield Ok(out.split().freeze());
+                        }
                         for event in inspector.event(data, event.raw).await {
                             yield Ok(event);
                         }
@@ -302,9 +344,15 @@ pub(crate) fn stream(
                             break 'read;
                         }
                     }
-                    None => yield Ok(event.raw),
+                    None => out.extend_from_slice(&event.raw),
                 }
             }
+            if !out.is_empty() {
+                yield Ok(out.split().freeze());
+            }
+        }
+        if !out.is_empty() {
+            yield Ok(out.split().freeze());
         }
         if ended_early {
             // The upstream did nothing wrong: its connection is dropped, its replica kept.
