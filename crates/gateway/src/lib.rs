@@ -110,10 +110,7 @@ pub fn app(state: AppState) -> Router {
             get(routes::documents::get).delete(routes::documents::delete),
         )
         // Auth, then the concurrency bound, for the routes above only: a 405 on them needs no key.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ));
+        .route_layer(auth::AuthLayer::new(state.clone()));
     Router::new()
         .merge(v1)
         .route("/health/live", get(routes::health::live))

@@ -4,14 +4,19 @@
 //! a model id the llm service reported (else `unknown`, or `none` for routes without a model),
 //! and the status class (`2xx`, `4xx`, `5xx`).
 
-use std::sync::Arc;
+mod children;
+
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use passerelle_telemetry::metrics::{INTER_TOKEN_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS};
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
+
+use children::{Children, STATUS_CLASSES, status_index};
 
 /// Model label for routes that do not name a model.
 const NO_MODEL: &str = "none";
@@ -45,6 +50,8 @@ struct Inner {
     safety_unchecked: IntCounterVec,
     fallbacks: IntCounterVec,
     cascades: IntCounterVec,
+    /// The children of the families above that every request records.
+    children: Children,
 }
 
 impl GatewayMetrics {
@@ -138,6 +145,7 @@ impl GatewayMetrics {
                 ),
                 &["cascade", "outcome", "reason"],
             )?,
+            children: Children::default(),
             satisfaction: Gauge::new(
                 "passerelle_feedback_satisfaction_ratio",
                 "Share of thumbs-up among the ratings of the last 24 hours, all replicas \
@@ -214,31 +222,52 @@ impl GatewayMetrics {
     }
 
     pub(crate) fn prompt_tokens(&self, model: &str, tokens: u32) {
-        self.inner
-            .prompt_tokens
-            .with_label_values(&[model])
-            .inc_by(u64::from(tokens));
+        let inner = &self.inner;
+        let kept = inner.children.models.get(model);
+        with_child(
+            kept.map(|children| &children.prompt_tokens),
+            || inner.prompt_tokens.with_label_values(&[model]),
+            |counter| counter.inc_by(u64::from(tokens)),
+        );
     }
 
     pub(crate) fn completion_tokens(&self, model: &str, tokens: u32) {
-        self.inner
-            .completion_tokens
-            .with_label_values(&[model])
-            .inc_by(u64::from(tokens));
+        let inner = &self.inner;
+        let kept = inner.children.models.get(model);
+        with_child(
+            kept.map(|children| &children.completion_tokens),
+            || inner.completion_tokens.with_label_values(&[model]),
+            |counter| counter.inc_by(u64::from(tokens)),
+        );
     }
 
     pub(crate) fn time_to_first_token(&self, model: &str, elapsed: Duration) {
-        self.inner
-            .time_to_first_token
-            .with_label_values(&[model])
-            .observe(elapsed.as_secs_f64());
+        let inner = &self.inner;
+        let kept = inner.children.models.get(model);
+        with_child(
+            kept.map(|children| &children.time_to_first_token),
+            || inner.time_to_first_token.with_label_values(&[model]),
+            |histogram| histogram.observe(elapsed.as_secs_f64()),
+        );
     }
 
     pub(crate) fn inter_token_latency(&self, model: &str, elapsed: Duration) {
-        self.inner
-            .inter_token_latency
-            .with_label_values(&[model])
-            .observe(elapsed.as_secs_f64());
+        let inner = &self.inner;
+        let kept = inner.children.models.get(model);
+        with_child(
+            kept.map(|children| &children.inter_token_latency),
+            || inner.inter_token_latency.with_label_values(&[model]),
+            |histogram| histogram.observe(elapsed.as_secs_f64()),
+        );
+    }
+}
+
+/// Runs `use_child` on a family's child: the one kept in `kept` (made by `make` the first
+/// time), or, where none is kept, one looked up by `make`.
+fn with_child<M>(kept: Option<&OnceLock<M>>, make: impl FnOnce() -> M, use_child: impl FnOnce(&M)) {
+    match kept {
+        Some(cell) => use_child(cell.get_or_init(make)),
+        None => use_child(&make()),
     }
 }
 
@@ -259,21 +288,27 @@ impl RequestTimer {
         started: Instant,
         in_flight: InFlight,
     ) -> Self {
-        let status = status_class(response.status().as_u16());
+        let class = status_index(response.status().as_u16());
+        let status = STATUS_CLASSES[class];
         let model = response
             .extensions()
             .get::<ModelLabel>()
             .map_or(NO_MODEL, |label| label.0.as_str());
-        metrics
-            .inner
-            .requests
-            .with_label_values(&[route, model, status])
-            .inc();
+        let inner = &metrics.inner;
+        let kept = inner.children.routes.get(route);
+        with_child(
+            kept.and_then(|children| children.requests.get(model))
+                .map(|by_status| &by_status[class]),
+            || inner.requests.with_label_values(&[route, model, status]),
+            IntCounter::inc,
+        );
+        let make_duration = || inner.request_duration.with_label_values(&[route, status]);
+        let duration = match kept {
+            Some(children) => children.duration[class].get_or_init(make_duration).clone(),
+            None => make_duration(),
+        };
         Self {
-            duration: metrics
-                .inner
-                .request_duration
-                .with_label_values(&[route, status]),
+            duration,
             started,
             _in_flight: in_flight,
         }
@@ -286,14 +321,9 @@ impl Drop for RequestTimer {
     }
 }
 
+#[cfg(test)]
 fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    STATUS_CLASSES[status_index(status)]
 }
 
 /// Holds the in-flight gauge up while a request is handled or its body is streaming.
@@ -314,6 +344,8 @@ impl Drop for InFlight {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -338,6 +370,58 @@ mod tests {
             GatewayMetrics::register(&registry).is_err(),
             "double registration must fail"
         );
+    }
+
+    #[test]
+    fn kept_children_count_the_same_series_as_lookups() {
+        let registry = Registry::new();
+        let metrics = GatewayMetrics::register(&registry).unwrap();
+        let response = |status: u16, model: Option<&str>| {
+            let mut response = Response::new(axum::body::Body::empty());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            if let Some(model) = model {
+                response
+                    .extensions_mut()
+                    .insert(ModelLabel(model.to_owned()));
+            }
+            response
+        };
+        let record = |route: &str, response: &Response| {
+            let in_flight = InFlight::enter(&metrics);
+            drop(RequestTimer::start(
+                &metrics,
+                route,
+                response,
+                Instant::now(),
+                in_flight,
+            ));
+        };
+        for _ in 0..2 {
+            record("/v1/chat/completions", &response(200, Some("m")));
+            record("/v1/chat/completions", &response(429, Some("m")));
+            record("/v1/models", &response(200, None));
+            metrics.prompt_tokens("m", 3);
+        }
+        // More models than a route keeps: counted by lookup, in the same series.
+        for n in 0..40 {
+            record("/v1/completions", &response(200, Some(&format!("x{n}"))));
+            metrics.completion_tokens(&format!("x{n}"), 1);
+        }
+        let text = passerelle_telemetry::metrics::encode_text(&registry);
+        for line in [
+            "passerelle_http_requests_total{model=\"m\",route=\"/v1/chat/completions\",status=\"2xx\"} 2",
+            "passerelle_http_requests_total{model=\"m\",route=\"/v1/chat/completions\",status=\"4xx\"} 2",
+            "passerelle_http_requests_total{model=\"none\",route=\"/v1/models\",status=\"2xx\"} 2",
+            "passerelle_http_requests_total{model=\"x39\",route=\"/v1/completions\",status=\"2xx\"} 1",
+            "passerelle_http_request_duration_seconds_count{route=\"/v1/chat/completions\",status=\"4xx\"} 2",
+            "passerelle_prompt_tokens_total{model=\"m\"} 6",
+            "passerelle_completion_tokens_total{model=\"x39\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Children are made when first used, as lookups made them.
+        assert!(!text.contains("passerelle_http_requests_total{model=\"m\",route=\"/v1/chat/completions\",status=\"5xx\"}"));
+        assert!(!text.contains("passerelle_time_to_first_token_seconds_count{model=\"m\"}"));
     }
 
     #[test]

@@ -6,25 +6,28 @@
 //! responses the `x-ratelimit-*` headers; the concurrency slot is held until the body ends.
 
 mod key_cache;
+mod layer;
 mod principal;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::HeaderMap;
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use passerelle_store::{AuditAction, KeyVerifier as _, NewAuditEvent, Scope, unix_now};
+use tokio::sync::OwnedSemaphorePermit;
 
 pub(crate) use key_cache::KeyCache;
+pub(crate) use layer::AuthLayer;
 pub use principal::{ANONYMOUS, Credential, Principal};
 
 use crate::body::attach_to_body;
 use crate::error::ApiError;
 use crate::jwt;
+use crate::ratelimit::Admitted;
 use crate::state::AppState;
 
 /// Presented keys longer than this are rejected without hashing; generated keys are 52 bytes
@@ -62,16 +65,42 @@ fn route_access(route: &str) -> RouteAccess {
     }
 }
 
-/// The access layer (see the module docs), and after it the gateway's concurrency bound: callers
-/// turned away here never hold a concurrency permit. One layer rather than two, since every
-/// layer boxes its service and future again per request.
-pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// A request the access checks let through, the caller in its extensions, and what its
+/// response must hold.
+pub(crate) struct Cleared {
+    req: Request,
+    hold: Hold,
+}
+
+/// What an admitted request holds until its response body ends: its rate-limit slot (and the
+/// headers to report) when it is metered, and its concurrency permit.
+pub(crate) struct Hold {
+    admitted: Option<Admitted>,
+    in_flight: OwnedSemaphorePermit,
+}
+
+impl Hold {
+    /// `response` with the rate-limit headers set and the permits tied to its body.
+    fn attach(self, mut response: Response) -> Response {
+        match self.admitted {
+            Some(admitted) => {
+                admitted.headers.apply(response.headers_mut());
+                attach_to_body(response, (admitted.permit, self.in_flight))
+            }
+            None => attach_to_body(response, self.in_flight),
+        }
+    }
+}
+
+/// The access checks (see the module docs), and after them the gateway's concurrency bound:
+/// callers turned away here never hold a concurrency permit. `Err` is the refusal to answer.
+async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("", MatchedPath::as_str);
     let client = client_addr(&state, &req);
     let principal = match authenticate(&state, req.headers()).await {
         Ok(principal) => principal,
-        Err(err) => return err.into_response(),
+        Err(err) => return Err(err.into_response()),
     };
     if let Some(key_id) = principal.key_id() {
         tracing::Span::current().record("key_id", key_id);
@@ -86,7 +115,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
             client.as_deref(),
             format!("missing scope {scope}"),
         ));
-        return err.into_response();
+        return Err(err.into_response());
     }
     let mut admitted = None;
     if access.metered {
@@ -99,7 +128,7 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
                     "budget spent".to_owned(),
                 ));
             }
-            return err.into_response();
+            return Err(err.into_response());
         }
         match state
             .limiter()
@@ -107,23 +136,22 @@ pub(crate) async fn guard(State(state): State<AppState>, mut req: Request, next:
             .await
         {
             Ok(ok) => admitted = Some(ok),
-            Err(refused) => return ApiError::RateLimited(refused).into_response(),
+            Err(refused) => return Err(ApiError::RateLimited(refused).into_response()),
         }
     }
     let in_flight = match state.admission().try_admit() {
         Ok(permit) => permit,
-        Err(busy) => return busy.into_response(),
+        Err(busy) => return Err(busy.into_response()),
     };
     req.extensions_mut().insert(principal);
     req.extensions_mut().insert(ClientAddr(client));
-    let mut response = next.run(req).await;
-    match admitted {
-        Some(admitted) => {
-            admitted.headers.apply(response.headers_mut());
-            attach_to_body(response, (admitted.permit, in_flight))
-        }
-        None => attach_to_body(response, in_flight),
-    }
+    Ok(Cleared {
+        req,
+        hold: Hold {
+            admitted,
+            in_flight,
+        },
+    })
 }
 
 fn blocked(principal: &Principal, route: &str, client: Option<&str>, why: String) -> NewAuditEvent {

@@ -35,7 +35,7 @@ pub(crate) async fn create(
         Ok(body) => body,
         Err(err) => return labelled(&state, None, Err(err)),
     };
-    let requested = dispatch::requested_model(&body);
+    let (forward, requested) = dispatch::read_body(&body);
     let routed = Routed {
         state: &state,
         principal: &principal,
@@ -43,7 +43,8 @@ pub(crate) async fn create(
         request_id: &request_id,
         started_at,
         api: Api::Chat,
-        body,
+        body: &body,
+        forward,
         requested: requested.clone(),
     };
     let result = dispatch::respond(routed, |body: ChatCompletionRequest| {

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::time::Instant;
 
 use axum::response::Response;
-use bytes::Bytes;
 use passerelle_proto::common::ChatMessage;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -84,14 +83,31 @@ pub(crate) struct Routed<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) started_at: Instant,
     pub(crate) api: Api,
-    pub(crate) body: Bytes,
-    /// The body's `model`, from [`requested_model`].
+    pub(crate) body: &'a [u8],
+    /// `body` read for relaying, once; `None` when it is not an object with a `model` (the
+    /// relay path reads it again for the error).
+    pub(crate) forward: Option<ForwardBody<'a>>,
+    /// The body's `model`, from [`read_body`].
     pub(crate) requested: Option<String>,
 }
 
-/// The `model` a JSON body names, read without parsing the rest; `None` when the body has no
-/// string `model` (or is not JSON), which the full parse then reports.
-pub(crate) fn requested_model(body: &[u8]) -> Option<String> {
+/// Reads a client's body once: as it would be relayed, and the `model` it names; the model is
+/// `None` when the body has no string `model` (or is not JSON), which the full parse then
+/// reports.
+pub(crate) fn read_body(body: &[u8]) -> (Option<ForwardBody<'_>>, Option<String>) {
+    match ForwardBody::parse(body) {
+        Ok(forward) => {
+            let requested = forward.model();
+            (Some(forward), requested)
+        }
+        // Not relayable; the model is still read the way a typed parse would find it (a
+        // struct may be read from an array, by position).
+        Err(_) => (None, requested_model(body)),
+    }
+}
+
+/// The `model` a JSON body names, read without parsing the rest.
+fn requested_model(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct ModelPeek {
         model: String,
@@ -119,7 +135,7 @@ where
     // future of every request several kilobytes, copied when the request's future is built
     // and boxed (a measurable share of a relayed request's CPU time).
     let Some(requested) = routed.requested.clone() else {
-        return Box::pin(local(parse_json::<T>(&routed.body)?)).await;
+        return Box::pin(local(parse_json::<T>(routed.body)?)).await;
     };
     if let Some(cascade) = table.cascade(table.resolve(&requested)) {
         // The key must be allowed the cascade; its members are the operator's choice.
@@ -166,7 +182,7 @@ where
         }
         let result = match table.target(model) {
             Target::Local => {
-                let mut body = parse_json::<T>(&routed.body)?;
+                let mut body = parse_json::<T>(routed.body)?;
                 body.set_model(model.clone());
                 // Boxed for the reason given in `respond`.
                 Box::pin(local(body)).await
@@ -214,7 +230,15 @@ async fn upstream(
     pool: &std::sync::Arc<Pool>,
 ) -> Result<(Response, String), ApiError> {
     let state = routed.state;
-    let body = ForwardBody::parse(&routed.body)?;
+    let reread;
+    let body = match &routed.forward {
+        Some(body) => body,
+        None => {
+            // Fails again, with the client's error.
+            reread = ForwardBody::parse(routed.body)?;
+            &reread
+        }
+    };
     if body.has_retrieval() {
         return Err(ApiError::invalid_param(
             "retrieval",
@@ -229,7 +253,7 @@ async fn upstream(
     // cell is not `Sync` and the future must stay `Send`.
     let (meter, screening, prompts) = {
         let read = OnceCell::new();
-        let messages = || read.get_or_init(|| prompt_messages(routed.api, &body));
+        let messages = || read.get_or_init(|| prompt_messages(routed.api, body));
         let meter = Meter::new(
             state,
             routed.principal,
@@ -257,7 +281,7 @@ async fn upstream(
             routed.principal,
             routed.api,
             &pool.model,
-            &routed.body,
+            routed.body,
         )
         .map(|key| (cache.clone(), key))
     });
@@ -267,7 +291,7 @@ async fn upstream(
         client: state.upstream_client(),
         pool,
         api: routed.api,
-        body: &body,
+        body,
         ask_usage: streaming && !client_wants_usage,
         request_id: routed.request_id,
         retries: table.retries,
@@ -308,7 +332,7 @@ async fn upstream(
             routed.api,
             cached.map(|(cache, key)| (cache, key, model.clone())),
             output.map(|output| {
-                let choices = choices_asked(routed.api, &routed.body, prompts);
+                let choices = choices_asked(routed.api, body.n(), prompts);
                 (output.screen(choices), choices)
             }),
         );
@@ -336,16 +360,8 @@ async fn upstream(
 }
 
 /// How many choices an answer has: `n` for each prompt (completions take several).
-fn choices_asked(api: Api, raw: &[u8], prompts: usize) -> u32 {
-    #[derive(Deserialize)]
-    struct Choices {
-        n: Option<u32>,
-    }
-    let n = serde_json::from_slice::<Choices>(raw)
-        .ok()
-        .and_then(|c| c.n)
-        .unwrap_or(1)
-        .max(1);
+fn choices_asked(api: Api, n: Option<u32>, prompts: usize) -> u32 {
+    let n = n.unwrap_or(1).max(1);
     let prompts = match api {
         Api::Chat => 1,
         Api::Completions => u32::try_from(prompts.max(1)).unwrap_or(u32::MAX),

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use super::config::CascadeConfig;
 use super::dispatch::{self, Api, KeyCheck, Routable, Routed};
+use super::forward::ForwardBody;
 use super::table::RouteTable;
 use crate::error::ApiError;
 use crate::extract::parse_json;
@@ -74,7 +75,7 @@ where
     F: Fn(T) -> Fut,
     Fut: Future<Output = Result<(Response, String), ApiError>>,
 {
-    let body: Map<String, Value> = parse_json(&routed.body)?;
+    let body: Map<String, Value> = parse_json(routed.body)?;
     let streaming = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let wanted = Wanted {
         api: routed.api,
@@ -82,8 +83,10 @@ where
         usage: streaming && dispatch::wants_usage(&body),
         logprobs: asks_logprobs(routed.api, &body),
     };
+    let small_body = small_request(&body, &cascade.small, wanted)?;
     let small = Routed {
-        body: small_request(&body, &cascade.small, wanted)?,
+        body: &small_body,
+        forward: ForwardBody::parse(&small_body).ok(),
         requested: Some(cascade.small.clone()),
         ..routed.clone()
     };
