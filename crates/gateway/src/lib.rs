@@ -171,6 +171,7 @@ async fn serve_connections(
         tracing::info!(%addr, llm = %state.config().llm_endpoint, "gateway listening");
     }
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let reaping = state.upstream_client().clone().reap_idle();
     let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     // Without TCP_NODELAY, a streamed event written while the previous one is unacknowledged
     // waits for the client's delayed ACK: tens of milliseconds per event.
@@ -186,6 +187,7 @@ async fn serve_connections(
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result,
+        never = reaping => match never {},
         _ = on_signal => {
             tracing::info!(
                 grace_s = grace.as_secs(),

@@ -33,6 +33,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most idle connections kept per origin; more are closed when they come back.
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 
+/// How often idle connections are checked against [`IDLE_TIMEOUT`].
+const REAP_EVERY: Duration = Duration::from_secs(5);
+
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 type RequestBody = Full<Bytes>;
 
@@ -65,7 +68,7 @@ struct Origin {
 
 #[derive(Debug)]
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -123,15 +126,36 @@ impl UpstreamClient {
                 Err(Unsent::Failed(err)) => return Err(err),
             }
         }
-        let conn = self.connect(&origin, target).await?;
+        // Boxed: the handshake's state holds the new stream (a TLS session, kilobytes), which
+        // would otherwise be part of every request's future, reused connection or not.
+        let conn = Box::pin(self.connect(&origin, target)).await?;
         conn.send(request).await.map_err(|unsent| match unsent {
             Unsent::Returned(_) => "the new upstream connection closed at once".into(),
             Unsent::Failed(err) => err,
         })
     }
 
+    /// Closes the idle connections past their timeout every few seconds, forever: run it
+    /// alongside the server that uses this client.
+    ///
+    /// Its timer, always due within seconds, also spares every request a wake-up of the
+    /// runtime: tokio wakes its driver (a write and a read of an eventfd) whenever a new timer
+    /// becomes the earliest, which each request's deadline would be on an otherwise timerless
+    /// runtime.
+    pub(crate) async fn reap_idle(self) -> std::convert::Infallible {
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            self.lock_idle().retain(|_, stack| {
+                stack.retain(|entry| entry.since.elapsed() <= IDLE_TIMEOUT);
+                !stack.is_empty()
+            });
+        }
+    }
+
     /// The most recently returned idle connection to `origin` that is still open, if any.
-    fn checkout(&self, origin: &Origin) -> Option<Conn> {
+    fn checkout(&self, origin: &Origin) -> Option<Box<Conn>> {
         let mut idle = self.lock_idle();
         let stack = idle.get_mut(origin)?;
         while let Some(entry) = stack.pop() {
@@ -147,18 +171,18 @@ impl UpstreamClient {
         None
     }
 
-    async fn connect(&self, origin: &Origin, target: http::Uri) -> Result<Conn, ClientError> {
+    async fn connect(&self, origin: &Origin, target: http::Uri) -> Result<Box<Conn>, ClientError> {
         let io = self.inner.connector.clone().call(target).await?;
         let (sender, driver) = http1::handshake(io).await?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             driver: Some(driver),
             origin: origin.clone(),
             client: self.clone(),
-        })
+        }))
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, conn: Box<Conn>) {
         let mut idle = self.lock_idle();
         let stack = idle.entry(conn.origin.clone()).or_default();
         if stack.len() < MAX_IDLE_PER_ORIGIN {
@@ -178,7 +202,9 @@ impl UpstreamClient {
     }
 }
 
-/// One keep-alive connection, polled by whoever holds it.
+/// One keep-alive connection, polled by whoever holds it. Always boxed: its state (hyper's
+/// buffers, a TLS session) is kilobytes, which every future and answer holding it would copy
+/// each time it moves.
 struct Conn {
     sender: SendRequest<RequestBody>,
     /// `None` once the connection has ended.
@@ -217,7 +243,7 @@ impl Conn {
     }
 
     async fn send(
-        mut self,
+        mut self: Box<Self>,
         request: http::Request<RequestBody>,
     ) -> Result<UpstreamResponse, Unsent> {
         let mut answer = std::pin::pin!(self.sender.try_send_request(request));
@@ -244,7 +270,7 @@ impl Conn {
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     incoming: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
 }
 
 impl UpstreamBody {
