@@ -76,6 +76,10 @@ pub(crate) struct SafetyBackend {
 }
 
 impl SafetyBackend {
+    pub(crate) fn config(&self) -> &SafetyConfig {
+        &self.config
+    }
+
     pub(crate) fn connect_lazy(
         config: &SafetyConfig,
         gateway: &GatewayConfig,

@@ -355,8 +355,24 @@ async fn upstream(
         }
         Ok(response)
     };
-    let response = safety::input_checked(reporter, screening, relay).await?;
+    let response = match safety::input_checked(reporter, screening, relay).await {
+        // The operator asked for unsafe prompts to be answered with a refusal, as the llm
+        // service's models answer them.
+        Err(ApiError::ContentFiltered(_)) if let Some(message) = refusal_message(state) => {
+            let choices = choices_asked(routed.api, body.n(), prompts);
+            let answer = Answer::refusal(state, &pool.model, choices, message);
+            let stream = streaming.then_some(client_wants_usage);
+            let id = response_id(routed.api.id_prefix());
+            Box::pin(super::cache::replay(answer, routed.api, id, stream)).await?
+        }
+        answered => answered?,
+    };
     Ok((response, pool.model.clone()))
+}
+
+/// The message unsafe prompts are answered with instead of a 400, when the operator set one.
+fn refusal_message(state: &AppState) -> Option<&str> {
+    state.safety()?.config().refusal_message.as_deref()
 }
 
 /// How many choices an answer has: `n` for each prompt (completions take several).
