@@ -252,6 +252,10 @@ pub struct GatewayOptions {
     /// [default: one per core].
     #[arg(long, env = "PASSERELLE_WORKERS")]
     pub workers: Option<usize>,
+    /// Reload the routing table when the configuration file changes (it is read every second);
+    /// false reloads it on SIGHUP only [default: true].
+    #[arg(long, env = "PASSERELLE_WATCH_CONFIG", num_args = 0..=1, default_missing_value = "true")]
+    pub watch_config: Option<bool>,
     /// Store every prompt and answer, with emails, phone numbers, card numbers, IBANs and IP addresses
     /// redacted, for review and access requests [default: false].
     #[arg(long, env = "PASSERELLE_LOG_PROMPTS", num_args = 0..=1, default_missing_value = "true")]

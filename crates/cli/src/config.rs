@@ -77,6 +77,7 @@ pub struct FileConfig {
     pub trust_forwarded_for: Option<bool>,
     pub workers: Option<usize>,
     pub log_prompts: Option<bool>,
+    pub watch_config: Option<bool>,
     pub prices: Option<std::collections::HashMap<String, passerelle_gateway::pricing::ModelPrice>>,
     pub drift: Option<bool>,
     pub drift_sample_rate: Option<f64>,

@@ -51,9 +51,9 @@ impl Watch {
 }
 
 /// Rebuilds the routing table into `state` whenever the configuration file changes; nothing
-/// without a file.
+/// without a file, or with watching turned off (`--watch-config false`).
 pub fn reload_on_change(state: passerelle_gateway::AppState, source: RoutingSource) {
-    let Some(path) = source.config_path.clone() else {
+    let Some(path) = source.config_path.clone().filter(|_| source.watch_file) else {
         return;
     };
     tokio::spawn(async move {

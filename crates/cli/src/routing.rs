@@ -52,6 +52,8 @@ pub struct RoutingSource {
     pub upstreams: Vec<String>,
     /// `--upstream-key [MODEL=]KEY` values.
     pub upstream_keys: Vec<String>,
+    /// Whether a change of the file reloads the table (SIGHUP always does).
+    pub watch_file: bool,
 }
 
 impl RoutingSource {
@@ -204,6 +206,7 @@ mod tests {
             config_path: None,
             upstreams: upstreams.iter().map(|s| (*s).to_owned()).collect(),
             upstream_keys: keys.iter().map(|s| (*s).to_owned()).collect(),
+            watch_file: true,
         }
     }
 

@@ -226,7 +226,7 @@ pub fn gateway(
     let jwt = jwt(args, file)?;
     let prices =
         passerelle_gateway::pricing::PriceList::new(file.prices.clone().unwrap_or_default())?;
-    let routing = routing_source(args, None).build(file)?;
+    let routing = routing_source(args, file, None).build(file)?;
     Ok(GatewaySettings {
         workers: args
             .workers
@@ -275,12 +275,14 @@ pub fn gateway(
 /// Where the routing table comes from: the flags, and the file at `config_path` on reload.
 pub fn routing_source(
     args: &GatewayOptions,
+    file: &FileConfig,
     config_path: Option<&std::path::Path>,
 ) -> crate::routing::RoutingSource {
     crate::routing::RoutingSource {
         config_path: config_path.map(std::path::Path::to_path_buf),
         upstreams: args.upstreams.clone(),
         upstream_keys: args.upstream_keys.clone(),
+        watch_file: args.watch_config.or(file.watch_config).unwrap_or(true),
     }
 }
 
@@ -647,6 +649,19 @@ mod tests {
         .unwrap();
         assert!(flagged.config.log_prompts);
         assert!(flagged.config.jwt.is_some());
+    }
+
+    #[test]
+    fn the_file_is_watched_unless_turned_off() {
+        let path = Some(std::path::Path::new("passerelle.toml"));
+        let watched = |args: &[&str], file: &str| {
+            let file: FileConfig = toml::from_str(file).unwrap();
+            routing_source(&serve_args(args).gateway, &file, path).watch_file
+        };
+        assert!(watched(&[], ""));
+        assert!(!watched(&[], "watch_config = false"));
+        assert!(!watched(&["--watch-config", "false"], ""));
+        assert!(watched(&["--watch-config"], "watch_config = false"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub async fn run(
     let registry = prometheus::Registry::new();
     let workers = gateway.workers;
     let state = super::gateway_state(gateway, &registry).await?;
-    let routing_source = settings::routing_source(&args.gateway, config_path);
+    let routing_source = settings::routing_source(&args.gateway, file, config_path);
     crate::routing::reload_on_sighup(state.clone(), routing_source.clone());
     crate::config_watch::reload_on_change(state.clone(), routing_source);
     GatewayListener::bind(listen, workers)

@@ -94,7 +94,7 @@ pub async fn run(
     gateway.config.safety = settings::safety(&args.gateway, file, safety_endpoint)?;
     let workers = gateway.workers;
     let state = super::gateway_state(gateway, &registry).await?;
-    let routing_source = settings::routing_source(&args.gateway, config_path);
+    let routing_source = settings::routing_source(&args.gateway, file, config_path);
     crate::routing::reload_on_sighup(state.clone(), routing_source.clone());
     crate::config_watch::reload_on_change(state.clone(), routing_source);
     let listener = super::listener::GatewayListener::bind(listen, workers).await?;
