@@ -122,7 +122,7 @@ impl UpstreamClient {
         while let Some(conn) = self.checkout(&origin) {
             match conn.send(request).await {
                 Ok(response) => return Ok(response),
-                Err(Unsent::Returned(returned)) => request = returned,
+                Err(Unsent::Returned(returned)) => request = *returned,
                 Err(Unsent::Failed(err)) => return Err(err),
             }
         }
@@ -225,7 +225,7 @@ impl std::fmt::Debug for Conn {
 /// Why a request was not answered on a connection.
 enum Unsent {
     /// The connection had closed before the request was written: it can go on another.
-    Returned(http::Request<RequestBody>),
+    Returned(Box<http::Request<RequestBody>>),
     Failed(ClientError),
 }
 
@@ -258,7 +258,7 @@ impl Conn {
                 conn: Some(self),
             })),
             Err(mut err) => match err.take_message() {
-                Some(request) => Err(Unsent::Returned(request)),
+                Some(request) => Err(Unsent::Returned(Box::new(request))),
                 None => Err(Unsent::Failed(err.into_error().into())),
             },
         }
