@@ -187,7 +187,10 @@ where
                 // Boxed for the reason given in `respond`.
                 Box::pin(local(body)).await
             }
-            Target::Upstream(pool) => upstream(routed, table, &pool).await,
+            // Boxed too, though most requests come this way: its state is kilobytes, which
+            // every future above it would hold and copy (the handler's, which axum boxes,
+            // included).
+            Target::Upstream(pool) => Box::pin(upstream(routed, table, &pool)).await,
         };
         match result {
             Err(err) if position + 1 < chain.len() && calls_for_fallback(&err) => {
