@@ -114,7 +114,7 @@ impl Inspector {
             for choice in choices.iter() {
                 let delta = Delta {
                     index: index_of(choice),
-                    text: text_of(self.api, choice, "message").to_owned(),
+                    text: screened_text(self.api, choice, "message"),
                     ..Delta::default()
                 };
                 screen.screen.screen(Progress::Delta(delta)).await;
@@ -297,7 +297,7 @@ impl Screen {
         }
         let delta = Delta {
             index,
-            text: text_of(api, choice, "delta").to_owned(),
+            text: screened_text(api, choice, "delta"),
             ..Delta::default()
         };
         if let Screened::Drop = self.screen.screen(Progress::Delta(delta)).await {
@@ -387,6 +387,26 @@ fn text_of<'a>(api: Api, choice: &'a Value, content: &str) -> &'a str {
         Api::Completions => choice.get("text"),
     };
     text.and_then(Value::as_str).unwrap_or_default()
+}
+
+/// What the output screen reads of a choice: its text and, for chat, the arguments of its
+/// tool calls (or legacy function call), which are the model's output as much as its text is.
+/// A stream's argument fragments, screened in order, add up to the whole arguments.
+fn screened_text(api: Api, choice: &Value, content: &str) -> String {
+    let mut text = text_of(api, choice, content).to_owned();
+    let Some(part) = choice.get(content).filter(|_| api == Api::Chat) else {
+        return text;
+    };
+    let calls = part.get("tool_calls").and_then(Value::as_array);
+    let functions = calls
+        .into_iter()
+        .flatten()
+        .filter_map(|call| call.get("function"))
+        .chain(part.get("function_call"));
+    for arguments in functions.filter_map(|f| f.get("arguments").and_then(Value::as_str)) {
+        text.push_str(arguments);
+    }
+    text
 }
 
 fn finish_reason(reason: &str) -> Option<FinishReason> {

@@ -119,13 +119,13 @@ async fn a_cached_upstream_answer_is_served_without_calling_the_upstream_again()
     );
 }
 
-/// A safety service whose one rule flags every answer that has a letter or digit in it.
-fn flag_every_answer() -> passerelle_safety::SafetyServiceConfig {
+/// A safety service whose one rule flags every answer that matches `pattern`.
+fn flag_answers_matching(pattern: &str) -> passerelle_safety::SafetyServiceConfig {
     let rule = passerelle_safety::Rule {
         id: "test.any_answer".to_owned(),
         category: "test_output".to_owned(),
         stages: passerelle_safety::Stages::Output,
-        matcher: passerelle_safety::Matcher::Pattern(r"\w".to_owned()),
+        matcher: passerelle_safety::Matcher::Pattern(pattern.to_owned()),
     };
     passerelle_safety::SafetyServiceConfig {
         rules: Some(passerelle_safety::RuleSet::new(vec![rule], "test").unwrap()),
@@ -133,10 +133,17 @@ fn flag_every_answer() -> passerelle_safety::SafetyServiceConfig {
     }
 }
 
+/// A stack relaying to `upstream` whose output checks flag every answer with a letter or
+/// digit in it.
 async fn screened_stack(upstream: &Upstream) -> Served {
+    screened_stack_flagging(upstream, r"\w").await
+}
+
+async fn screened_stack_flagging(upstream: &Upstream, pattern: &str) -> Served {
     let url = upstream.base_url.clone();
+    let safety = flag_answers_matching(pattern);
     Served::start_with(Format::Gguf, move |options| {
-        options.safety = Some(flag_every_answer());
+        options.safety = Some(safety);
         options
             .gateway
             .routing
@@ -223,6 +230,46 @@ async fn output_checks_end_relayed_answers_with_content_filter_streamed_or_not()
         .unwrap();
     let passed: Value = passed.json().await.unwrap();
     assert_eq!(passed["choices"][0]["finish_reason"], "stop", "{passed}");
+}
+
+#[tokio::test]
+async fn tool_call_arguments_are_screened_like_text() {
+    let upstream = Upstream::start("a").await;
+    let served = screened_stack_flagging(&upstream, "(?i)password").await;
+    let mut streaming = ask("Hi");
+    streaming["stream"] = json!(true);
+
+    upstream.set_tool_call(r#"{"query": "the weather in Lyon"}"#);
+    let plain: Value = post(&served, &ask("Hi")).await.json().await.unwrap();
+    assert_eq!(
+        plain["choices"][0]["finish_reason"], "tool_calls",
+        "{plain}"
+    );
+    let events = served
+        .client()
+        .post_sse("/v1/chat/completions", &streaming)
+        .await;
+    assert_eq!(
+        finish_reasons(&json_events(&events)),
+        vec![&json!("tool_calls")]
+    );
+
+    upstream.set_tool_call(r#"{"q": "password"}"#);
+    let plain: Value = post(&served, &ask("Hi")).await.json().await.unwrap();
+    assert_eq!(
+        plain["choices"][0]["finish_reason"], "content_filter",
+        "{plain}"
+    );
+    // Streamed, the arguments come in two halves, "password" cut across them.
+    let events = served
+        .client()
+        .post_sse("/v1/chat/completions", &streaming)
+        .await;
+    assert_eq!(
+        finish_reasons(&json_events(&events)),
+        vec![&json!("content_filter")],
+        "{events:?}"
+    );
 }
 
 #[tokio::test]

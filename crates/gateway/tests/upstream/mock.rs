@@ -50,6 +50,8 @@ struct Inner {
     text: Mutex<Option<String>>,
     /// A stream's first content, when not the default `hello`.
     opening: Mutex<Option<String>>,
+    /// When set, chat answers call a tool with these arguments instead of saying anything.
+    tool_arguments: Mutex<Option<String>>,
 }
 
 /// A running mock upstream. Dropping it stops the server.
@@ -71,6 +73,7 @@ impl Upstream {
             logprob: Mutex::new(-0.1),
             text: Mutex::new(None),
             opening: Mutex::new(None),
+            tool_arguments: Mutex::new(None),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -114,6 +117,13 @@ impl Upstream {
     #[allow(dead_code, reason = "only the stack tests' screened streams use it")]
     pub fn set_stream_opening(&self, text: &str) {
         *self.inner.opening.lock().unwrap() = Some(text.to_owned());
+    }
+
+    /// The following chat answers call the tool `lookup` with `arguments` (streamed in two
+    /// halves) and say nothing.
+    #[allow(dead_code, reason = "only the stack tests' screened answers use it")]
+    pub fn set_tool_call(&self, arguments: &str) {
+        *self.inner.tool_arguments.lock().unwrap() = Some(arguments.to_owned());
     }
 
     pub fn hits(&self) -> usize {
@@ -204,6 +214,21 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
     let text = format!("hello from {}", inner.name);
     let usage = json!({"prompt_tokens": USAGE.0, "completion_tokens": USAGE.1,
                        "total_tokens": USAGE.0 + USAGE.1});
+    let tool_arguments = inner
+        .tool_arguments
+        .lock()
+        .unwrap()
+        .clone()
+        .filter(|_| chat);
+    if let Some(arguments) = tool_arguments {
+        return tool_call(
+            &id,
+            &model,
+            &arguments,
+            body["stream"] == json!(true),
+            &usage,
+        );
+    }
     if body["stream"] != json!(true) {
         let text = inner.text.lock().unwrap().clone().unwrap_or(text);
         let logprob = *inner.logprob.lock().unwrap();
@@ -275,5 +300,46 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(events))
+        .unwrap()
+}
+
+/// A chat answer that calls the tool `lookup` with `arguments`, whole or streamed in two halves.
+fn tool_call(id: &str, model: &str, arguments: &str, stream: bool, usage: &Value) -> Response {
+    let call = |arguments: &str| {
+        json!({"index": 0, "id": "call_1", "type": "function",
+               "function": {"name": "lookup", "arguments": arguments}})
+    };
+    if !stream {
+        let message =
+            json!({"role": "assistant", "content": null, "tool_calls": [call(arguments)]});
+        return Json(
+            json!({"id": id, "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+            "usage": usage}),
+        )
+        .into_response();
+    }
+    let (first, second) = arguments.split_at(arguments.len() / 2);
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let chunk = json!({"id": id, "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {chunk}\n\n")
+    };
+    let body = [
+        chunk(
+            json!({"role": "assistant", "tool_calls": [call(first)]}),
+            None,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": second}}]}),
+            None,
+        ),
+        chunk(json!({}), Some("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(body))
         .unwrap()
 }
