@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::{EmbeddedStore, Inner, KEYS, PREFIXES, from_json, to_json};
@@ -116,18 +116,6 @@ impl Inner {
         txn.commit()?;
         Ok(record)
     }
-
-    fn has_any_keys(&self) -> Result<bool, StoreError> {
-        if self.any_keys.load(Ordering::Relaxed) {
-            return Ok(true);
-        }
-        let txn = self.db.begin_read()?;
-        let any = !txn.open_table(KEYS)?.is_empty()?;
-        if any {
-            self.any_keys.store(true, Ordering::Relaxed);
-        }
-        Ok(any)
-    }
 }
 
 /// The id of the key named by id or display prefix.
@@ -178,10 +166,7 @@ impl KeyVerifier for EmbeddedStore {
     }
 
     async fn has_any_keys(&self) -> Result<bool, StoreError> {
-        if self.inner.any_keys.load(Ordering::Relaxed) {
-            return Ok(true);
-        }
-        self.blocking(Inner::has_any_keys).await
+        Ok(self.inner.any_keys.load(Ordering::Relaxed))
     }
 }
 

@@ -51,7 +51,9 @@ pub struct EmbeddedStore {
 
 struct Inner {
     db: Database,
-    /// Keys are never deleted, so once one exists this stays true and saves the lookup.
+    /// Whether any key exists: read when the file is opened, set when one is created. The
+    /// file is this process's alone (redb locks it) and keys are never deleted, so the flag is
+    /// the truth, and an open gateway's requests need no lookup (a blocking-pool hop each).
     any_keys: AtomicBool,
 }
 
@@ -86,11 +88,12 @@ impl EmbeddedStore {
         txn.open_table(AUDIT)?;
         txn.open_multimap_table(AUDIT_BY_PRINCIPAL)?;
         txn.commit()?;
+        let any_keys = !redb::ReadableTableMetadata::is_empty(&db.begin_read()?.open_table(KEYS)?)?;
         tracing::debug!(path = %path.display(), "opened embedded store");
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                any_keys: AtomicBool::new(false),
+                any_keys: AtomicBool::new(any_keys),
             }),
         })
     }
