@@ -184,13 +184,7 @@ async fn output_checks_end_relayed_answers_with_content_filter_streamed_or_not()
     assert_eq!(plain["id"], "up-a", "otherwise the upstream's answer");
     assert_eq!(plain["usage"]["completion_tokens"], USAGE.1);
 
-    let mut streaming = ask("Hi");
-    streaming["stream"] = json!(true);
-    let events = served
-        .client()
-        .post_sse("/v1/chat/completions", &streaming)
-        .await;
-    let events = json_events(&events);
+    let events = streamed_events(&served, "Hi").await;
     assert_eq!(
         finish_reasons(&events),
         vec![&json!("content_filter")],
@@ -236,40 +230,40 @@ async fn output_checks_end_relayed_answers_with_content_filter_streamed_or_not()
 async fn tool_call_arguments_are_screened_like_text() {
     let upstream = Upstream::start("a").await;
     let served = screened_stack_flagging(&upstream, "(?i)password").await;
-    let mut streaming = ask("Hi");
-    streaming["stream"] = json!(true);
-
     upstream.set_tool_call(r#"{"query": "the weather in Lyon"}"#);
-    let plain: Value = post(&served, &ask("Hi")).await.json().await.unwrap();
-    assert_eq!(
-        plain["choices"][0]["finish_reason"], "tool_calls",
-        "{plain}"
-    );
-    let events = served
-        .client()
-        .post_sse("/v1/chat/completions", &streaming)
-        .await;
-    assert_eq!(
-        finish_reasons(&json_events(&events)),
-        vec![&json!("tool_calls")]
-    );
-
-    upstream.set_tool_call(r#"{"q": "password"}"#);
-    let plain: Value = post(&served, &ask("Hi")).await.json().await.unwrap();
-    assert_eq!(
-        plain["choices"][0]["finish_reason"], "content_filter",
-        "{plain}"
-    );
+    assert_eq!(finish_whole_and_streamed(&served).await, ["tool_calls"; 2]);
     // Streamed, the arguments come in two halves, "password" cut across them.
+    upstream.set_tool_call(r#"{"q": "password"}"#);
+    assert_eq!(
+        finish_whole_and_streamed(&served).await,
+        ["content_filter"; 2]
+    );
+}
+
+/// The JSON events of a streamed answer to `question`.
+async fn streamed_events(served: &Served, question: &str) -> Vec<Value> {
+    let mut streaming = ask(question);
+    streaming["stream"] = json!(true);
     let events = served
         .client()
         .post_sse("/v1/chat/completions", &streaming)
         .await;
-    assert_eq!(
-        finish_reasons(&json_events(&events)),
-        vec![&json!("content_filter")],
-        "{events:?}"
-    );
+    json_events(&events)
+}
+
+/// How the first choice of an answer to "Hi" finishes, asked whole and then streamed.
+async fn finish_whole_and_streamed(served: &Served) -> [String; 2] {
+    let plain: Value = post(served, &ask("Hi")).await.json().await.unwrap();
+    let events = streamed_events(served, "Hi").await;
+    let streamed = finish_reasons(&events);
+    assert_eq!(streamed.len(), 1, "{events:?}");
+    [
+        plain["choices"][0]["finish_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        streamed[0].as_str().unwrap_or_default().to_owned(),
+    ]
 }
 
 #[tokio::test]

@@ -95,6 +95,16 @@ impl Gateway {
         self.chat_as(KEY, body).await
     }
 
+    /// Sends a chat request as is (streamed or not, as `body` says) and returns the response,
+    /// its body unread.
+    async fn send_chat(&self, body: &Value) -> reqwest::Response {
+        self.post("/v1/chat/completions", KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, path: &str) -> Value {
         let response = self
             .http
@@ -204,12 +214,7 @@ async fn streams_are_relayed_event_by_event_and_the_added_usage_chunk_is_not_lea
     .await;
     let mut body = ask("remote");
     body["stream"] = json!(true);
-    let response = gateway
-        .post("/v1/chat/completions", KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send_chat(&body).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -255,12 +260,7 @@ async fn upstream_connections_are_kept_alive_for_answers_and_streams() {
     for stream in [false, true, false, true] {
         let mut body = ask("remote");
         body["stream"] = json!(stream);
-        let response = gateway
-            .post("/v1/chat/completions", KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.send_chat(&body).await;
         assert_eq!(response.status(), 200);
         let text = response.text().await.unwrap();
         assert!(!stream || text.contains("[DONE]"), "{text}");
@@ -284,15 +284,7 @@ async fn a_client_that_asks_for_stream_usage_gets_it_and_it_is_accounted() {
     let mut body = ask("remote");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let text = gateway
-        .post("/v1/chat/completions", KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gateway.send_chat(&body).await.text().await.unwrap();
     let usage: Vec<Value> = text
         .split("\n\n")
         .filter_map(data_of)
@@ -377,12 +369,7 @@ async fn a_stream_that_breaks_is_never_retried() {
     .await;
     let mut body = ask("remote");
     body["stream"] = json!(true);
-    let response = gateway
-        .post("/v1/chat/completions", KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send_chat(&body).await;
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
@@ -581,19 +568,26 @@ async fn the_table_can_be_replaced_while_running() {
     );
 }
 
-#[tokio::test]
-async fn prompts_to_upstreams_are_checked_by_the_safety_service() {
+/// A safety service with its built-in rules on loopback: its endpoint, and the sender that
+/// stops it when dropped.
+async fn start_safety_service() -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (_stop_safety, safety_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(passerelle_safety::serve(
         passerelle_safety::SafetyServiceConfig::default(),
         listener,
         prometheus::Registry::new(),
         async {
-            let _ = safety_stopped.await;
+            let _ = stopped.await;
         },
     ));
+    (endpoint, stop)
+}
+
+#[tokio::test]
+async fn prompts_to_upstreams_are_checked_by_the_safety_service() {
+    let (endpoint, _stop_safety) = start_safety_service().await;
     let upstream = Upstream::start("a").await;
     let gateway = Gateway::start_with(
         routing(vec![UpstreamConfig::new("remote", &upstream.base_url)]),
@@ -613,17 +607,7 @@ async fn prompts_to_upstreams_are_checked_by_the_safety_service() {
 #[tokio::test]
 async fn a_configured_refusal_message_answers_unsafe_prompts_to_upstreams() {
     const REFUSAL: &str = "I can't help with that.";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (_stop_safety, safety_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(passerelle_safety::serve(
-        passerelle_safety::SafetyServiceConfig::default(),
-        listener,
-        prometheus::Registry::new(),
-        async {
-            let _ = safety_stopped.await;
-        },
-    ));
+    let (endpoint, _stop_safety) = start_safety_service().await;
     let upstream = Upstream::start("a").await;
     let gateway = Gateway::start_with(
         routing(vec![UpstreamConfig::new("remote", &upstream.base_url)]),
@@ -644,12 +628,7 @@ async fn a_configured_refusal_message_answers_unsafe_prompts_to_upstreams() {
 
     let mut streaming = attack;
     streaming["stream"] = json!(true);
-    let response = gateway
-        .post("/v1/chat/completions", KEY)
-        .json(&streaming)
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.send_chat(&streaming).await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     let chunks: Vec<Value> = text
