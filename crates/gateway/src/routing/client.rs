@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -180,7 +180,7 @@ impl UpstreamClient {
             sender,
             driver: Some(driver),
             origin: origin.clone(),
-            client: self.clone(),
+            pool: Arc::downgrade(&self.inner),
         }))
     }
 
@@ -214,7 +214,8 @@ struct Conn {
     /// `None` once the connection has ended.
     driver: Option<Connection<Io, RequestBody>>,
     origin: Origin,
-    client: UpstreamClient,
+    /// The pool it goes back to; weak, since the pool holds it while it is idle.
+    pool: Weak<Inner>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -285,9 +286,11 @@ impl UpstreamBody {
         };
         // Lets the connection see the end of the answer and ask for the next request.
         conn.drive(cx);
-        if conn.driver.is_some() && conn.sender.is_ready() {
-            let client = conn.client.clone();
-            client.checkin(conn);
+        if conn.driver.is_some()
+            && conn.sender.is_ready()
+            && let Some(inner) = conn.pool.upgrade()
+        {
+            UpstreamClient { inner }.checkin(conn);
         }
     }
 }
@@ -335,16 +338,18 @@ mod tests {
 
     /// A loopback HTTP/1.1 server answering every request with `ok`, which closes each
     /// connection after its first answer (without saying so) when `close_after_answer`.
-    /// Returns its base URL and the count of connections it accepted.
-    async fn server(close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
+    /// Returns its base URL and the counts of connections it accepted and saw closed.
+    async fn server(close_after_answer: bool) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, ended) = (accepted.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                let ended = ended.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -358,14 +363,17 @@ mod tests {
                             }
                         }
                         match socket.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                ended.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
                 });
             }
         });
-        (url, accepted)
+        (url, accepted, closed)
     }
 
     async fn get(client: &UpstreamClient, url: &str) -> Bytes {
@@ -379,17 +387,27 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_reused_once_an_answer_is_read() {
-        let (url, accepted) = server(false).await;
+        let (url, accepted, closed) = server(false).await;
         let client = UpstreamClient::new(Duration::from_secs(1));
         for _ in 0..5 {
             assert_eq!(get(&client, &url).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // The pool does not keep itself alive: dropping the client closes what it held.
+        drop(client);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while closed.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle connection stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_replaced_without_failing_the_request() {
-        let (url, accepted) = server(true).await;
+        let (url, accepted, _) = server(true).await;
         let client = UpstreamClient::new(Duration::from_secs(1));
         for _ in 0..3 {
             assert_eq!(get(&client, &url).await, "ok");
@@ -401,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unread_answer_closes_its_connection() {
-        let (url, accepted) = server(false).await;
+        let (url, accepted, _) = server(false).await;
         let client = UpstreamClient::new(Duration::from_secs(1));
         let request = http::Request::get(format!("{url}/v1/models"))
             .body(Full::new(Bytes::new()))
