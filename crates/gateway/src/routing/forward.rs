@@ -3,115 +3,41 @@
 //! with only those fields rewritten. Parsing the whole body into a JSON tree and serialising it
 //! again, per request, was most of the gateway's own CPU time on a fast upstream.
 
-use std::fmt;
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::extract::parse_json;
 
-/// The top-level fields read; every other one is skipped without being built. Read by hand
-/// rather than derived so that `n`, which only sizes the output checks, may be repeated or
-/// malformed without refusing the body (the upstream judges it); the other fields behave as a
-/// derived struct's would: a repeated one is refused, a `null` one is absent.
+/// The top-level fields read; every other one is skipped without being built.
+#[derive(Deserialize)]
 struct Fields<'a> {
+    #[serde(borrow)]
     model: &'a RawValue,
+    #[serde(borrow, default)]
     stream: Option<&'a RawValue>,
     // Kept when `null` too, so that it is replaced rather than sent twice.
+    #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     prompt: Option<&'a RawValue>,
-    has_retrieval: bool,
-    /// `n` when it is given once, as a `u32`.
-    n: Option<u32>,
+    #[serde(default)]
+    retrieval: Option<IgnoredAny>,
 }
 
-/// The names of [`Fields`]' fields, matched as serde's derive matches them (escapes read).
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum Key {
-    Model,
-    Stream,
-    StreamOptions,
-    Messages,
-    Prompt,
-    Retrieval,
-    N,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(FieldsVisitor)
-    }
-}
-
-struct FieldsVisitor;
-
-impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = Fields<'de>;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("struct Fields")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-        // The outer `Option` says whether the field was seen, as in a derived struct.
-        let mut model: Option<&'de RawValue> = None;
-        let mut stream: Option<Option<&'de RawValue>> = None;
-        let mut stream_options: Option<&'de RawValue> = None;
-        let mut messages: Option<Option<&'de RawValue>> = None;
-        let mut prompt: Option<Option<&'de RawValue>> = None;
-        let mut retrieval: Option<Option<IgnoredAny>> = None;
-        let mut n: Option<Option<u32>> = None;
-        while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::Model => once(&mut model, "model", map.next_value()?)?,
-                Key::Stream => once(&mut stream, "stream", map.next_value()?)?,
-                Key::StreamOptions => {
-                    once(&mut stream_options, "stream_options", map.next_value()?)?;
-                }
-                Key::Messages => once(&mut messages, "messages", map.next_value()?)?,
-                Key::Prompt => once(&mut prompt, "prompt", map.next_value()?)?,
-                Key::Retrieval => once(&mut retrieval, "retrieval", map.next_value()?)?,
-                Key::N => {
-                    let raw: &RawValue = map.next_value()?;
-                    let value = serde_json::from_str::<Option<u32>>(raw.get())
-                        .ok()
-                        .flatten();
-                    // Given twice, it is not trusted: one choice is assumed.
-                    n = Some(if n.is_some() { None } else { value });
-                }
-                Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Fields {
-            model: model.ok_or_else(|| de::Error::missing_field("model"))?,
-            stream: stream.flatten(),
-            stream_options,
-            messages: messages.flatten(),
-            prompt: prompt.flatten(),
-            has_retrieval: retrieval.flatten().is_some(),
-            n: n.flatten(),
-        })
-    }
-}
-
-/// Stores a field's value, refusing it the second time as a derived struct does.
-fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
-    if slot.is_some() {
-        return Err(E::duplicate_field(name));
-    }
-    *slot = Some(value);
-    Ok(())
+/// A field's raw value whatever it is, `null` included (an `Option` alone reads `null` as absent).
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A chat or completion body on its way to an upstream.
@@ -125,7 +51,6 @@ pub(crate) struct ForwardBody<'a> {
     messages: Option<&'a RawValue>,
     prompt: Option<&'a RawValue>,
     has_retrieval: bool,
-    n: Option<u32>,
 }
 
 impl<'a> ForwardBody<'a> {
@@ -145,8 +70,7 @@ impl<'a> ForwardBody<'a> {
             stream_options: fields.stream_options,
             messages: fields.messages,
             prompt: fields.prompt,
-            has_retrieval: fields.has_retrieval,
-            n: fields.n,
+            has_retrieval: fields.retrieval.is_some(),
         })
     }
 
@@ -155,9 +79,16 @@ impl<'a> ForwardBody<'a> {
         serde_json::from_slice(&self.raw[self.model.clone()]).ok()
     }
 
-    /// The choices asked per prompt (`n`), when given once as a count.
+    /// The choices asked per prompt (`n`), when given once as a count. Read on demand: only
+    /// the output checks and refusals need it, and an odd `n` is the upstream's to judge.
     pub(crate) fn n(&self) -> Option<u32> {
-        self.n
+        #[derive(Deserialize)]
+        struct Choices {
+            n: Option<u32>,
+        }
+        serde_json::from_slice::<Choices>(self.raw)
+            .ok()
+            .and_then(|choices| choices.n)
     }
 
     pub(crate) fn streaming(&self) -> bool {
@@ -294,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn model_and_n_are_read_in_the_same_pass() {
+    fn model_and_n_are_read_from_the_body() {
         let body = ForwardBody::parse(br#"{"model": "m\u00e9", "\u006e": 3}"#).unwrap();
         assert_eq!(body.model().as_deref(), Some("m\u{e9}"));
         assert_eq!(body.n(), Some(3));
