@@ -114,12 +114,12 @@ impl UpstreamClient {
             let host = http::HeaderValue::from_str(origin.authority.as_str())?;
             parts.headers.insert(http::header::HOST, host);
         }
-        let target = parts.uri.clone();
-        // HTTP/1.1 requests name their path only (origin form).
-        parts.uri = match parts.uri.path_and_query() {
+        // HTTP/1.1 requests name their path only (origin form); the whole URL is for connecting.
+        let path = match parts.uri.path_and_query() {
             Some(path) => http::Uri::from(path.clone()),
             None => http::Uri::from_static("/"),
         };
+        let target = std::mem::replace(&mut parts.uri, path);
         let mut request = http::Request::from_parts(parts, body);
         while let Some(conn) = self.checkout(&origin) {
             match conn.send(request).await {
