@@ -140,7 +140,7 @@ impl Meter {
                 let principal = self.principal;
                 runtime.spawn(async move {
                     limiter
-                        .record_tokens(&principal.tenant(), principal.limits(), tokens)
+                        .record_tokens(principal.tenant(), principal.limits(), tokens)
                         .await;
                 });
             }

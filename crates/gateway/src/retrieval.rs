@@ -84,7 +84,7 @@ pub(crate) async fn augment(
         )
     })?;
     let retrieve = RetrieveRequest {
-        namespace: principal.tenant(),
+        namespace: principal.tenant().to_owned(),
         query: query.to_owned(),
         top_k: plan.top_k,
         min_score: plan.min_score,

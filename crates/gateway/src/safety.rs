@@ -185,7 +185,7 @@ impl Refusal {
 pub(crate) struct Reporter {
     state: AppState,
     principal: Principal,
-    client: Option<String>,
+    client: ClientAddr,
     route: &'static str,
 }
 
@@ -199,7 +199,7 @@ impl Reporter {
         Self {
             state: state.clone(),
             principal: principal.clone(),
-            client: client.0.clone(),
+            client: client.clone(),
             route,
         }
     }
@@ -219,10 +219,10 @@ impl Reporter {
             NewAuditEvent::now(self.principal.id(), AuditAction::RequestBlocked)
                 .target(self.route)
                 .detail(format!("{} stage={stage}", refusal.detail()))
-                .client_addr_if_known(self.client.as_deref()),
+                .client_addr_if_known(self.client.text().as_deref()),
         );
         let limiter = self.state.limiter().clone();
-        let tenant = self.principal.tenant();
+        let tenant = self.principal.tenant().to_owned();
         async move { limiter.note_violation(&tenant).await }
     }
 }

@@ -140,7 +140,7 @@ impl SemanticCache {
     /// prompts, requests for log probabilities and chats offering tools (a replay has neither
     /// logprobs nor tool calls to give).
     pub(crate) fn key(&self, principal: &Principal, request: &GenerateRequest) -> Option<CacheKey> {
-        key_for(&self.config, &principal.tenant(), request)
+        key_for(&self.config, principal.tenant(), request)
     }
 
     /// The key of a request read elsewhere (one relayed to an upstream, whose body is JSON):
@@ -155,7 +155,7 @@ impl SemanticCache {
         CacheKey {
             namespace: format!(
                 "{}/{parameters}",
-                namespace_tenant(&self.config, &principal.tenant())
+                namespace_tenant(&self.config, principal.tenant())
             ),
             model: model.to_owned(),
             prompt,

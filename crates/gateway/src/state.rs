@@ -8,7 +8,7 @@ use prometheus::Registry;
 
 use crate::GatewayConfig;
 use crate::admission::Admission;
-use crate::auth::KeyCache;
+use crate::auth::{KeyCache, Principal};
 use crate::catalog::ModelCatalog;
 use crate::drift::DriftMonitor;
 use crate::embeddings::EmbeddingsBackend;
@@ -110,6 +110,9 @@ struct Shared {
     safety: Option<SafetyBackend>,
     catalog: ModelCatalog,
     keys: Arc<Keyring>,
+    /// The principal of each static key, in the keyring's order: built once, since a static
+    /// key never changes while the gateway runs.
+    static_principals: Box<[Principal]>,
     key_cache: Arc<KeyCache>,
     store: Arc<dyn Store>,
     ledger: Ledger,
@@ -150,6 +153,11 @@ impl AppState {
         let limiter = RateLimiter::new(config.rate_limiter.clone(), registry)?;
         let ledger = Ledger::spawn(store.clone(), registry)?;
         let keys = Arc::new(Keyring::new(static_keys, Some(store.clone())));
+        let static_principals = keys
+            .static_keys()
+            .records()
+            .map(|record| Principal::from_key(record.clone(), config.rate_limits))
+            .collect();
         check_endpoint(&config.llm_endpoint)?;
         let llm = LlmBackend::connect_lazy(&config)
             .map_err(|e| GatewayError::invalid_endpoint(&config.llm_endpoint, e))?;
@@ -211,6 +219,7 @@ impl AppState {
                 config: Arc::new(config),
                 llm,
                 keys,
+                static_principals,
                 key_cache: Arc::default(),
                 store,
                 ledger,
@@ -250,6 +259,12 @@ impl AppState {
     /// Static and stored keys, as the access layer verifies them.
     pub fn keys(&self) -> &Keyring {
         &self.inner.keys
+    }
+
+    /// The principal of `presented` when it is one of the static keys.
+    pub(crate) fn static_principal(&self, presented: &str) -> Option<Principal> {
+        let index = self.inner.keys.static_keys().position(presented)?;
+        self.inner.static_principals.get(index).cloned()
     }
 
     /// The state store: keys, usage, feedback, audit.

@@ -28,6 +28,11 @@ impl Keyring {
         Self { static_keys, store }
     }
 
+    /// The operator's static keys.
+    pub fn static_keys(&self) -> &StaticKeys {
+        &self.static_keys
+    }
+
     /// The durable store, for managing keys.
     pub fn store(&self) -> Option<&Arc<dyn KeyStore>> {
         self.store.as_ref()

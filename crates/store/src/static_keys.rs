@@ -85,17 +85,28 @@ impl StaticKeys {
         self.keys.is_empty()
     }
 
-    /// The matching record, comparing against every key so timing does not reveal which
-    /// (or whether an early one) matched.
+    /// The matching record.
     pub fn find(&self, presented: &str) -> Option<KeyRecord> {
+        self.position(presented)
+            .map(|index| self.keys[index].1.clone())
+    }
+
+    /// Where the matching key's record is in [`StaticKeys::records`], comparing against every
+    /// key so timing does not reveal which (or whether an early one) matched.
+    pub fn position(&self, presented: &str) -> Option<usize> {
         let presented = KeyHash::of(presented);
         let mut found = None;
-        for (hash, record) in &self.keys {
+        for (index, (hash, _)) in self.keys.iter().enumerate() {
             if hash.matches(&presented) {
-                found = Some(record);
+                found = Some(index);
             }
         }
-        found.cloned()
+        found
+    }
+
+    /// Every key's record, in the order the keys were given.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &KeyRecord> {
+        self.keys.iter().map(|(_, record)| record)
     }
 }
 
@@ -125,6 +136,15 @@ mod tests {
         assert!(keys.find("gamma").is_none());
         assert!(keys.find("").is_none());
         assert!(keys.find("alpha ").is_none());
+    }
+
+    #[test]
+    fn positions_index_the_records() {
+        let keys = StaticKeys::from_plaintext(["alpha", "beta"]);
+        let ids: Vec<&str> = keys.records().map(|record| record.id.as_str()).collect();
+        assert_eq!(ids, ["static-1", "static-2"]);
+        assert_eq!(keys.position("beta"), Some(1));
+        assert_eq!(keys.position("gamma"), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ impl AdminAudit {
     pub fn new(principal: &Principal, client: &ClientAddr) -> Self {
         Self {
             actor: principal.id().to_owned(),
-            client: client.0.clone(),
+            client: client.text(),
         }
     }
 

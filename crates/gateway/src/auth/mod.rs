@@ -10,7 +10,8 @@ mod layer;
 mod principal;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::HeaderMap;
@@ -112,7 +113,7 @@ async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
         state.audit(blocked(
             &principal,
             route,
-            client.as_deref(),
+            &client,
             format!("missing scope {scope}"),
         ));
         return Err(err.into_response());
@@ -124,7 +125,7 @@ async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
                 state.audit(blocked(
                     &principal,
                     route,
-                    client.as_deref(),
+                    &client,
                     "budget spent".to_owned(),
                 ));
             }
@@ -132,7 +133,7 @@ async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
         }
         match state
             .limiter()
-            .admit(&principal.tenant(), principal.limits())
+            .admit(principal.tenant(), principal.limits())
             .await
         {
             Ok(ok) => admitted = Some(ok),
@@ -144,7 +145,7 @@ async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
         Err(busy) => return Err(busy.into_response()),
     };
     req.extensions_mut().insert(principal);
-    req.extensions_mut().insert(ClientAddr(client));
+    req.extensions_mut().insert(client);
     Ok(Cleared {
         req,
         hold: Hold {
@@ -154,18 +155,35 @@ async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
     })
 }
 
-fn blocked(principal: &Principal, route: &str, client: Option<&str>, why: String) -> NewAuditEvent {
+fn blocked(principal: &Principal, route: &str, client: &ClientAddr, why: String) -> NewAuditEvent {
     NewAuditEvent::now(principal.id(), AuditAction::RequestBlocked)
         .target(route)
         .detail(why)
-        .client_addr_if_known(client)
+        .client_addr_if_known(client.text().as_deref())
 }
 
 /// The caller's address, for the audit log: the peer, or the first `X-Forwarded-For` hop when
 /// the operator says a proxy (nginx) sets it. The access layer puts it in the request's
-/// extensions; as an extractor it is `None` on routes outside that layer.
+/// extensions; as an extractor it is unknown on routes outside that layer. A peer address is
+/// only written out when an audit event names it, which few requests do.
 #[derive(Debug, Clone, Default)]
-pub struct ClientAddr(pub Option<String>);
+pub struct ClientAddr(Option<ClientSource>);
+
+#[derive(Debug, Clone)]
+enum ClientSource {
+    Peer(IpAddr),
+    Forwarded(Arc<str>),
+}
+
+impl ClientAddr {
+    /// The address as audit events record it, when known.
+    pub fn text(&self) -> Option<String> {
+        match self.0.as_ref()? {
+            ClientSource::Peer(ip) => Some(ip.to_string()),
+            ClientSource::Forwarded(hop) => Some(hop.to_string()),
+        }
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -179,7 +197,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-fn client_addr(state: &AppState, req: &Request) -> Option<String> {
+fn client_addr(state: &AppState, req: &Request) -> ClientAddr {
     if state.config().trust_forwarded_for
         && let Some(forwarded) = req
             .headers()
@@ -189,11 +207,13 @@ fn client_addr(state: &AppState, req: &Request) -> Option<String> {
             .map(str::trim)
             .filter(|v| !v.is_empty())
     {
-        return Some(forwarded.to_owned());
+        return ClientAddr(Some(ClientSource::Forwarded(forwarded.into())));
     }
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
+    ClientAddr(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| ClientSource::Peer(addr.ip())),
+    )
 }
 
 /// Who is calling.
@@ -222,13 +242,19 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
         });
         return Ok(Principal::from_jwt(claims.subject, scopes, defaults));
     }
+    if let Some(principal) = state.static_principal(presented) {
+        return Ok(principal);
+    }
     let record = verify_key(state, presented).await?;
     Ok(Principal::from_key(record, defaults))
 }
 
 /// No key, no JWT configured, and the operator did not require auth: anyone may call.
 async fn is_open(state: &AppState) -> Result<bool, ApiError> {
-    if state.config().require_auth || state.jwt().is_some() {
+    if state.config().require_auth
+        || state.jwt().is_some()
+        || !state.keys().static_keys().is_empty()
+    {
         return Ok(false);
     }
     match state.keys().has_any_keys().await {
@@ -239,6 +265,7 @@ async fn is_open(state: &AppState) -> Result<bool, ApiError> {
     }
 }
 
+/// A stored key's record (static keys are looked up before).
 async fn verify_key(
     state: &AppState,
     presented: &str,
@@ -246,7 +273,11 @@ async fn verify_key(
     // The store is always asked, so a revocation takes effect at once; the cache only answers
     // while the store cannot.
     let cache = state.key_cache();
-    match state.keys().verify(presented).await {
+    let verified = match state.keys().store() {
+        Some(store) => store.verify(presented).await,
+        None => Ok(None),
+    };
+    match verified {
         Ok(Some(record)) => {
             cache.insert(presented, &record);
             Ok(record)

@@ -22,6 +22,8 @@ struct Inner {
     credential: Credential,
     scopes: BTreeSet<Scope>,
     limits: Limits,
+    /// See [`Principal::tenant`]; built once, since the rate limiter asks for it per request.
+    tenant: String,
 }
 
 /// How the caller proved who it is.
@@ -63,11 +65,17 @@ impl Principal {
     }
 
     fn new(credential: Credential, scopes: BTreeSet<Scope>, limits: Limits) -> Self {
+        let tenant = match &credential {
+            Credential::ApiKey(record) => format!("key:{}", record.id),
+            Credential::Jwt { subject } => format!("jwt:{subject}"),
+            Credential::Anonymous => ANONYMOUS.to_owned(),
+        };
         Self {
             inner: Arc::new(Inner {
                 credential,
                 scopes,
                 limits,
+                tenant,
             }),
         }
     }
@@ -93,12 +101,8 @@ impl Principal {
     /// Whose private data (cached answers, documents) the caller sees and whose rate limits a
     /// request counts against: one key's, one JWT subject's, or the open gateway's single
     /// anonymous tenant.
-    pub fn tenant(&self) -> String {
-        match &self.inner.credential {
-            Credential::ApiKey(record) => format!("key:{}", record.id),
-            Credential::Jwt { subject } => format!("jwt:{subject}"),
-            Credential::Anonymous => ANONYMOUS.to_owned(),
-        }
+    pub fn tenant(&self) -> &str {
+        &self.inner.tenant
     }
 
     /// How the caller authenticated.

@@ -27,7 +27,7 @@ pub(crate) async fn create(
     AppJson(body): AppJson<CreateDocumentsRequest>,
 ) -> Result<Response, ApiError> {
     let backend = backend(&state)?;
-    let plan = body.into_plan(&principal.tenant(), &request_id)?;
+    let plan = body.into_plan(principal.tenant(), &request_id)?;
     let mut usage = EmbeddingUsage::default();
     let mut created = Vec::with_capacity(plan.requests.len());
     for (prefix, request) in plan.requests {
@@ -58,7 +58,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<DocumentList>, ApiError> {
-    let documents = backend(&state)?.list(principal.tenant()).await?;
+    let documents = backend(&state)?.list(principal.tenant().to_owned()).await?;
     Ok(Json(DocumentList::new(documents)))
 }
 
@@ -70,7 +70,7 @@ pub(crate) async fn get(
 ) -> Result<Json<DocumentOut>, ApiError> {
     let id = document_id(id)?;
     backend(&state)?
-        .get(principal.tenant(), id.clone())
+        .get(principal.tenant().to_owned(), id.clone())
         .await?
         .map(|document| Json(DocumentOut::from(document)))
         .ok_or(ApiError::DocumentNotFound { id })
@@ -84,7 +84,7 @@ pub(crate) async fn delete(
 ) -> Result<Json<DeletedDocument>, ApiError> {
     let id = document_id(id)?;
     backend(&state)?
-        .delete(principal.tenant(), id.clone())
+        .delete(principal.tenant().to_owned(), id.clone())
         .await?
         .map(|deleted| Json(DeletedDocument::from(deleted)))
         .ok_or(ApiError::DocumentNotFound { id })
@@ -98,7 +98,7 @@ pub(crate) async fn search(
     AppJson(body): AppJson<SearchRequest>,
 ) -> Result<Json<SearchResults>, ApiError> {
     let backend = backend(&state)?;
-    let request = body.into_request(&principal.tenant(), &request_id)?;
+    let request = body.into_request(principal.tenant(), &request_id)?;
     let found = backend.retrieve(request).await?;
     Ok(Json(SearchResults::from(found)))
 }
