@@ -45,17 +45,17 @@ mod routes;
 pub mod routing;
 pub mod safety;
 pub mod semantic_cache;
+mod server;
 mod sse;
 pub mod state;
 pub mod workers;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use auth::Principal;
@@ -154,48 +154,9 @@ pub async fn serve(
     warn_if_open(&state).await;
     let grace = state.config().shutdown_grace;
     let ledger = state.ledger().clone();
-    let result = serve_connections(listener, state, shutdown).await;
+    let result = server::serve_connections(listener, state, shutdown).await;
     flush_ledger(&ledger, grace).await;
     result
-}
-
-/// Accepts connections on `listener` for [`app`] until `shutdown` completes, then drains them
-/// for up to the shutdown grace.
-async fn serve_connections(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let grace = state.config().shutdown_grace;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, llm = %state.config().llm_endpoint, "gateway listening");
-    }
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let reaping = state.upstream_client().clone().reap_idle();
-    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // Without TCP_NODELAY, a streamed event written while the previous one is unacknowledged
-    // waits for the client's delayed ACK: tens of milliseconds per event.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a client connection");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result,
-        never = reaping => match never {},
-        _ = on_signal => {
-            tracing::info!(
-                grace_s = grace.as_secs(),
-                "shutting down: draining in-flight requests"
-            );
-            drain(server, grace).await
-        }
-    }
 }
 
 /// Usage and audit records of the requests just finished must reach the store, however the
@@ -207,19 +168,6 @@ async fn flush_ledger(ledger: &ledger::Ledger, grace: Duration) {
             left,
             "shutting down with records not yet written to the store"
         );
-    }
-}
-
-async fn drain(
-    server: impl Future<Output = std::io::Result<()>>,
-    grace: Duration,
-) -> std::io::Result<()> {
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("drain deadline passed; closing the remaining connections");
-            Ok(())
-        }
     }
 }
 

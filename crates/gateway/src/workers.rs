@@ -150,7 +150,7 @@ fn run_worker(
             // An error means the sender is gone, which only happens once serving is over.
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let result = crate::serve_connections(listener, state, shutdown).await;
+        let result = crate::server::serve_connections(listener, state, shutdown).await;
         finish_spawned_tasks(tasks_grace).await;
         result
     })
