@@ -286,7 +286,7 @@ pub(crate) fn stream(
             };
             splitter.push(&bytes);
             while let Some(event) = splitter.next_event() {
-                match event.data.as_deref() {
+                match event.data() {
                     Some("[DONE]") => {
                         done = true;
                         if let Some(inspector) = &mut inspector {
@@ -333,7 +333,7 @@ pub(crate) fn stream(
                         if !out.is_empty() {
                             yield Ok(out.split().freeze());
                         }
-                        for event in inspector.event(data, event.raw).await {
+                        for event in inspector.event(data, event.raw.clone()).await {
                             yield Ok(event);
                         }
                         for event in inspector.ended_by_filter() {

@@ -7,8 +7,30 @@ use bytes::{Bytes, BytesMut};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SseEvent {
     pub(crate) raw: Bytes,
+    data: Data,
+}
+
+/// Where an event's `data` is. Nearly every event has one `data:` line in UTF-8, read in place
+/// (a stream has one event per token, so this is read per token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Data {
+    None,
+    /// The one data line's value, in `raw`.
+    Line(std::ops::Range<usize>),
+    /// Several lines joined, or text that needed repair.
+    Joined(String),
+}
+
+impl SseEvent {
     /// The `data:` lines joined with `\n`; `None` for events without one (comments, pings).
-    pub(crate) data: Option<String>,
+    pub(crate) fn data(&self) -> Option<&str> {
+        match &self.data {
+            Data::None => None,
+            // Checked to be UTF-8 when the range was taken.
+            Data::Line(range) => std::str::from_utf8(&self.raw[range.clone()]).ok(),
+            Data::Joined(text) => Some(text),
+        }
+    }
 }
 
 /// An incremental event splitter.
@@ -57,7 +79,41 @@ fn event_end(buffer: &[u8]) -> Option<usize> {
     None
 }
 
-fn data_of(raw: &[u8]) -> Option<String> {
+fn data_of(raw: &[u8]) -> Data {
+    match single_data_line(raw) {
+        Some(range) => Data::Line(range),
+        None => data_joined(raw).map_or(Data::None, Data::Joined),
+    }
+}
+
+/// The value of the event's only `data` line, when it has exactly one and it is UTF-8.
+fn single_data_line(raw: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut found = None;
+    let mut start = 0;
+    for line in raw.split(|&b| b == b'\r' || b == b'\n') {
+        let end = start + line.len();
+        let value = if line == b"data" {
+            Some(end..end)
+        } else if line.starts_with(b"data:") {
+            let skip = if line.get(5) == Some(&b' ') { 6 } else { 5 };
+            Some(start + skip..end)
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(value);
+        }
+        start = end + 1;
+    }
+    let range = found?;
+    std::str::from_utf8(&raw[range.clone()]).ok()?;
+    Some(range)
+}
+
+fn data_joined(raw: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(raw);
     let mut data: Option<String> = None;
     // SSE ends lines with `\r\n`, `\n` or a lone `\r`; the empty pieces `\r\n` leaves are
@@ -98,7 +154,7 @@ mod tests {
             let mut events = all(&mut splitter);
             splitter.push(&body[cut..]);
             events.extend(all(&mut splitter));
-            let data: Vec<Option<&str>> = events.iter().map(|e| e.data.as_deref()).collect();
+            let data: Vec<Option<&str>> = events.iter().map(|e| e.data()).collect();
             assert_eq!(
                 data,
                 [Some("{\"a\":1}"), None, Some("[DONE]")],
@@ -114,8 +170,17 @@ mod tests {
         let mut splitter = SseSplitter::default();
         splitter.push(b"event: x\r\ndata: one\r\ndata:two\r\n\r\ndata: 3\r\rdata: 4\n\n");
         let events = all(&mut splitter);
-        let data: Vec<Option<&str>> = events.iter().map(|e| e.data.as_deref()).collect();
+        let data: Vec<Option<&str>> = events.iter().map(|e| e.data()).collect();
         assert_eq!(data, [Some("one\ntwo"), Some("3"), Some("4")]);
+    }
+
+    #[test]
+    fn bare_and_unspaced_data_lines_and_broken_text() {
+        let mut splitter = SseSplitter::default();
+        splitter.push(b"data\n\ndata:x\n\ndata: \xff\n\nid: 1\ndata: y\n\n");
+        let events = all(&mut splitter);
+        let data: Vec<Option<&str>> = events.iter().map(SseEvent::data).collect();
+        assert_eq!(data, [Some(""), Some("x"), Some("\u{fffd}"), Some("y")]);
     }
 
     #[test]
@@ -124,9 +189,6 @@ mod tests {
         splitter.push(b"data: {\"a\":");
         assert_eq!(splitter.next_event(), None);
         splitter.push(b"1}\n\n");
-        assert_eq!(
-            splitter.next_event().unwrap().data.as_deref(),
-            Some("{\"a\":1}")
-        );
+        assert_eq!(splitter.next_event().unwrap().data(), Some("{\"a\":1}"));
     }
 }
