@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use passerelle_gateway::{AppState, GatewayConfig};
-use passerelle_store::{ApiKeySecret, EmbeddedStore, KeyStore, NewKey, StaticKeys};
+use passerelle_store::{ApiKeySecret, AuditLog, EmbeddedStore, KeyStore, NewKey, StaticKeys};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -185,6 +185,43 @@ async fn valid_keys_pass_in_both_header_styles_and_revoked_ones_do_not() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn blocked_requests_are_audited_with_the_peer_or_the_forwarded_address() {
+    let gw = Gateway::start(|c| c.trust_forwarded_for = true).await;
+    let user_key = gw.stored_secret.clone().unwrap();
+    // A user key on an admin route: refused for its scope, and audited.
+    for forwarded in [Some("203.0.113.7, 10.0.0.1"), None] {
+        let mut request = gw
+            .http
+            .get(gw.url("/admin/keys"))
+            .bearer_auth(user_key.expose());
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    let store = gw.store.as_ref().unwrap();
+    let deadline = Instant::now() + PROMPT;
+    let addresses = loop {
+        let events = store.audit_events(None, 100).await.unwrap();
+        let addresses: Vec<Option<String>> = events
+            .into_iter()
+            .filter(|e| e.target.as_deref() == Some("/admin/keys"))
+            .map(|e| e.client_addr)
+            .collect();
+        if addresses.len() == 2 || Instant::now() > deadline {
+            break addresses;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        addresses,
+        [Some("203.0.113.7".to_owned()), Some("127.0.0.1".to_owned())]
+    );
     gw.shutdown().await;
 }
 
