@@ -108,7 +108,6 @@ fn is_peer_error(err: &std::io::Error) -> bool {
 }
 
 /// One connection's requests into the router, with the peer's address as [`ConnectInfo`].
-#[derive(Clone)]
 struct ConnectionService {
     router: Router,
     peer: SocketAddr,
