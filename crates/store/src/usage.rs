@@ -101,6 +101,15 @@ impl Counters {
         self.cost_micro_usd = self.cost_micro_usd.saturating_add(record.cost_micro_usd);
     }
 
+    /// Adds another tally of the same bucket.
+    pub(crate) fn merge(&mut self, other: &Counters) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cache_hits += other.cache_hits;
+        self.cost_micro_usd = self.cost_micro_usd.saturating_add(other.cost_micro_usd);
+    }
+
     pub(crate) fn into_bucket(self, day: u64, principal: String, model: String) -> UsageBucket {
         UsageBucket {
             day: day_label(day),

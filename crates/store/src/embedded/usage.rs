@@ -1,5 +1,7 @@
 //! Usage accounting in the embedded store.
 
+use std::collections::BTreeMap;
+
 use redb::ReadableTable;
 
 use super::{EmbeddedStore, Inner, KEY_SPEND, USAGE_DAILY, USAGE_RECORDS, from_json, to_json};
@@ -10,9 +12,7 @@ use crate::usage::{Counters, UsageBucket, UsageQuery, UsageRecord, UsageStore};
 impl Inner {
     fn record_usages(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        for record in batch {
-            add_usage(&txn, record)?;
-        }
+        add_usages(&txn, batch)?;
         txn.commit()?;
         Ok(())
     }
@@ -97,32 +97,43 @@ impl UsageStore for EmbeddedStore {
     }
 }
 
-/// Adds one record, its day's bucket and its key's spend within `txn`; a response id already
-/// recorded is skipped.
-fn add_usage(txn: &redb::WriteTransaction, record: &UsageRecord) -> Result<(), StoreError> {
+/// Adds the records not recorded yet (by response id) within `txn`, with their days' buckets
+/// and their keys' spend. The batch is summed per bucket and per key and day first, so a batch
+/// reads and writes each bucket once rather than once per record.
+fn add_usages(txn: &redb::WriteTransaction, batch: &[UsageRecord]) -> Result<(), StoreError> {
+    let mut buckets: BTreeMap<(u64, &str, &str), Counters> = BTreeMap::new();
+    let mut spent: BTreeMap<(&str, u64), u64> = BTreeMap::new();
     let mut records = txn.open_table(USAGE_RECORDS)?;
-    if records.get(record.response_id.as_str())?.is_some() {
-        return Ok(()); // already counted: nothing of it is written again
+    for record in batch {
+        if records.get(record.response_id.as_str())?.is_some() {
+            continue; // already counted: nothing of it is written again
+        }
+        let json = to_json(&record.response_id, record)?;
+        records.insert(record.response_id.as_str(), json.as_str())?;
+        let day = record.day();
+        buckets
+            .entry((day, record.principal.as_str(), record.model.as_str()))
+            .or_default()
+            .add(record);
+        if let Some(key_id) = &record.key_id {
+            let cost = spent.entry((key_id.as_str(), day)).or_default();
+            *cost = cost.saturating_add(record.cost_micro_usd);
+        }
     }
-    let json = to_json(&record.response_id, record)?;
-    records.insert(record.response_id.as_str(), json.as_str())?;
-
-    let day = record.day();
-    let bucket = (day, record.principal.as_str(), record.model.as_str());
     let mut daily = txn.open_table(USAGE_DAILY)?;
-    let mut counters: Counters = match daily.get(bucket)? {
-        Some(json) => from_json("usage bucket", json.value())?,
-        None => Counters::default(),
-    };
-    counters.add(record);
-    let json = to_json("usage bucket", &counters)?;
-    daily.insert(bucket, json.as_str())?;
-
-    if let Some(key_id) = &record.key_id {
-        let mut spend = txn.open_table(KEY_SPEND)?;
-        let slot = (key_id.as_str(), day);
+    for (bucket, added) in buckets {
+        let mut counters: Counters = match daily.get(bucket)? {
+            Some(json) => from_json("usage bucket", json.value())?,
+            None => Counters::default(),
+        };
+        counters.merge(&added);
+        let json = to_json("usage bucket", &counters)?;
+        daily.insert(bucket, json.as_str())?;
+    }
+    let mut spend = txn.open_table(KEY_SPEND)?;
+    for (slot, cost) in spent {
         let before = spend.get(slot)?.map(|v| v.value()).unwrap_or(0);
-        spend.insert(slot, before.saturating_add(record.cost_micro_usd))?;
+        spend.insert(slot, before.saturating_add(cost))?;
     }
     Ok(())
 }

@@ -346,12 +346,14 @@ pub async fn usage_batches_count_as_single_records(store: &dyn Store) {
         .record_usage(&usage("b1", "alice", "tiny", DAY1))
         .await
         .unwrap();
-    // b1 again (a retry after a lost reply) and b2 twice in one batch: each counted once.
+    // b1 again (a retry after a lost reply) and b2 twice in one batch: each counted once;
+    // b3 and b5 share a bucket the batch opens.
     let batch = [
         usage("b1", "alice", "tiny", DAY1),
         usage("b2", "alice", "tiny", DAY1 + 1),
-        usage("b2", "alice", "tiny", DAY1 + 1),
         usage("b3", "bob", "big", DAY2),
+        usage("b2", "alice", "tiny", DAY1 + 1),
+        usage("b5", "bob", "big", DAY2 + 1),
     ];
     store.record_usages(&batch).await.unwrap();
     let all = UsageQuery {
@@ -363,10 +365,11 @@ pub async fn usage_batches_count_as_single_records(store: &dyn Store) {
         store.usage_summary(&all).await.unwrap(),
         vec![
             bucket("2024-02-29", "alice", "tiny", 2, 0),
-            bucket("2024-03-01", "bob", "big", 1, 0),
+            bucket("2024-03-01", "bob", "big", 2, 0),
         ]
     );
     assert_eq!(store.spent_micro_usd("key-alice", 0).await.unwrap(), 200);
+    assert_eq!(store.spent_micro_usd("key-bob", 0).await.unwrap(), 200);
     // One invalid record refuses the batch before any of it is written.
     let refused = [
         usage("b4", "alice", "tiny", DAY1),
