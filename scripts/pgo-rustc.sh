@@ -14,7 +14,8 @@ rustc=$1
 shift
 
 # The crates whose code a relayed request runs: the gateway and its store, the binary, and the
-# HTTP, async, JSON, metrics and tracing crates under them.
+# HTTP, async, JSON, metrics and tracing crates under them. Cargo does not see a change here:
+# after one, delete target/pgo so that both builds start again.
 pgo_crates="passerelle passerelle_gateway passerelle_store passerelle_telemetry passerelle_pii
     hyper hyper_util http http_body http_body_util httparse httpdate want try_lock
     axum axum_core matchit tower tower_layer tower_service tower_http
