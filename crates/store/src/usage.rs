@@ -93,12 +93,15 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn add(&mut self, record: &UsageRecord) {
-        self.requests += 1;
-        self.prompt_tokens += u64::from(record.prompt_tokens);
-        self.completion_tokens += u64::from(record.completion_tokens);
-        self.cache_hits += u64::from(record.cache_hit);
-        self.cost_micro_usd = self.cost_micro_usd.saturating_add(record.cost_micro_usd);
+    /// One record's tally.
+    pub(crate) fn of(record: &UsageRecord) -> Self {
+        Self {
+            requests: 1,
+            prompt_tokens: u64::from(record.prompt_tokens),
+            completion_tokens: u64::from(record.completion_tokens),
+            cache_hits: u64::from(record.cache_hit),
+            cost_micro_usd: record.cost_micro_usd,
+        }
     }
 
     /// Adds another tally of the same bucket.

@@ -114,7 +114,7 @@ fn add_usages(txn: &redb::WriteTransaction, batch: &[UsageRecord]) -> Result<(),
         buckets
             .entry((day, record.principal.as_str(), record.model.as_str()))
             .or_default()
-            .add(record);
+            .merge(&Counters::of(record));
         if let Some(key_id) = &record.key_id {
             let cost = spent.entry((key_id.as_str(), day)).or_default();
             *cost = cost.saturating_add(record.cost_micro_usd);
