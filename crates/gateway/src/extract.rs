@@ -3,11 +3,13 @@
 use std::convert::Infallible;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::http::{HeaderMap, header, request::Parts};
 use bytes::Bytes;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The request id header, read from clients and echoed back (tower-http sets it when absent).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -17,14 +19,10 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug)]
 pub struct AppJson<T>(pub T);
 
-impl<T, S> FromRequest<S> for AppJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
+impl<T: DeserializeOwned> FromRequest<AppState> for AppJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let RawJson(bytes) = RawJson::from_request(req, state).await?;
         parse_json(&bytes).map(AppJson)
     }
@@ -35,38 +33,28 @@ where
 #[derive(Debug)]
 pub struct RawJson(pub Bytes);
 
-impl<S> FromRequest<S> for RawJson
-where
-    S: Send + Sync,
-{
+impl FromRequest<AppState> for RawJson {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::invalid_request(
                 "Expected a JSON body with `Content-Type: application/json`.",
             ));
         }
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: limit.unwrap_or_default(),
-                }
-            } else {
-                ApiError::invalid_request(format!(
-                    "Could not read the request body: {}",
-                    rejection.body_text()
-                ))
-            }
-        })?;
-        Ok(RawJson(bytes))
+        // The limit is read from the config rather than set by a layer for axum's extractors:
+        // every body the gateway takes comes through here, and each layer's request extension
+        // costs an allocation per request.
+        let limit = state.config().body_limit_bytes;
+        match Limited::new(req.into_body(), limit).collect().await {
+            Ok(body) => Ok(RawJson(body.to_bytes())),
+            Err(err) if err.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+            Err(err) => Err(ApiError::invalid_request(format!(
+                "Could not read the request body: {err}"
+            ))),
+        }
     }
 }
-
-/// The configured body limit, put in request extensions so the 413 message can state it.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(content_type) = headers

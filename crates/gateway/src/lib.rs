@@ -54,7 +54,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 
@@ -68,7 +67,6 @@ pub use semantic_cache::SemanticCacheConfig;
 pub use state::{AppState, GatewayError};
 pub use workers::serve_workers;
 
-use extract::BodyLimit;
 use passerelle_store::KeyVerifier as _;
 
 /// The gateway's router, with every route and middleware, ready to serve.
@@ -76,7 +74,6 @@ use passerelle_store::KeyVerifier as _;
 /// `/v1/*` needs an API key (see [`Principal`]) and counts against the concurrency bound;
 /// `/health/live`, `/health/ready` and `/metrics` need neither.
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.config().body_limit_bytes;
     let v1 = Router::new()
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{*id}", get(routes::models::get))
@@ -119,13 +116,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         // Applies to the routes added above, so it must come after them.
         .method_not_allowed_fallback(routes::method_not_allowed)
-        // One `layer` call: each boxes every route's service and future once more per request.
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(edge::EdgeLayer::new(state.metrics().clone()))
-                .layer(axum::Extension(BodyLimit(body_limit)))
-                .layer(DefaultBodyLimit::max(body_limit)),
-        )
+        .layer(edge::EdgeLayer::new(state.metrics().clone()))
         .with_state(state)
 }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::routing::future::RouteFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tower::Service as _;
 
+use crate::auth::Caller;
 use crate::state::AppState;
 
 /// How long accepting pauses after an error that is not the peer's (out of file descriptors,
@@ -107,7 +107,7 @@ fn is_peer_error(err: &std::io::Error) -> bool {
     )
 }
 
-/// One connection's requests into the router, with the peer's address as [`ConnectInfo`].
+/// One connection's requests into the router, with the peer's address as their [`Caller`].
 struct ConnectionService {
     router: Router,
     peer: SocketAddr,
@@ -120,7 +120,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(Caller::peer(self.peer));
         // The router is always ready; a clone is a reference count.
         self.router.clone().call(req)
     }

@@ -338,14 +338,24 @@ fn check_label<'a>(field: &str, value: &'a str) -> Result<&'a str, String> {
     let value = value.trim();
     let problem = if value.is_empty() {
         "must not be empty"
-    } else if value.chars().count() > MAX_LABEL_LEN {
+    } else if value.len() > MAX_LABEL_LEN && value.chars().count() > MAX_LABEL_LEN {
         "must be at most 128 characters"
-    } else if value.chars().any(char::is_control) {
+    } else if has_control(value) {
         "must not contain control characters"
     } else {
         return Ok(value);
     };
     Err(format!("the {field} {problem}"))
+}
+
+/// Whether `value` holds a control character; labels are checked on every usage record, and
+/// nearly all are ASCII, whose control characters are the ASCII ones.
+fn has_control(value: &str) -> bool {
+    if value.is_ascii() {
+        value.bytes().any(|b| b.is_ascii_control())
+    } else {
+        value.chars().any(char::is_control)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::HeaderMap;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -144,8 +144,7 @@ async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
         Ok(permit) => permit,
         Err(busy) => return Err(busy.into_response()),
     };
-    req.extensions_mut().insert(principal);
-    req.extensions_mut().insert(client);
+    Caller::admit(&mut req, principal, client);
     Ok(Cleared {
         req,
         hold: Hold {
@@ -189,11 +188,52 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<ClientAddr>()
-            .cloned()
+        Ok(Caller::of(&parts.extensions)
+            .and_then(|caller| caller.admitted.as_ref())
+            .map(|(_, client)| client.clone())
             .unwrap_or_default())
+    }
+}
+
+/// What the gateway knows of a request's caller, kept as one request extension that is filled
+/// in as the request goes: the peer's address when the connection hands the request over, the
+/// [`Principal`] and [`ClientAddr`] once the access layer admits it. One entry, because every
+/// extension is an allocation per request, and a fourth one also regrows the map (axum adds
+/// two of its own).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    peer: Option<SocketAddr>,
+    admitted: Option<(Principal, ClientAddr)>,
+}
+
+impl Caller {
+    /// A caller known only by its connection's peer address.
+    pub(crate) fn peer(addr: SocketAddr) -> Self {
+        Self {
+            peer: Some(addr),
+            admitted: None,
+        }
+    }
+
+    pub(crate) fn of(extensions: &axum::http::Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
+    }
+
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.admitted.as_ref().map(|(principal, _)| principal)
+    }
+
+    fn admit(req: &mut Request, principal: Principal, client: ClientAddr) {
+        let extensions = req.extensions_mut();
+        match extensions.get_mut::<Self>() {
+            Some(caller) => caller.admitted = Some((principal, client)),
+            None => {
+                extensions.insert(Self {
+                    peer: None,
+                    admitted: Some((principal, client)),
+                });
+            }
+        }
     }
 }
 
@@ -210,9 +250,9 @@ fn client_addr(state: &AppState, req: &Request) -> ClientAddr {
         return ClientAddr(Some(ClientSource::Forwarded(forwarded.into())));
     }
     ClientAddr(
-        req.extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| ClientSource::Peer(addr.ip())),
+        Caller::of(req.extensions())
+            .and_then(|caller| caller.peer)
+            .map(|addr| ClientSource::Peer(addr.ip())),
     )
 }
 

@@ -170,9 +170,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         // The access layer runs before every route that takes a Principal; a route without it
         // is a wiring mistake, not the client's.
-        parts
-            .extensions
-            .get::<Principal>()
+        super::Caller::of(&parts.extensions)
+            .and_then(super::Caller::principal)
             .cloned()
             .ok_or_else(|| ApiError::Internal {
                 detail: "route reached without the access layer".to_owned(),

@@ -284,9 +284,9 @@ pub(crate) fn stream(
                     break;
                 }
             };
-            splitter.push(&bytes);
+            splitter.push(bytes);
             while let Some(event) = splitter.next_event() {
-                match event.data() {
+                match event.data().as_deref() {
                     Some("[DONE]") => {
                         done = true;
                         if let Some(inspector) = &mut inspector {
