@@ -62,10 +62,28 @@ struct Inner {
     idle: Mutex<HashMap<Origin, Vec<Idle>, foldhash::fast::RandomState>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 struct Origin {
     https: bool,
     authority: Authority,
+}
+
+// On the authority as written: `Authority`'s own hash and equality fold case byte by byte,
+// twice per relayed request (checkout and checkin), and the table's URLs name each host one
+// way. One written two ways only gets two pools.
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        self.https == other.https && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for Origin {}
+
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.https.hash(state);
+        self.authority.as_str().hash(state);
+    }
 }
 
 #[derive(Debug)]
