@@ -200,7 +200,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 /// [`Principal`] and [`ClientAddr`] once the access layer admits it. One entry, because every
 /// extension is an allocation per request, and a fourth one also regrows the map (axum adds
 /// two of its own).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Caller {
     peer: Option<SocketAddr>,
     admitted: Option<(Principal, ClientAddr)>,
