@@ -148,7 +148,7 @@ where
         let timer = RequestTimer::start(&metrics, route, &response, started, in_flight);
         response
             .headers_mut()
-            .entry(REQUEST_ID_HEADER)
+            .entry(&REQUEST_ID_HEADER)
             .or_insert(request_id);
         Poll::Ready(Ok(attach_in_span(response, timer, span)))
     }
@@ -157,7 +157,7 @@ where
 /// The client's `x-request-id` when it is fit to log, else a fresh UUID, set on the request
 /// either way so handlers read it from there.
 fn request_id(req: &mut Request) -> HeaderValue {
-    if let Some(id) = req.headers().get(REQUEST_ID_HEADER)
+    if let Some(id) = req.headers().get(&REQUEST_ID_HEADER)
         && is_fit(id)
     {
         return id.clone();
@@ -166,7 +166,7 @@ fn request_id(req: &mut Request) -> HeaderValue {
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     // A UUID is always a valid header value.
     let id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"));
-    req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    req.headers_mut().insert(&REQUEST_ID_HEADER, id.clone());
     id
 }
 

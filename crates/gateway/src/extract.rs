@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, header, request::Parts};
+use axum::http::{HeaderMap, HeaderName, header, request::Parts};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The request id header, read from clients and echoed back (tower-http sets it when absent).
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The request id header, read from clients and echoed back (the edge layer sets it when
+/// absent). A `HeaderName` rather than a `&str`, which every lookup would parse again.
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// `Json` whose rejections are [`ApiError`]s: a wrong content type, malformed JSON and wrong
 /// field types are 400s naming the field at fault, and a body over the limit is a 413.
@@ -146,7 +147,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
         let id = parts
             .headers
-            .get(REQUEST_ID_HEADER)
+            .get(&REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             // Only when the request-id layer is not installed (unit tests of handlers).

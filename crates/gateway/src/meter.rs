@@ -98,7 +98,7 @@ impl Meter {
     }
 
     /// Accounts the request. `completion` is the generated text, for the prompt log.
-    pub(crate) fn record(self, model: &str, usage: Usage, served: Served, completion: &str) {
+    pub(crate) fn record(mut self, model: &str, usage: Usage, served: Served, completion: &str) {
         let tokens = u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens);
         let cost_micro_usd = match served {
             Served::Model => self.state.config().prices.cost_micro_usd(
@@ -109,10 +109,15 @@ impl Meter {
             Served::Cache => 0,
         };
         let at = unix_now();
-        let principal = self.principal.id().to_owned();
+        // The prompt log, when on, takes the id too.
+        let response_id = if self.prompt.is_some() {
+            self.response_id.clone()
+        } else {
+            std::mem::take(&mut self.response_id)
+        };
         self.state.ledger().usage(UsageRecord {
-            response_id: self.response_id.clone(),
-            principal: principal.clone(),
+            response_id,
+            principal: self.principal.id().to_owned(),
             key_id: self.principal.key_id().map(str::to_owned),
             model: model.to_owned(),
             endpoint: self.endpoint.as_str().to_owned(),
@@ -126,7 +131,7 @@ impl Meter {
         if let Some(prompt) = self.prompt {
             self.state.ledger().prompt(PromptRecord {
                 response_id: self.response_id,
-                principal,
+                principal: self.principal.id().to_owned(),
                 at,
                 prompt: passerelle_pii::redact(&prompt).text,
                 completion: passerelle_pii::redact(completion).text,

@@ -171,7 +171,7 @@ where
 {
     let chain = table.chain(requested);
     let mut last_error = None;
-    for (position, model) in chain.iter().enumerate() {
+    for (position, &model) in chain.iter().enumerate() {
         if check == KeyCheck::Each
             && let Err(forbidden) = routed.principal.check_model(model)
         {
@@ -183,7 +183,7 @@ where
         let result = match table.target(model) {
             Target::Local => {
                 let mut body = parse_json::<T>(routed.body)?;
-                body.set_model(model.clone());
+                body.set_model(model.to_owned());
                 // Boxed for the reason given in `respond`.
                 Box::pin(local(body)).await
             }
@@ -200,7 +200,7 @@ where
                     error = %err,
                     "falling back to another model"
                 );
-                routed.state.metrics().fallback(model, &chain[position + 1]);
+                routed.state.metrics().fallback(model, chain[position + 1]);
                 last_error = Some(err);
             }
             other => return other,
@@ -275,9 +275,13 @@ async fn upstream(
         let prompts = read.get().map_or(1, Vec::len);
         (meter, screening, prompts)
     };
+    // The screening, the output checks and the cache key are boxed: most requests have none,
+    // and inline they would be part of (and copied with) the relay's future.
+    let screening = screening.map(Box::new);
     let output = screening
         .as_ref()
-        .and_then(|screening| screening.output_checks(&reporter));
+        .and_then(|screening| screening.output_checks(&reporter))
+        .map(Box::new);
     let cached = state.semantic_cache().and_then(|cache| {
         super::cache::key(
             cache,
@@ -286,7 +290,7 @@ async fn upstream(
             &pool.model,
             routed.body,
         )
-        .map(|key| (cache.clone(), key))
+        .map(|key| Box::new((cache.clone(), key)))
     });
     let timeout = table.timeout.unwrap_or(state.config().request_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -300,17 +304,18 @@ async fn upstream(
         retries: table.retries,
         deadline,
     };
-    let model = pool.model.clone();
+    let model = &pool.model;
     let relay = async {
         // The semantic cache's ways are boxed: inline, their states would be part of (and
         // copied with) the future of every relayed request, cached or not.
-        if let Some((cache, key)) = &cached
+        if let Some(cached) = &cached
+            && let (cache, key) = &**cached
             && let Some(hit) = Box::pin(cache.lookup(key)).await
         {
             let mut answer = Answer::cached(state, hit).metered(meter);
             if let Some(output) = output {
                 let choices = answer.choices();
-                answer = answer.screened(output.screen(choices));
+                answer = answer.screened((*output).screen(choices));
             }
             let stream = streaming.then_some(client_wants_usage);
             return Box::pin(super::cache::replay(answer, routed.api, id, stream)).await;
@@ -329,14 +334,17 @@ async fn upstream(
             },
             SendError::Rejected(rejection) => ApiError::UpstreamRejected(rejection),
         })?;
-        let account = Account::new(meter, state.metrics().clone(), &model, routed.started_at);
+        let account = Account::new(meter, state.metrics().clone(), model, routed.started_at);
         let missed = cached.is_some();
         let inspector = Inspector::new(
             routed.api,
-            cached.map(|(cache, key)| (cache, key, model.clone())),
+            cached.map(|cached| {
+                let (cache, key) = *cached;
+                (cache, key, model.clone())
+            }),
             output.map(|output| {
                 let choices = choices_asked(routed.api, body.n(), prompts);
-                (output.screen(choices), choices)
+                ((*output).screen(choices), choices)
             }),
         );
         let mut response = if streaming {
@@ -358,7 +366,7 @@ async fn upstream(
         }
         Ok(response)
     };
-    let response = match safety::input_checked(reporter, screening, relay).await {
+    let response = match safety::input_checked(reporter, screening.map(|s| *s), relay).await {
         // The operator asked for unsafe prompts to be answered with a refusal, as the llm
         // service's models answer them.
         Err(ApiError::ContentFiltered(_)) if let Some(message) = refusal_message(state) => {

@@ -123,39 +123,77 @@ impl<'a> ForwardBody<'a> {
     }
 
     /// The body to send: the client's, naming `model`, and asking for the usage chunk of a
-    /// stream when `ask_usage`.
+    /// stream when `ask_usage`. Built in one buffer: this runs for every relayed request.
     pub(crate) fn to_upstream(&self, model: &str, ask_usage: bool) -> Bytes {
-        // A `&str` always serialises.
-        let model_json = serde_json::to_string(model).unwrap_or_default();
-        let mut edits: Vec<(Range<usize>, String)> = vec![(self.model.clone(), model_json)];
-        if ask_usage {
-            let mut options = self.stream_options_object().unwrap_or_default();
-            options.insert("include_usage".to_owned(), Value::Bool(true));
-            let options_json = Value::Object(options).to_string();
-            match self.stream_options {
-                Some(raw) => edits.push((span_of(self.raw, raw), options_json)),
-                None => {
-                    // Just inside the object's `{`: the object has a `model`, so a comma follows.
-                    let at = self
-                        .raw
-                        .iter()
-                        .position(|&b| b == b'{')
-                        .map_or(0, |i| i + 1);
-                    edits.push((at..at, format!("\"stream_options\":{options_json},")));
-                }
-            }
-        }
-        edits.sort_by_key(|(range, _)| range.start);
-        let extra: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let model_edit = (self.model.clone(), Splice::Model(model));
+        let usage_edit = ask_usage.then(|| {
+            let (at, text) = self.usage_edit();
+            (at, Splice::Text(text))
+        });
+        let extra = model.len() + 2 + usage_edit.as_ref().map_or(0, |(_, s)| s.len());
+        // The edits never overlap: the usage one is the `stream_options` value or lies just
+        // inside the object's `{`, before any field.
+        let (first, second) = match usage_edit {
+            Some(usage) if usage.0.start < model_edit.0.start => (usage, Some(model_edit)),
+            Some(usage) => (model_edit, Some(usage)),
+            None => (model_edit, None),
+        };
         let mut out = BytesMut::with_capacity(self.raw.len() + extra);
         let mut copied = 0;
-        for (range, text) in edits {
+        for (range, splice) in std::iter::once(first).chain(second) {
             out.put_slice(&self.raw[copied..range.start]);
-            out.put_slice(text.as_bytes());
+            splice.write(&mut out);
             copied = range.end;
         }
         out.put_slice(&self.raw[copied..]);
         out.freeze()
+    }
+
+    /// Where the `stream_options` asking for the usage chunk go, and what they are.
+    fn usage_edit(&self) -> (Range<usize>, String) {
+        let mut options = self.stream_options_object().unwrap_or_default();
+        options.insert("include_usage".to_owned(), Value::Bool(true));
+        let options_json = Value::Object(options).to_string();
+        match self.stream_options {
+            Some(raw) => (span_of(self.raw, raw), options_json),
+            None => {
+                // Just inside the object's `{`: the object has a `model`, so a comma follows.
+                let at = self
+                    .raw
+                    .iter()
+                    .position(|&b| b == b'{')
+                    .map_or(0, |i| i + 1);
+                (at..at, format!("\"stream_options\":{options_json},"))
+            }
+        }
+    }
+}
+
+/// What replaces one span of the client's body.
+enum Splice<'a> {
+    /// The model's name, written as a JSON string.
+    Model(&'a str),
+    /// JSON text as it is.
+    Text(String),
+}
+
+impl Splice<'_> {
+    /// Bytes written, or near it for a model name that needs escapes.
+    fn len(&self) -> usize {
+        match self {
+            Splice::Model(model) => model.len() + 2,
+            Splice::Text(text) => text.len(),
+        }
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        match self {
+            // Writing a `&str` to memory cannot fail.
+            Splice::Model(model) => {
+                let _ = serde_json::to_writer(out.writer(), model);
+            }
+            Splice::Text(text) => out.put_slice(text.as_bytes()),
+        }
     }
 }
 

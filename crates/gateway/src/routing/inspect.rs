@@ -66,16 +66,17 @@ enum Outcome {
 impl Inspector {
     /// An inspector recording the answer into `cache` under `key` (with `model` as the stored
     /// answer's model) and screening it with `screen` (built for `choices` choices); `None`
-    /// when neither is wanted.
+    /// when neither is wanted. Boxed: most answers are not inspected, and inline its state would
+    /// be part of (and copied with) the future of every relayed request.
     pub(crate) fn new(
         api: Api,
         record: Option<(SemanticCache, CacheKey, String)>,
         screen: Option<(OutputScreen, u32)>,
-    ) -> Option<Self> {
+    ) -> Option<Box<Self>> {
         if record.is_none() && screen.is_none() {
             return None;
         }
-        Some(Self {
+        Some(Box::new(Self {
             api,
             recording: record.map(|(cache, key, model)| Recording {
                 cache,
@@ -91,7 +92,7 @@ impl Inspector {
                 cut: false,
             }),
             head: Map::new(),
-        })
+        }))
     }
 
     /// A whole answer: screened choice by choice, recorded once it passed. The bytes to send:

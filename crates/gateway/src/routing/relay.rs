@@ -191,7 +191,7 @@ pub(crate) async fn json(
     lease: Lease,
     mut account: Account,
     deadline: tokio::time::Instant,
-    inspector: Option<Inspector>,
+    inspector: Option<Box<Inspector>>,
 ) -> Result<Response, ApiError> {
     let status = response.status();
     let failed = |account: &Account| ApiError::UpstreamFailed {
@@ -250,7 +250,7 @@ pub(crate) fn stream(
     mut account: Account,
     deadline: tokio::time::Instant,
     client_wants_usage: bool,
-    mut inspector: Option<Inspector>,
+    mut inspector: Option<Box<Inspector>>,
 ) -> Response {
     let mut upstream = BodyDataStream::new(response.into_body());
     let events = async_stream::stream! {

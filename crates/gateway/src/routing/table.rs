@@ -303,7 +303,7 @@ impl RouteTable {
 
     /// The models to try for `requested`, in order: what it resolves to, then its fallbacks
     /// (or those of the alias itself when it has its own), each resolved, without repeats.
-    pub(crate) fn chain(&self, requested: &str) -> Vec<String> {
+    pub(crate) fn chain<'a>(&'a self, requested: &'a str) -> Vec<&'a str> {
         let primary = self.resolve(requested);
         let fallbacks = self
             .fallbacks
@@ -311,11 +311,11 @@ impl RouteTable {
             .or_else(|| self.fallbacks.get(primary))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut chain = vec![primary.to_owned()];
+        let mut chain = vec![primary];
         for fallback in fallbacks {
             let model = self.resolve(fallback);
-            if !chain.iter().any(|m| m == model) {
-                chain.push(model.to_owned());
+            if !chain.contains(&model) {
+                chain.push(model);
             }
         }
         chain

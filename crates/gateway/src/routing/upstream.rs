@@ -140,7 +140,7 @@ impl Outgoing<'_> {
             let mut request = http::Request::post(replica.endpoint(self.api).clone())
                 .header(http::header::CONTENT_TYPE, "application/json");
             if let Ok(id) = http::HeaderValue::from_str(self.request_id) {
-                request = request.header(REQUEST_ID_HEADER, id);
+                request = request.header(&REQUEST_ID_HEADER, id);
             }
             if let Some(key) = &replica.authorization {
                 request = request.header(http::header::AUTHORIZATION, key.clone());
