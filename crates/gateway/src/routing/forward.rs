@@ -130,7 +130,6 @@ impl<'a> ForwardBody<'a> {
             let (at, text) = self.usage_edit();
             (at, Splice::Text(text))
         });
-        let extra = model.len() + 2 + usage_edit.as_ref().map_or(0, |(_, s)| s.len());
         // The edits never overlap: the usage one is the `stream_options` value or lies just
         // inside the object's `{`, before any field.
         let (first, second) = match usage_edit {
@@ -138,6 +137,7 @@ impl<'a> ForwardBody<'a> {
             Some(usage) => (model_edit, Some(usage)),
             None => (model_edit, None),
         };
+        let extra = first.1.len() + second.as_ref().map_or(0, |(_, splice)| splice.len());
         let mut out = BytesMut::with_capacity(self.raw.len() + extra);
         let mut copied = 0;
         for (range, splice) in std::iter::once(first).chain(second) {
