@@ -308,8 +308,7 @@ async fn upstream(
     let relay = async {
         // The semantic cache's ways are boxed: inline, their states would be part of (and
         // copied with) the future of every relayed request, cached or not.
-        if let Some(cached) = &cached
-            && let (cache, key) = &**cached
+        if let Some((cache, key)) = cached.as_deref()
             && let Some(hit) = Box::pin(cache.lookup(key)).await
         {
             let mut answer = Answer::cached(state, hit).metered(meter);
