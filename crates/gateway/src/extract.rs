@@ -64,14 +64,22 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    // Compared without lowercasing into a new string: this runs for every request with a body.
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let starts_with = |prefix: &str| {
+        essence
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    let ends_with = |suffix: &str| {
+        essence
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|at| essence.get(at..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+    };
+    essence.eq_ignore_ascii_case("application/json")
+        || (starts_with("application/") && ends_with("+json"))
 }
 
 /// Parses a body, naming the field at fault in the error (`messages[0].content`).
@@ -220,7 +228,11 @@ mod tests {
         assert!(with("application/json"));
         assert!(with("Application/JSON; charset=utf-8"));
         assert!(with("application/vnd.api+json"));
+        assert!(with(" APPLICATION/VND.API+JSON ;x=y"));
         assert!(!with("text/plain"));
+        assert!(!with("application/jsonl"));
+        assert!(!with("text/x+json"));
+        assert!(!with("+json"));
         assert!(!is_json(&HeaderMap::new()));
     }
 }

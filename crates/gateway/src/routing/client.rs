@@ -115,44 +115,31 @@ impl UpstreamClient {
     /// Sends `request`, whose URI is absolute, on an idle connection to its origin or a new one,
     /// and returns the answer's head. A pooled connection the upstream closed while it sat idle
     /// is replaced by a new one without the request failing.
-    pub(crate) async fn send(
+    ///
+    /// Not an `async fn`: the request is taken apart before the future is made, so the future
+    /// holds its parts once rather than both the request and its parts.
+    pub(crate) fn send(
         &self,
         request: http::Request<RequestBody>,
-    ) -> Result<UpstreamResponse, ClientError> {
-        let (mut parts, body) = request.into_parts();
-        let origin = Origin {
-            https: parts.uri.scheme() == Some(&Scheme::HTTPS),
-            authority: parts
-                .uri
-                .authority()
-                .cloned()
-                .ok_or("the upstream URL has no host")?,
-        };
-        if !parts.headers.contains_key(http::header::HOST) {
-            let host = http::HeaderValue::from_str(origin.authority.as_str())?;
-            parts.headers.insert(http::header::HOST, host);
-        }
-        // HTTP/1.1 requests name their path only (origin form); the whole URL is for connecting.
-        let path = match parts.uri.path_and_query() {
-            Some(path) => http::Uri::from(path.clone()),
-            None => http::Uri::from_static("/"),
-        };
-        let target = std::mem::replace(&mut parts.uri, path);
-        let mut request = http::Request::from_parts(parts, body);
-        while let Some(conn) = self.checkout(&origin) {
-            match conn.send(request).await {
-                Ok(response) => return Ok(response),
-                Err(Unsent::Returned(returned)) => request = *returned,
-                Err(Unsent::Failed(err)) => return Err(err),
+    ) -> impl Future<Output = Result<UpstreamResponse, ClientError>> + Send + '_ {
+        let prepared = prepare(request);
+        async move {
+            let (origin, target, mut request) = prepared?;
+            while let Some(conn) = self.checkout(&origin) {
+                match conn.send(request).await {
+                    Ok(response) => return Ok(response),
+                    Err(Unsent::Returned(returned)) => request = *returned,
+                    Err(Unsent::Failed(err)) => return Err(err),
+                }
             }
+            // Boxed: the handshake's state holds the new stream (a TLS session, kilobytes),
+            // which would otherwise be part of every request's future, reused connection or not.
+            let conn = Box::pin(self.connect(&origin, target)).await?;
+            conn.send(request).await.map_err(|unsent| match unsent {
+                Unsent::Returned(_) => "the new upstream connection closed at once".into(),
+                Unsent::Failed(err) => err,
+            })
         }
-        // Boxed: the handshake's state holds the new stream (a TLS session, kilobytes), which
-        // would otherwise be part of every request's future, reused connection or not.
-        let conn = Box::pin(self.connect(&origin, target)).await?;
-        conn.send(request).await.map_err(|unsent| match unsent {
-            Unsent::Returned(_) => "the new upstream connection closed at once".into(),
-            Unsent::Failed(err) => err,
-        })
     }
 
     /// Closes the idle connections past their timeout every few seconds, forever: run it
@@ -222,6 +209,32 @@ impl UpstreamClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `request`'s origin, its absolute URI (to connect with), and the request as HTTP/1.1 sends
+/// it: naming its path only (origin form), with a `Host` header.
+fn prepare(
+    request: http::Request<RequestBody>,
+) -> Result<(Origin, http::Uri, http::Request<RequestBody>), ClientError> {
+    let (mut parts, body) = request.into_parts();
+    let origin = Origin {
+        https: parts.uri.scheme() == Some(&Scheme::HTTPS),
+        authority: parts
+            .uri
+            .authority()
+            .cloned()
+            .ok_or("the upstream URL has no host")?,
+    };
+    if !parts.headers.contains_key(http::header::HOST) {
+        let host = http::HeaderValue::from_str(origin.authority.as_str())?;
+        parts.headers.insert(http::header::HOST, host);
+    }
+    let path = match parts.uri.path_and_query() {
+        Some(path) => http::Uri::from(path.clone()),
+        None => http::Uri::from_static("/"),
+    };
+    let target = std::mem::replace(&mut parts.uri, path);
+    Ok((origin, target, http::Request::from_parts(parts, body)))
 }
 
 /// One keep-alive connection, polled by whoever holds it. Always boxed: its state (hyper's

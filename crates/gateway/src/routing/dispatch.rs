@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use axum::http::HeaderValue;
 
+use super::deadline::Deadline;
 use super::forward::ForwardBody;
 use super::inspect::{Inspector, MAX_CHOICES};
 use super::relay::{self, Account};
@@ -293,7 +294,7 @@ async fn upstream(
         .map(|key| Box::new((cache.clone(), key)))
     });
     let timeout = table.timeout.unwrap_or(state.config().request_timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = Deadline::at(tokio::time::Instant::now() + timeout);
     let outgoing = Outgoing {
         client: state.upstream_client(),
         pool,
@@ -302,7 +303,6 @@ async fn upstream(
         ask_usage: streaming && !client_wants_usage,
         request_id: routed.request_id,
         retries: table.retries,
-        deadline,
     };
     let model = &pool.model;
     let relay = async {
@@ -319,20 +319,23 @@ async fn upstream(
             let stream = streaming.then_some(client_wants_usage);
             return Box::pin(super::cache::replay(answer, routed.api, id, stream)).await;
         }
-        let (response, lease) = outgoing.send().await.map_err(|err| match err {
-            SendError::Unavailable { retry_after } => ApiError::UpstreamUnavailable {
-                model: model.clone(),
-                retry_after,
-            },
-            SendError::Failed { status } => ApiError::UpstreamFailed {
-                model: model.clone(),
-                status: status.as_u16(),
-            },
-            SendError::TimedOut => ApiError::UpstreamTimeout {
-                model: model.clone(),
-            },
-            SendError::Rejected(rejection) => ApiError::UpstreamRejected(rejection),
-        })?;
+        let (response, lease) = outgoing
+            .send(&mut deadline)
+            .await
+            .map_err(|err| match err {
+                SendError::Unavailable { retry_after } => ApiError::UpstreamUnavailable {
+                    model: model.clone(),
+                    retry_after,
+                },
+                SendError::Failed { status } => ApiError::UpstreamFailed {
+                    model: model.clone(),
+                    status: status.as_u16(),
+                },
+                SendError::TimedOut => ApiError::UpstreamTimeout {
+                    model: model.clone(),
+                },
+                SendError::Rejected(rejection) => ApiError::UpstreamRejected(rejection),
+            })?;
         let account = Account::new(meter, state.metrics().clone(), model, routed.started_at);
         let missed = cached.is_some();
         let inspector = Inspector::new(

@@ -4,17 +4,19 @@
 //!
 //! [`config`] is what the operator writes; `table` builds it into pools of replicas and
 //! resolves names; `balancer` is the pure policy (pick, eject, recover); `upstream` sends one
-//! request with its retries, over `client`'s pooled connections; `relay` passes the answer back (JSON, or SSE event by event) and
-//! accounts its usage; `inspect` screens and records a relayed answer when output checks or the
+//! request with its retries, over `client`'s pooled connections; `relay` passes the answer back
+//! (JSON, or SSE event by event) and accounts its usage, send and answer bounded by one
+//! `deadline`; `inspect` screens and records a relayed answer when output checks or the
 //! semantic cache are on, and `cache` keys and replays it; `dispatch` ties them to the chat and
-//! completion handlers; `cascade`
-//! answers a virtual model with a small model or, when its answer is not confident, a large one.
+//! completion handlers; `cascade` answers a virtual model with a small model or, when its
+//! answer is not confident, a large one.
 
 mod balancer;
 mod cache;
 mod cascade;
 mod client;
 pub mod config;
+mod deadline;
 pub(crate) mod dispatch;
 mod forward;
 mod inspect;

@@ -14,6 +14,7 @@ use http_body_util::{BodyDataStream, BodyExt as _};
 use serde::Deserialize;
 
 use super::client::UpstreamResponse;
+use super::deadline::Deadline;
 use super::inspect::Inspector;
 use super::sse_split::SseSplitter;
 use super::table::Lease;
@@ -190,7 +191,7 @@ pub(crate) async fn json(
     response: UpstreamResponse,
     lease: Lease,
     mut account: Account,
-    deadline: tokio::time::Instant,
+    mut deadline: Deadline,
     inspector: Option<Box<Inspector>>,
 ) -> Result<Response, ApiError> {
     let status = response.status();
@@ -198,7 +199,7 @@ pub(crate) async fn json(
         model: account.model.clone(),
         status: StatusCode::BAD_GATEWAY.as_u16(),
     };
-    let body = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+    let body = match deadline.within(response.into_body().collect()).await {
         Err(_) => {
             lease.failed();
             return Err(ApiError::UpstreamTimeout {
@@ -248,7 +249,7 @@ pub(crate) fn stream(
     response: UpstreamResponse,
     lease: Lease,
     mut account: Account,
-    deadline: tokio::time::Instant,
+    mut deadline: Deadline,
     client_wants_usage: bool,
     mut inspector: Option<Box<Inspector>>,
 ) -> Response {
@@ -261,13 +262,11 @@ pub(crate) fn stream(
         // Every choice was ended by the output screen: the rest is not wanted.
         let mut ended_early = false;
         let mut first = true;
-        let timeout = tokio::time::sleep_until(deadline);
-        tokio::pin!(timeout);
         'read: loop {
             let read = tokio::select! {
                 biased;
                 read = upstream.next() => read,
-                () = &mut timeout => {
+                () = deadline.passed() => {
                     lease.failed();
                     let err = ApiError::UpstreamTimeout { model: account.model.clone() };
                     out.extend_from_slice(&error_event(&err));
@@ -370,7 +369,7 @@ pub(crate) fn stream(
             // connection goes back to the pool instead of being closed.
             let mut after_done = 0usize;
             while after_done <= MAX_AFTER_DONE
-                && let Ok(Some(Ok(bytes))) = tokio::time::timeout_at(deadline, upstream.next()).await
+                && let Ok(Some(Ok(bytes))) = deadline.within(upstream.next()).await
             {
                 after_done += bytes.len();
             }

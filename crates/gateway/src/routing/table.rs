@@ -67,6 +67,8 @@ pub(crate) struct Replica {
     /// per request is a measurable share of the gateway's cost.
     pub(crate) chat_url: http::Uri,
     pub(crate) completions_url: http::Uri,
+    /// The `Host` header for both, made once for the same reason.
+    pub(crate) host: http::HeaderValue,
     /// `Bearer <key>`, marked sensitive so that it is never logged.
     pub(crate) authorization: Option<http::HeaderValue>,
     /// The model name sent upstream.
@@ -204,14 +206,18 @@ impl RouteTable {
                     url: upstream.url.clone(),
                 });
             };
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || url.parse::<http::Uri>().is_err()
-            {
+            let host = chat_url
+                .authority()
+                .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok());
+            let Some(host) = host.filter(|_| {
+                (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.parse::<http::Uri>().is_ok()
+            }) else {
                 return Err(RoutingError::InvalidUrl {
                     model: upstream.model.clone(),
                     url: upstream.url.clone(),
                 });
-            }
+            };
             if upstream.weight == 0 {
                 return Err(RoutingError::ZeroWeight {
                     model: upstream.model.clone(),
@@ -234,6 +240,7 @@ impl RouteTable {
                 base_url: url.to_owned(),
                 chat_url,
                 completions_url,
+                host,
                 authorization,
                 upstream_model: upstream
                     .upstream_model

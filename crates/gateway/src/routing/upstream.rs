@@ -4,15 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client::{UpstreamClient, UpstreamResponse};
+use super::deadline::Deadline;
+use super::forward::ForwardBody;
+use super::table::{Lease, Pool, Replica};
+use crate::extract::REQUEST_ID_HEADER;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use serde::Deserialize;
-use tokio::time::Instant;
-
-use super::client::{UpstreamClient, UpstreamResponse};
-use super::forward::ForwardBody;
-use super::table::{Lease, Pool};
-use crate::extract::REQUEST_ID_HEADER;
 
 /// Retry hint when every replica is ejected or unreachable and no better one is known.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
@@ -107,14 +107,17 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) ask_usage: bool,
     pub(crate) request_id: &'a str,
     pub(crate) retries: u32,
-    pub(crate) deadline: Instant,
 }
 
 impl Outgoing<'_> {
     /// Sends until a replica answers with a 2xx head (returned with its lease, to be held
     /// while the body is read) or a 4xx (passed on), or the retries run out. Nothing of any
-    /// answer has been read when a retry is made.
-    pub(crate) async fn send(self) -> Result<(UpstreamResponse, Lease), SendError> {
+    /// answer has been read when a retry is made. All of it is bounded by `deadline`.
+    pub(crate) async fn send(
+        self,
+        deadline: &mut Deadline,
+    ) -> Result<(UpstreamResponse, Lease), SendError> {
+        // The replicas that failed this request; empty (and unallocated) unless one did.
         let mut tried = Vec::new();
         let mut last = SendError::Unavailable {
             retry_after: UNAVAILABLE_RETRY,
@@ -132,51 +135,32 @@ impl Outgoing<'_> {
                     break;
                 }
             };
-            tried.push(lease.index());
             let replica = lease.replica();
-            let body = self
-                .body
-                .to_upstream(&replica.upstream_model, self.ask_usage);
-            let mut request = http::Request::post(replica.endpoint(self.api).clone())
-                .header(http::header::CONTENT_TYPE, "application/json");
-            if let Ok(id) = http::HeaderValue::from_str(self.request_id) {
-                request = request.header(&REQUEST_ID_HEADER, id);
-            }
-            if let Some(key) = &replica.authorization {
-                request = request.header(http::header::AUTHORIZATION, key.clone());
-            }
-            let request = match request.body(Full::new(body)) {
-                Ok(request) => request,
-                Err(err) => {
-                    // Only a URI or header the table let through could fail here.
-                    tracing::error!(model = %self.pool.model, error = %err, "cannot build the upstream request");
-                    return Err(SendError::Unavailable {
-                        retry_after: UNAVAILABLE_RETRY,
-                    });
+            let response = match deadline
+                .within(self.client.send(self.request(replica)))
+                .await
+            {
+                Err(_) => {
+                    lease.failed();
+                    return Err(SendError::TimedOut);
                 }
+                Ok(Err(err)) => {
+                    lease.failed();
+                    tracing::warn!(
+                        model = %self.pool.model,
+                        upstream = %replica.base_url,
+                        attempt,
+                        error = %err,
+                        "upstream unreachable"
+                    );
+                    last = SendError::Unavailable {
+                        retry_after: UNAVAILABLE_RETRY,
+                    };
+                    tried.push(lease.index());
+                    continue;
+                }
+                Ok(Ok(response)) => response,
             };
-            let response =
-                match tokio::time::timeout_at(self.deadline, self.client.send(request)).await {
-                    Err(_) => {
-                        lease.failed();
-                        return Err(SendError::TimedOut);
-                    }
-                    Ok(Err(err)) => {
-                        lease.failed();
-                        tracing::warn!(
-                            model = %self.pool.model,
-                            upstream = %replica.base_url,
-                            attempt,
-                            error = %err,
-                            "upstream unreachable"
-                        );
-                        last = SendError::Unavailable {
-                            retry_after: UNAVAILABLE_RETRY,
-                        };
-                        continue;
-                    }
-                    Ok(Ok(response)) => response,
-                };
             let status = response.status();
             if status.is_server_error() {
                 lease.failed();
@@ -188,18 +172,50 @@ impl Outgoing<'_> {
                     "upstream failed"
                 );
                 last = SendError::Failed { status };
+                tried.push(lease.index());
                 continue;
             }
             lease.succeeded();
             if status.is_success() {
                 return Ok((response, lease));
             }
-            return Err(SendError::Rejected(self.rejection(response).await));
+            return Err(SendError::Rejected(
+                self.rejection(response, deadline).await,
+            ));
         }
         Err(last)
     }
 
-    async fn rejection(&self, response: UpstreamResponse) -> UpstreamRejection {
+    /// The request for one replica. Built field by field: `http::request::Builder` would
+    /// parse each header name and value again, and copy the static ones.
+    fn request(&self, replica: &Replica) -> http::Request<Full<Bytes>> {
+        let body = self
+            .body
+            .to_upstream(&replica.upstream_model, self.ask_usage);
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = replica.endpoint(self.api).clone();
+        let headers = request.headers_mut();
+        headers.reserve(4);
+        headers.insert(http::header::HOST, replica.host.clone());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Ok(id) = http::HeaderValue::from_str(self.request_id) {
+            headers.insert(&REQUEST_ID_HEADER, id);
+        }
+        if let Some(key) = &replica.authorization {
+            headers.insert(http::header::AUTHORIZATION, key.clone());
+        }
+        request
+    }
+
+    async fn rejection(
+        &self,
+        response: UpstreamResponse,
+        deadline: &mut Deadline,
+    ) -> UpstreamRejection {
         let status = response.status();
         let retry_after = response
             .headers()
@@ -207,7 +223,8 @@ impl Outgoing<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = tokio::time::timeout_at(self.deadline, response.into_body().collect())
+        let body = deadline
+            .within(response.into_body().collect())
             .await
             .ok()
             .and_then(Result::ok)

@@ -327,6 +327,33 @@ async fn plain_answers_are_relayed_whole_with_their_usage_accounted() {
 }
 
 #[tokio::test]
+async fn one_deadline_bounds_the_answer_head_and_body_together() {
+    let upstream = Upstream::start("a").await;
+    let gateway = Gateway::start(RoutingConfig {
+        timeout: Some(Duration::from_millis(1000)),
+        retries: 0,
+        ..routing(vec![UpstreamConfig::new("remote", &upstream.base_url)])
+    })
+    .await;
+    // Each wait is within the timeout, but not the two together.
+    upstream.set(Behaviour::Slow {
+        head: Duration::from_millis(600),
+        body: Duration::from_millis(600),
+    });
+    let (status, answer) = gateway.chat(ask("remote")).await;
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(answer["error"]["code"], "timeout");
+    // A slow upstream that is done in time is answered whole.
+    upstream.set(Behaviour::Slow {
+        head: Duration::from_millis(300),
+        body: Duration::from_millis(300),
+    });
+    let (status, answer) = gateway.chat(ask("remote")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "hello from a");
+}
+
+#[tokio::test]
 async fn a_failing_replica_is_retried_on_another_before_the_first_byte() {
     let failing = Upstream::start("failing").await;
     failing.set(Behaviour::Fail);

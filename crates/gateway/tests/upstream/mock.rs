@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -30,6 +31,12 @@ pub enum Behaviour {
     /// A stream that stops, connection closed, after its first content chunk (once released,
     /// when streams are held).
     BreakMidStream,
+    /// A plain answer whose head comes after `head`, and the second half of its body `body`
+    /// after the first.
+    Slow {
+        head: Duration,
+        body: Duration,
+    },
 }
 
 /// Prompt 5 tokens, completion 3.
@@ -162,6 +169,10 @@ async fn chat(
     Json(body): Json<Value>,
 ) -> Response {
     inner.peers.lock().unwrap().insert(peer);
+    let behaviour = *inner.behaviour.lock().unwrap();
+    if let Behaviour::Slow { head, .. } = behaviour {
+        tokio::time::sleep(head).await;
+    }
     answer(inner, body, true)
 }
 
@@ -207,7 +218,7 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
             )
                 .into_response();
         }
-        Behaviour::Answer | Behaviour::BreakMidStream => {}
+        Behaviour::Answer | Behaviour::BreakMidStream | Behaviour::Slow { .. } => {}
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let id = format!("up-{}", inner.name);
@@ -252,11 +263,23 @@ fn answer(inner: Arc<Inner>, body: Value, chat: bool) -> Response {
                 .then(|| json!({"tokens": tokens, "token_logprobs": vec![logprob; tokens.len()]}));
             json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"})
         };
-        return Json(
-            json!({"id": id, "object": "chat.completion", "model": model,
-                           "choices": [choice], "usage": usage}),
-        )
-        .into_response();
+        let answer = json!({"id": id, "object": "chat.completion", "model": model,
+                            "choices": [choice], "usage": usage});
+        if let Behaviour::Slow { body: pause, .. } = behaviour {
+            let text = answer.to_string();
+            let (first, second) = text.split_at(text.len() / 2);
+            let (first, second) = (first.to_owned(), second.to_owned());
+            let halves = async_stream::stream! {
+                yield Ok::<_, std::io::Error>(first);
+                tokio::time::sleep(pause).await;
+                yield Ok(second);
+            };
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from_stream(halves))
+                .unwrap();
+        }
+        return Json(answer).into_response();
     }
     let include_usage = body["stream_options"]["include_usage"] == json!(true);
     let hold = inner.hold.lock().unwrap().clone();
