@@ -6,7 +6,7 @@
 # targets of docs/benchmarks.md.
 #
 # Needs: a release build (cargo build --release -p passerelle-cli; for the figures of the shipped
-# build, scripts/build-pgo.sh and PASSERELLE_BIN=target/pgo/optimized/release/passerelle; the mock
+# build, scripts/build-pgo.sh and PASSERELLE_BIN=target/pgo/optimized/dist/passerelle; the mock
 # and the load tool are that binary too), nginx (Debian package),
 # python3, and optionally LiteLLM (`pip install 'litellm[proxy]'`; set LITELLM to its
 # `litellm` executable; skipped when absent). Every process it starts is stopped by PID on
