@@ -20,23 +20,9 @@ requests=${REQUESTS:-20000}
 base=${BASE_PORT:-19090}
 key=sk-ab-$$
 
-tmp=$(mktemp -d /tmp/bench-ab.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {
-    local deadline=$((SECONDS + 30))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-        ((SECONDS < deadline)) || { echo "nothing listens on port $1" >&2; return 1; }
-        sleep 0.1
-    done
-}
+# shellcheck source=scripts/lib/processes.sh
+source "$(dirname "$0")/lib/processes.sh"
+processes_start bench-ab
 
 "$bin_a" --log-filter warn bench mock-upstream --listen "127.0.0.1:$base" 2>"$tmp/mock.log" &
 pids+=($!)

@@ -37,24 +37,9 @@ litellm_key=sk-litellm-$$
 [[ -x $bin ]] || { echo "no passerelle binary at $bin (cargo build --release -p passerelle-cli)" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 1; }
 
-tmp=$(mktemp -d /tmp/bench-overhead.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Polls until something accepts connections on the port, for at most $2 seconds.
-wait_port() {
-    local port=$1 deadline=$((SECONDS + $2))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        ((SECONDS < deadline)) || { echo "nothing listens on port $port after $2 s" >&2; return 1; }
-        sleep 0.1
-    done
-}
+# shellcheck source=scripts/lib/processes.sh
+source "$(dirname "$0")/lib/processes.sh"
+processes_start bench-overhead
 
 # --- the mock upstream -------------------------------------------------------------------
 "$bin" --log-filter warn bench mock-upstream --listen "127.0.0.1:$mock_port" 2>"$tmp/mock.log" &

@@ -15,23 +15,9 @@ train_secs=${TRAIN_SECS:-4}
 base=${BASE_PORT:-18490}
 mock_port=$base gateway_port=$((base + 1))
 
-tmp=$(mktemp -d /tmp/passerelle-pgo-train.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {
-    local port=$1 deadline=$((SECONDS + 30))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        ((SECONDS < deadline)) || { echo "nothing listens on port $port after 30 s" >&2; return 1; }
-        sleep 0.1
-    done
-}
+# shellcheck source=scripts/lib/processes.sh
+source "$(dirname "$0")/lib/processes.sh"
+processes_start passerelle-pgo-train
 
 "$bin" --log-filter warn bench mock-upstream --listen "127.0.0.1:$mock_port" 2>"$tmp/mock.log" &
 pids+=($!)
