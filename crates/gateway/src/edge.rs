@@ -34,11 +34,24 @@ const UNMATCHED: &str = "unmatched";
 #[derive(Clone)]
 pub(crate) struct EdgeLayer {
     metrics: GatewayMetrics,
+    route: Option<&'static str>,
 }
 
 impl EdgeLayer {
+    /// For the router's routes: each request's route is the one the router matched.
     pub(crate) fn new(metrics: GatewayMetrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            route: None,
+        }
+    }
+
+    /// For a route served without the router (see `direct`).
+    pub(crate) fn direct(metrics: GatewayMetrics, route: &'static str) -> Self {
+        Self {
+            metrics,
+            route: Some(route),
+        }
     }
 }
 
@@ -49,6 +62,7 @@ impl<S> Layer<S> for EdgeLayer {
         EdgeService {
             inner,
             metrics: self.metrics.clone(),
+            route: self.route,
         }
     }
 }
@@ -58,6 +72,7 @@ impl<S> Layer<S> for EdgeLayer {
 pub(crate) struct EdgeService<S> {
     inner: S,
     metrics: GatewayMetrics,
+    route: Option<&'static str>,
 }
 
 impl<S> Service<Request> for EdgeService<S>
@@ -74,7 +89,7 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let request_id = request_id(&mut req);
-        let route = req.extensions().get::<MatchedPath>().cloned();
+        let route = RouteName::of(self.route, &req);
         let span = request_span(&req, route.as_ref(), &request_id);
         let in_flight = InFlight::enter(&self.metrics);
         let started = Instant::now();
@@ -99,7 +114,7 @@ where
 /// What the response needs from its request.
 struct Pending {
     metrics: GatewayMetrics,
-    route: Option<MatchedPath>,
+    route: Option<RouteName>,
     request_id: HeaderValue,
     span: tracing::Span,
     started: Instant,
@@ -144,13 +159,43 @@ where
         } = pending;
         let status = response.status();
         log_response(&span, status, started);
-        let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        let route = route.as_ref().map_or(UNMATCHED, RouteName::as_str);
         let timer = RequestTimer::start(&metrics, route, &response, started, in_flight);
         response
             .headers_mut()
             .entry(&REQUEST_ID_HEADER)
             .or_insert(request_id);
         Poll::Ready(Ok(attach_in_span(response, timer, span)))
+    }
+}
+
+/// The route template a request is served by, for metric labels, spans and access rules.
+#[derive(Debug, Clone)]
+pub(crate) enum RouteName {
+    /// A route served without the router (see `direct`).
+    Direct(&'static str),
+    /// The route the router matched.
+    Matched(MatchedPath),
+}
+
+impl RouteName {
+    /// `direct` when the layer serves one route, else what the router matched, if anything.
+    pub(crate) fn of(direct: Option<&'static str>, req: &Request) -> Option<Self> {
+        match direct {
+            Some(route) => Some(Self::Direct(route)),
+            None => req
+                .extensions()
+                .get::<MatchedPath>()
+                .cloned()
+                .map(Self::Matched),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Direct(route) => route,
+            Self::Matched(matched) => matched.as_str(),
+        }
     }
 }
 
@@ -180,10 +225,10 @@ fn is_fit(id: &HeaderValue) -> bool {
 /// headers: `Authorization` must not reach the logs. `key_id` is filled in by the access layer.
 fn request_span(
     req: &Request,
-    route: Option<&MatchedPath>,
+    route: Option<&RouteName>,
     request_id: &HeaderValue,
 ) -> tracing::Span {
-    let route = route.map_or(UNMATCHED, MatchedPath::as_str);
+    let route = route.map_or(UNMATCHED, RouteName::as_str);
     let request_id = request_id.to_str().unwrap_or_default();
     let span = tracing::info_span!(
         "http_request",

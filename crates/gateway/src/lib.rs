@@ -14,7 +14,8 @@
 //! (bearer-token verification), `documents` (the client of the document store) with
 //! [`retrieval`] (documents put in chat prompts and cited), [`admin`] (the operator API's
 //! shapes: keys, audit log, erasure), [`routing`] (external upstreams, aliases, fallbacks,
-//! load balancing) and `routes` (the handlers), and [`workers`] (serving on per-core threads, as [`serve_workers`]).
+//! load balancing) and `routes` (the handlers), `direct` (the completion routes, served without
+//! the router), and [`workers`] (serving on per-core threads, as [`serve_workers`]).
 
 pub mod admin;
 mod admission;
@@ -24,6 +25,7 @@ pub mod backend;
 mod body;
 mod catalog;
 pub mod config;
+mod direct;
 mod documents;
 pub mod drift;
 mod edge;

@@ -4,23 +4,23 @@
 //! Hand-written rather than `axum::serve`, whose per-request path goes through hyper-util's
 //! protocol-sniffing connection (HTTP/2 is nginx's to offer; see docs/operations.md), a tower
 //! adapter and its oneshot future, a request mapper and a connect-info layer: a measurable share
-//! of a proxied request's CPU time. Here a request costs one router call.
+//! of a proxied request's CPU time. Here a request costs one call of [`Routes`], which serves
+//! the completion routes itself and hands the rest to the router.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::routing::future::RouteFuture;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tower::Service as _;
 
 use crate::auth::Caller;
+use crate::direct::{DirectRoute, Routes, RoutesFuture};
 use crate::state::AppState;
 
 /// How long accepting pauses after an error that is not the peer's (out of file descriptors,
@@ -39,7 +39,7 @@ pub(crate) async fn serve_connections(
         tracing::info!(%addr, llm = %state.config().llm_endpoint, "gateway listening");
     }
     let reaping = state.upstream_client().clone().reap_idle();
-    let router = crate::app(state);
+    let routes = crate::direct::routes(state);
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut reaping = std::pin::pin!(reaping);
@@ -50,7 +50,7 @@ pub(crate) async fn serve_connections(
             never = &mut reaping => match never {},
         };
         match accepted {
-            Ok((tcp, peer)) => serve_connection(&connections, tcp, peer, &router),
+            Ok((tcp, peer)) => serve_connection(&connections, tcp, peer, &routes),
             Err(err) if is_peer_error(&err) => {}
             Err(err) => {
                 tracing::error!(error = %err, "cannot accept a connection");
@@ -72,11 +72,11 @@ pub(crate) async fn serve_connections(
     Ok(())
 }
 
-fn serve_connection(
+fn serve_connection<C: DirectRoute, P: DirectRoute>(
     connections: &GracefulShutdown,
     tcp: TcpStream,
     peer: SocketAddr,
-    router: &Router,
+    routes: &Routes<C, P>,
 ) {
     // Without TCP_NODELAY, a streamed event written while the previous one is unacknowledged
     // waits for the client's delayed ACK: tens of milliseconds per event.
@@ -84,7 +84,7 @@ fn serve_connection(
         tracing::debug!(error = %err, "cannot set TCP_NODELAY on a client connection");
     }
     let service = ConnectionService {
-        router: router.clone(),
+        routes: routes.clone(),
         peer,
     };
     let connection =
@@ -107,21 +107,22 @@ fn is_peer_error(err: &std::io::Error) -> bool {
     )
 }
 
-/// One connection's requests into the router, with the peer's address as their [`Caller`].
-struct ConnectionService {
-    router: Router,
+/// One connection's requests into the routes, with the peer's address as their [`Caller`].
+struct ConnectionService<C, P> {
+    routes: Routes<C, P>,
     peer: SocketAddr,
 }
 
-impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
-    type Response = axum::response::Response;
+impl<C: DirectRoute, P: DirectRoute> hyper::service::Service<hyper::Request<Incoming>>
+    for ConnectionService<C, P>
+{
+    type Response = Response;
     type Error = Infallible;
-    type Future = RouteFuture<Infallible>;
+    type Future = RoutesFuture<C::Future, P::Future>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(Caller::peer(self.peer));
-        // The router is always ready; a clone is a reference count.
-        self.router.clone().call(req)
+        self.routes.call(req)
     }
 }

@@ -450,6 +450,17 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_the_envelope() {
 
     let (status, _, _) = read(gw.http.delete(gw.url("/health/live")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // The completion routes are served without the router, on their exact paths only.
+    for path in [
+        "/v1/chat/completions/",
+        "/v1/completions/extra",
+        "/V1/completions",
+    ] {
+        let (status, _, body) = read(gw.post(path).json(&chat_body()).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error"]["code"], "unknown_url", "{path}");
+    }
     gw.shutdown().await;
 }
 

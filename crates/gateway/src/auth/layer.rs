@@ -13,17 +13,28 @@ use axum::response::Response;
 use tower::{Layer, Service};
 
 use super::{Cleared, Hold, clear};
+use crate::edge::RouteName;
 use crate::state::AppState;
 
 /// Wraps each route it is applied to in [`AuthService`].
 #[derive(Clone)]
 pub(crate) struct AuthLayer {
     state: AppState,
+    route: Option<&'static str>,
 }
 
 impl AuthLayer {
+    /// For the router's routes: each request's route is the one the router matched.
     pub(crate) fn new(state: AppState) -> Self {
-        Self { state }
+        Self { state, route: None }
+    }
+
+    /// For a route served without the router (see `direct`).
+    pub(crate) fn direct(state: AppState, route: &'static str) -> Self {
+        Self {
+            state,
+            route: Some(route),
+        }
     }
 }
 
@@ -34,6 +45,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             state: self.state.clone(),
+            route: self.route,
         }
     }
 }
@@ -43,6 +55,7 @@ impl<S> Layer<S> for AuthLayer {
 pub(crate) struct AuthService<S> {
     inner: S,
     state: AppState,
+    route: Option<&'static str>,
 }
 
 impl<S> Service<Request> for AuthService<S>
@@ -65,7 +78,11 @@ where
         AuthFuture {
             inner: Some(inner),
             phase: Phase::Checking {
-                check: Box::pin(clear(self.state.clone(), req)),
+                check: Box::pin(clear(
+                    self.state.clone(),
+                    RouteName::of(self.route, &req),
+                    req,
+                )),
             },
         }
     }

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::HeaderMap;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -22,10 +22,11 @@ use passerelle_store::{AuditAction, KeyVerifier as _, NewAuditEvent, Scope, unix
 use tokio::sync::OwnedSemaphorePermit;
 
 pub(crate) use key_cache::KeyCache;
-pub(crate) use layer::AuthLayer;
+pub(crate) use layer::{AuthLayer, AuthService};
 pub use principal::{ANONYMOUS, Credential, Principal};
 
 use crate::body::attach_to_body;
+use crate::edge::RouteName;
 use crate::error::ApiError;
 use crate::jwt;
 use crate::ratelimit::Admitted;
@@ -95,9 +96,12 @@ impl Hold {
 
 /// The access checks (see the module docs), and after them the gateway's concurrency bound:
 /// callers turned away here never hold a concurrency permit. `Err` is the refusal to answer.
-async fn clear(state: AppState, mut req: Request) -> Result<Cleared, Response> {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("", MatchedPath::as_str);
+async fn clear(
+    state: AppState,
+    route: Option<RouteName>,
+    mut req: Request,
+) -> Result<Cleared, Response> {
+    let route = route.as_ref().map_or("", RouteName::as_str);
     let client = client_addr(&state, &req);
     let principal = match authenticate(&state, req.headers()).await {
         Ok(principal) => principal,
