@@ -1,11 +1,43 @@
-//! Keeping values alive for as long as a response body is.
+//! Keeping values alive for as long as a response body is, and reading a body whole.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::response::Response;
+use bytes::BytesMut;
 use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt as _;
+
+/// All of `body`'s data, its trailers ignored. A body that comes in one frame, as most JSON
+/// bodies do, is returned as it came, where `http_body_util`'s `collect` first queues every
+/// frame in a list of its own (an allocation per body).
+pub(crate) async fn read_all<B>(body: B) -> Result<Bytes, B::Error>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if first.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.freeze()
+    })
+}
 
 pin_project_lite::pin_project! {
     /// A response body that holds `guard` until it is finished or abandoned, and is polled
@@ -55,4 +87,49 @@ pub(crate) fn attach_in_span<G: Send + 'static>(
 ) -> Response {
     let (parts, inner) = response.into_parts();
     Response::from_parts(parts, Body::new(Guarded { inner, guard, span }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures::stream;
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    fn frames(
+        chunks: &[&'static str],
+    ) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>>> {
+        let frames = chunks
+            .iter()
+            .map(|chunk| Ok(Frame::data(Bytes::from_static(chunk.as_bytes()))))
+            .collect::<Vec<_>>();
+        StreamBody::new(stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn one_frame_is_returned_as_it_came() {
+        let read = read_all(frames(&["{\"a\":1}"])).await.unwrap();
+        assert_eq!(read, "{\"a\":1}");
+        let empty = read_all(frames(&[])).await.unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn frames_are_joined_in_order() {
+        let read = read_all(frames(&["", "{\"a\"", "", ":", "1}"]))
+            .await
+            .unwrap();
+        assert_eq!(read, "{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn an_error_ends_the_read() {
+        let failing = StreamBody::new(stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"{"))),
+            Err("cut short"),
+        ]));
+        assert_eq!(read_all(failing).await.unwrap_err(), "cut short");
+    }
 }

@@ -5,9 +5,10 @@ use std::convert::Infallible;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderName, header, request::Parts};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::{LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
+use crate::body::read_all;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -47,8 +48,8 @@ impl FromRequest<AppState> for RawJson {
         // every body the gateway takes comes through here, and each layer's request extension
         // costs an allocation per request.
         let limit = state.config().body_limit_bytes;
-        match Limited::new(req.into_body(), limit).collect().await {
-            Ok(body) => Ok(RawJson(body.to_bytes())),
+        match read_all(Limited::new(req.into_body(), limit)).await {
+            Ok(body) => Ok(RawJson(body)),
             Err(err) if err.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
             Err(err) => Err(ApiError::invalid_request(format!(
                 "Could not read the request body: {err}"

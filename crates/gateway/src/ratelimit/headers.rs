@@ -1,8 +1,10 @@
 //! The `x-ratelimit-*` headers OpenAI sends on every response, refused or not.
 
-use std::fmt::Write as _;
+use std::fmt::Write;
+use std::ops::Range;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The names of one limit's headers: limit, remaining, reset. Built once rather than formatted
@@ -43,12 +45,34 @@ impl RateLimitHeaders {
     /// Writes `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the limits that are set,
     /// replacing any already there.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        // Every value is written into one buffer and each header holds a slice of it: two
+        // allocations per response (the buffer and its shared handle) rather than two for each
+        // value.
+        let mut values = BytesMut::with_capacity(64);
+        let mut spans: [Option<(&HeaderName, Range<usize>)>; 6] = Default::default();
+        let mut next_span = spans.iter_mut();
         for (names, state) in [(&REQUESTS, self.requests), (&TOKENS, self.tokens)] {
             let Some(state) = state else { continue };
-            let [limit, remaining, reset] = names;
-            headers.insert(limit, HeaderValue::from(state.limit));
-            headers.insert(remaining, HeaderValue::from(state.remaining));
-            headers.insert(reset, reset_value(state.reset));
+            let written = [
+                Value::Count(state.limit),
+                Value::Count(state.remaining),
+                Value::Reset(state.reset),
+            ];
+            for (name, value) in names.iter().zip(written) {
+                let start = values.len();
+                // Writing to a `BytesMut` cannot fail.
+                let _ = value.write(&mut values);
+                if let Some(span) = next_span.next() {
+                    *span = Some((name, start..values.len()));
+                }
+            }
+        }
+        let values = values.freeze();
+        for (name, range) in spans.into_iter().flatten() {
+            // Digits, letters and a dot: always a valid header value.
+            if let Ok(value) = HeaderValue::from_maybe_shared(values.slice(range)) {
+                headers.insert(name, value);
+            }
         }
     }
 
@@ -58,42 +82,60 @@ impl RateLimitHeaders {
     }
 }
 
-fn reset_value(reset: Duration) -> HeaderValue {
-    // Digits, letters and a dot: always a valid header value.
-    HeaderValue::try_from(format_reset(reset)).unwrap_or(HeaderValue::from_static("0s"))
+/// One header's value, before it is written.
+enum Value {
+    Count(u32),
+    Reset(Duration),
+}
+
+impl Value {
+    fn write(self, out: &mut impl Write) -> std::fmt::Result {
+        match self {
+            Value::Count(count) => write!(out, "{count}"),
+            Value::Reset(reset) => write_reset(out, reset),
+        }
+    }
 }
 
 /// Formats a duration the way OpenAI's reset headers do (Go's `time.Duration` notation, to the
 /// millisecond): `0s`, `20ms`, `1s`, `8.64s`, `6m0s`, `1h2m3.5s`.
 pub fn format_reset(reset: Duration) -> String {
+    let mut out = String::with_capacity(16);
+    // Writing to a `String` cannot fail.
+    let _ = write_reset(&mut out, reset);
+    out
+}
+
+fn write_reset(out: &mut impl Write, reset: Duration) -> std::fmt::Result {
     // Round up, so a client that waits the advertised time is never early.
     let millis = reset.as_nanos().div_ceil(1_000_000);
     if millis == 0 {
-        return "0s".to_owned();
+        return out.write_str("0s");
     }
     if millis < 1000 {
-        return format!("{millis}ms");
+        return write!(out, "{millis}ms");
     }
     let hours = millis / 3_600_000;
     let minutes = millis / 60_000 % 60;
     let seconds = millis / 1000 % 60;
     let fraction = millis % 1000;
-    let mut out = String::with_capacity(16);
-    // Writing to a `String` cannot fail.
     if hours > 0 {
-        let _ = write!(out, "{hours}h");
+        write!(out, "{hours}h")?;
     }
     if hours > 0 || minutes > 0 {
-        let _ = write!(out, "{minutes}m");
+        write!(out, "{minutes}m")?;
     }
-    let _ = write!(out, "{seconds}");
+    write!(out, "{seconds}")?;
     if fraction > 0 {
-        let digits = format!("{fraction:03}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        // Three digits without their trailing zeros: 500 is `.5`, 50 is `.05`.
+        let (mut digits, mut width) = (fraction, 3);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        write!(out, ".{digits:0width$}")?;
     }
-    out.push('s');
-    out
+    out.write_char('s')
 }
 
 #[cfg(test)]
@@ -110,6 +152,8 @@ mod tests {
             (Duration::from_secs(1), "1s"),
             (Duration::from_millis(8640), "8.64s"),
             (Duration::from_millis(1050), "1.05s"),
+            (Duration::from_millis(1005), "1.005s"),
+            (Duration::from_millis(1500), "1.5s"),
             (Duration::from_secs(59), "59s"),
             (Duration::from_secs(360), "6m0s"),
             (Duration::from_millis(90_500), "1m30.5s"),
@@ -159,5 +203,43 @@ mod tests {
         assert_eq!(headers["x-ratelimit-limit-tokens"], "1000");
         assert_eq!(headers["x-ratelimit-remaining-tokens"], "0");
         assert_eq!(headers["x-ratelimit-reset-tokens"], "6m0s");
+    }
+
+    #[test]
+    fn both_limits_replace_what_was_there() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from_static("stale"),
+        );
+        RateLimitHeaders {
+            requests: Some(WindowState {
+                limit: 3500,
+                remaining: 3499,
+                reset: Duration::from_millis(17),
+            }),
+            tokens: Some(WindowState {
+                limit: 90_000,
+                remaining: 89_872,
+                reset: Duration::from_millis(85_350),
+            }),
+        }
+        .apply(&mut headers);
+        let expected = [
+            ("x-ratelimit-limit-requests", "3500"),
+            ("x-ratelimit-remaining-requests", "3499"),
+            ("x-ratelimit-reset-requests", "17ms"),
+            ("x-ratelimit-limit-tokens", "90000"),
+            ("x-ratelimit-remaining-tokens", "89872"),
+            ("x-ratelimit-reset-tokens", "1m25.35s"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(
+                headers.get_all(name).iter().collect::<Vec<_>>(),
+                [value],
+                "{name}"
+            );
+        }
+        assert_eq!(headers.len(), 6);
     }
 }

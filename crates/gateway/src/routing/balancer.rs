@@ -66,17 +66,12 @@ impl Balancer {
     /// Replicas in `tried` are avoided while another is in rotation.
     pub(crate) fn pick(&mut self, now: Instant, tried: &[usize]) -> Result<usize, AllEjected> {
         self.reinstate(now);
-        let in_rotation = |i: &usize| self.replicas[*i].ejected_until.is_none();
-        let fresh: Vec<usize> = (0..self.replicas.len())
-            .filter(in_rotation)
-            .filter(|i| !tried.contains(i))
-            .collect();
-        let candidates = if fresh.is_empty() {
-            (0..self.replicas.len()).filter(in_rotation).collect()
-        } else {
-            fresh
+        let best_of = |avoid: &[usize]| {
+            (0..self.replicas.len())
+                .filter(|&i| self.replicas[i].ejected_until.is_none() && !avoid.contains(&i))
+                .min_by(|&a, &b| self.compare(a, b))
         };
-        let Some(best) = candidates.into_iter().min_by(|a, b| self.compare(*a, *b)) else {
+        let Some(best) = best_of(tried).or_else(|| best_of(&[])) else {
             return Err(AllEjected {
                 retry_after: self.first_return(now),
             });

@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
-use http_body_util::{BodyDataStream, BodyExt as _};
+use http_body_util::BodyDataStream;
 use serde::Deserialize;
 
 use super::client::UpstreamResponse;
@@ -18,6 +18,7 @@ use super::deadline::Deadline;
 use super::inspect::Inspector;
 use super::sse_split::SseSplitter;
 use super::table::Lease;
+use crate::body::read_all;
 use crate::error::ApiError;
 use crate::llm::Usage;
 use crate::meter::{Meter, Served};
@@ -199,7 +200,7 @@ pub(crate) async fn json(
         model: account.model.clone(),
         status: StatusCode::BAD_GATEWAY.as_u16(),
     };
-    let body = match deadline.within(response.into_body().collect()).await {
+    let body = match deadline.within(read_all(response.into_body())).await {
         Err(_) => {
             lease.failed();
             return Err(ApiError::UpstreamTimeout {
@@ -211,7 +212,7 @@ pub(crate) async fn json(
             tracing::warn!(model = %account.model, error = %err, "upstream answer cut short");
             return Err(failed(&account));
         }
-        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Ok(body)) => body,
     };
     let Ok(peek) = serde_json::from_slice::<Peek<'_>>(&body) else {
         lease.failed();

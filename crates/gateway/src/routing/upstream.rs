@@ -8,10 +8,11 @@ use super::client::{UpstreamClient, UpstreamResponse};
 use super::deadline::Deadline;
 use super::forward::ForwardBody;
 use super::table::{Lease, Pool, Replica};
+use crate::body::read_all;
 use crate::extract::REQUEST_ID_HEADER;
 use axum::http::StatusCode;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use serde::Deserialize;
 
 /// Retry hint when every replica is ejected or unreachable and no better one is known.
@@ -224,11 +225,10 @@ impl Outgoing<'_> {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let body = deadline
-            .within(response.into_body().collect())
+            .within(read_all(response.into_body()))
             .await
             .ok()
             .and_then(Result::ok)
-            .map(|collected| collected.to_bytes())
             .unwrap_or_default();
         UpstreamRejection::read(status, retry_after, &body)
     }
