@@ -28,6 +28,19 @@ struct Subjects {
     calls_since_prune: u32,
 }
 
+impl Subjects {
+    /// `subject`'s state, new if it has none. Its name is copied only then: `entry` would take
+    /// an owned key, an allocation, on every call.
+    fn state_mut(&mut self, subject: &str) -> &mut SubjectState {
+        if !self.map.contains_key(subject) {
+            return self.map.entry(subject.to_owned()).or_default();
+        }
+        self.map
+            .get_mut(subject)
+            .expect("the key was just found, under the same exclusive borrow")
+    }
+}
+
 #[derive(Default)]
 struct SubjectState {
     requests: Bucket,
@@ -98,7 +111,7 @@ impl MemoryBackend {
     ) -> Result<Admitted, Refused> {
         let now = self.now_us();
         let mut subjects = self.lock_for_call(now);
-        let state = subjects.map.entry(subject.to_owned()).or_default();
+        let state = subjects.state_mut(subject);
         let tier = state.tier(now, adaptive);
         let rpm = limits.rpm.map(|limit| bucket::scaled(limit, tier));
         let tpm = limits.tpm.map(|limit| bucket::scaled(limit, tier));
@@ -149,7 +162,7 @@ impl MemoryBackend {
     ) {
         let now = self.now_us();
         let mut subjects = self.lock_for_call(now);
-        let state = subjects.map.entry(subject.to_owned()).or_default();
+        let state = subjects.state_mut(subject);
         let tpm = bucket::scaled(tpm, state.tier(now, adaptive));
         state.tokens = state.tokens.add(tpm, now, tokens as f64);
         let drained = state.tokens.drained_in(tpm, now);
@@ -159,7 +172,7 @@ impl MemoryBackend {
     pub(crate) fn note_violation(&self, subject: &str, adaptive: &AdaptiveConfig) {
         let now = self.now_us();
         let mut subjects = self.lock_for_call(now);
-        let state = subjects.map.entry(subject.to_owned()).or_default();
+        let state = subjects.state_mut(subject);
         state.tier(now, Some(adaptive));
         state.violations.push_back(now);
         while state.violations.len() > adaptive.max_kept() {

@@ -170,13 +170,15 @@ where
     F: Fn(T) -> Fut,
     Fut: Future<Output = Result<(Response, String), ApiError>>,
 {
-    let chain = table.chain(requested);
+    let mut chain = table.chain(requested).peekable();
+    let mut first = true;
     let mut last_error = None;
-    for (position, &model) in chain.iter().enumerate() {
+    while let Some(model) = chain.next() {
+        let is_first = std::mem::take(&mut first);
         if check == KeyCheck::Each
             && let Err(forbidden) = routed.principal.check_model(model)
         {
-            if position == 0 {
+            if is_first {
                 return Err(forbidden);
             }
             continue;
@@ -193,18 +195,18 @@ where
             // included).
             Target::Upstream(pool) => Box::pin(upstream(routed, table, &pool)).await,
         };
-        match result {
-            Err(err) if position + 1 < chain.len() && calls_for_fallback(&err) => {
+        match (result, chain.peek()) {
+            (Err(err), Some(&fallback)) if calls_for_fallback(&err) => {
                 tracing::warn!(
                     model = %model,
-                    fallback = %chain[position + 1],
+                    fallback = %fallback,
                     error = %err,
                     "falling back to another model"
                 );
-                routed.state.metrics().fallback(model, chain[position + 1]);
+                routed.state.metrics().fallback(model, fallback);
                 last_error = Some(err);
             }
-            other => return other,
+            (other, _) => return other,
         }
     }
     Err(last_error.unwrap_or(ApiError::ModelForbidden {

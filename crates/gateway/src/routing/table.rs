@@ -310,7 +310,8 @@ impl RouteTable {
 
     /// The models to try for `requested`, in order: what it resolves to, then its fallbacks
     /// (or those of the alias itself when it has its own), each resolved, without repeats.
-    pub(crate) fn chain<'a>(&'a self, requested: &'a str) -> Vec<&'a str> {
+    /// Lazy: most requests try only the first, and a list would be an allocation for each.
+    pub(crate) fn chain<'a>(&'a self, requested: &'a str) -> impl Iterator<Item = &'a str> {
         let primary = self.resolve(requested);
         let fallbacks = self
             .fallbacks
@@ -318,14 +319,18 @@ impl RouteTable {
             .or_else(|| self.fallbacks.get(primary))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut chain = vec![primary];
-        for fallback in fallbacks {
-            let model = self.resolve(fallback);
-            if !chain.contains(&model) {
-                chain.push(model);
-            }
-        }
-        chain
+        let fallbacks = fallbacks
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, fallback)| {
+                let model = self.resolve(fallback);
+                let repeated = model == primary
+                    || fallbacks[..i]
+                        .iter()
+                        .any(|earlier| self.resolve(earlier) == model);
+                (!repeated).then_some(model)
+            });
+        std::iter::once(primary).chain(fallbacks)
     }
 
     /// Whether `model` is an alias, an upstream model or a cascade: a name the operator
@@ -484,8 +489,9 @@ mod tests {
     #[test]
     fn the_chain_is_the_model_then_its_fallbacks_resolved_once_each() {
         let table = RouteTable::new(&config()).unwrap();
-        assert_eq!(table.chain("newest"), ["big", "small"]);
-        assert_eq!(table.chain("small"), ["small"]);
+        let chain = |model| table.chain(model).collect::<Vec<_>>();
+        assert_eq!(chain("newest"), ["big", "small"]);
+        assert_eq!(chain("small"), ["small"]);
     }
 
     #[test]
