@@ -20,7 +20,7 @@ use axum::response::Response;
 use tower::{Layer, Service};
 
 use crate::body::attach_in_span;
-use crate::extract::REQUEST_ID_HEADER;
+use crate::extract::{REQUEST_ID_HEADER, new_request_id};
 use crate::metrics::{GatewayMetrics, InFlight, RequestTimer};
 
 /// Longest client-supplied request id we keep; longer or non-printable ones are replaced, since
@@ -207,10 +207,7 @@ fn request_id(req: &mut Request) -> HeaderValue {
     {
         return id.clone();
     }
-    let mut buf = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    // A UUID is always a valid header value.
-    let id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("unknown"));
+    let id = new_request_id();
     req.headers_mut().insert(&REQUEST_ID_HEADER, id.clone());
     id
 }

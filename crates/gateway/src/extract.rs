@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, HeaderName, header, request::Parts};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts};
 use bytes::Bytes;
 use http_body_util::{LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
@@ -146,23 +146,51 @@ fn strip_position(message: &str) -> &str {
     }
 }
 
-/// The request's id, as set or propagated by the request-id layer.
+/// The request's id, as set or propagated by the edge layer. Its bytes are shared, not copied,
+/// with the request's header, the upstream request's and the response's.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // The edge layer only lets printable ASCII through.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as the header that carries it.
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let id = parts
-            .headers
-            .get(&REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            // Only when the request-id layer is not installed (unit tests of handlers).
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = match parts.headers.get(&REQUEST_ID_HEADER) {
+            Some(id) if id.to_str().is_ok() => id.clone(),
+            // Only when the edge layer is not installed (unit tests of handlers).
+            _ => new_request_id(),
+        };
         Ok(RequestId(id))
     }
+}
+
+/// A fresh request id: a UUID, in one allocation that every copy of the header shares.
+pub(crate) fn new_request_id() -> HeaderValue {
+    let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+    // A UUID is always a valid header value.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
     client: ClientAddr,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     body: Result<RawJson, ApiError>,
 ) -> Response {
     let started_at = Instant::now();

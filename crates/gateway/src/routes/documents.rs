@@ -23,7 +23,7 @@ use crate::state::AppState;
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     AppJson(body): AppJson<CreateDocumentsRequest>,
 ) -> Result<Response, ApiError> {
     let backend = backend(&state)?;
@@ -94,7 +94,7 @@ pub(crate) async fn delete(
 pub(crate) async fn search(
     State(state): State<AppState>,
     principal: Principal,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     AppJson(body): AppJson<SearchRequest>,
 ) -> Result<Json<SearchResults>, ApiError> {
     let backend = backend(&state)?;

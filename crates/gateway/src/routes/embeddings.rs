@@ -19,7 +19,7 @@ use crate::state::AppState;
 pub(crate) async fn create(
     State(state): State<AppState>,
     principal: Principal,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     body: Result<AppJson<EmbeddingRequest>, ApiError>,
 ) -> Response {
     let started_at = Instant::now();

@@ -72,7 +72,7 @@ const DISABLED: ApiError = ApiError::FeatureDisabled {
 
 pub(crate) async fn create(
     State(state): State<AppState>,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     body: Result<AppJson<ModerationRequest>, ApiError>,
 ) -> Result<Json<ModerationResponse>, ApiError> {
     let AppJson(body) = body?;

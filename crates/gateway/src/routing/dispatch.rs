@@ -22,7 +22,7 @@ use super::upstream::{Outgoing, SendError};
 use crate::answer::{Answer, CACHE_HEADER};
 use crate::auth::{ClientAddr, Principal};
 use crate::error::ApiError;
-use crate::extract::parse_json;
+use crate::extract::{RequestId, parse_json};
 use crate::meter::{Endpoint, Meter};
 use crate::openai::response_id;
 use crate::safety::{self, Reporter, Screening};
@@ -81,7 +81,7 @@ pub(crate) struct Routed<'a> {
     pub(crate) state: &'a AppState,
     pub(crate) principal: &'a Principal,
     pub(crate) client: &'a ClientAddr,
-    pub(crate) request_id: &'a str,
+    pub(crate) request_id: &'a RequestId,
     pub(crate) started_at: Instant,
     pub(crate) api: Api,
     pub(crate) body: &'a [u8],
@@ -272,7 +272,7 @@ async fn upstream(
             state,
             routed.principal,
             &pool.model,
-            routed.request_id,
+            routed.request_id.as_str(),
             || messages().clone(),
         );
         let prompts = read.get().map_or(1, Vec::len);
@@ -303,7 +303,7 @@ async fn upstream(
         api: routed.api,
         body,
         ask_usage: streaming && !client_wants_usage,
-        request_id: routed.request_id,
+        request_id: routed.request_id.header(),
         retries: table.retries,
     };
     let model = &pool.model;

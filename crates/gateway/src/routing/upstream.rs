@@ -106,7 +106,7 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) body: &'a ForwardBody<'a>,
     /// Whether to ask for the usage chunk of a stream the client did not ask for.
     pub(crate) ask_usage: bool,
-    pub(crate) request_id: &'a str,
+    pub(crate) request_id: &'a http::HeaderValue,
     pub(crate) retries: u32,
 }
 
@@ -203,9 +203,7 @@ impl Outgoing<'_> {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
-        if let Ok(id) = http::HeaderValue::from_str(self.request_id) {
-            headers.insert(&REQUEST_ID_HEADER, id);
-        }
+        headers.insert(&REQUEST_ID_HEADER, self.request_id.clone());
         if let Some(key) = &replica.authorization {
             headers.insert(http::header::AUTHORIZATION, key.clone());
         }

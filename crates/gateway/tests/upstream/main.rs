@@ -327,6 +327,33 @@ async fn plain_answers_are_relayed_whole_with_their_usage_accounted() {
 }
 
 #[tokio::test]
+async fn the_upstream_gets_the_request_id_the_client_sees() {
+    let upstream = Upstream::start("a").await;
+    let gateway = Gateway::start(routing(vec![UpstreamConfig::new(
+        "remote",
+        &upstream.base_url,
+    )]))
+    .await;
+    let generated = gateway.send_chat(&ask("remote")).await;
+    assert_eq!(generated.status(), 200);
+    let generated = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(generated.len(), 36, "{generated}");
+    let chosen = gateway
+        .post("/v1/completions", KEY)
+        .header("x-request-id", "trace-42")
+        .json(&json!({"model": "remote", "prompt": "Once"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chosen.status(), 200);
+    assert_eq!(chosen.headers()["x-request-id"], "trace-42");
+    assert_eq!(upstream.request_ids(), [generated.as_str(), "trace-42"]);
+}
+
+#[tokio::test]
 async fn one_deadline_bounds_the_answer_head_and_body_together() {
     let upstream = Upstream::start("a").await;
     let gateway = Gateway::start(RoutingConfig {

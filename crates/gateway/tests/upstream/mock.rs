@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -49,6 +49,8 @@ struct Inner {
     /// The client address of every connection a request came on.
     peers: Mutex<HashSet<SocketAddr>>,
     bodies: Mutex<Vec<Value>>,
+    /// The `x-request-id` of every request, in order (empty when it had none).
+    request_ids: Mutex<Vec<String>>,
     /// When set, streams wait after their first content chunk until notified.
     hold: Mutex<Option<Arc<Notify>>>,
     /// The log-probability of every token, when the request asks for them.
@@ -59,6 +61,16 @@ struct Inner {
     opening: Mutex<Option<String>>,
     /// When set, chat answers call a tool with these arguments instead of saying anything.
     tool_arguments: Mutex<Option<String>>,
+}
+
+impl Inner {
+    fn note_request_id(&self, headers: &HeaderMap) {
+        let id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        self.request_ids.lock().unwrap().push(id.to_owned());
+    }
 }
 
 /// A running mock upstream. Dropping it stops the server.
@@ -76,6 +88,7 @@ impl Upstream {
             hits: AtomicUsize::new(0),
             peers: Mutex::new(HashSet::new()),
             bodies: Mutex::new(Vec::new()),
+            request_ids: Mutex::new(Vec::new()),
             hold: Mutex::new(None),
             logprob: Mutex::new(-0.1),
             text: Mutex::new(None),
@@ -143,6 +156,11 @@ impl Upstream {
         self.inner.peers.lock().unwrap().len()
     }
 
+    /// The `x-request-id` of every request received, in order.
+    pub fn request_ids(&self) -> Vec<String> {
+        self.inner.request_ids.lock().unwrap().clone()
+    }
+
     /// The JSON bodies received, in order.
     pub fn bodies(&self) -> Vec<Value> {
         self.inner.bodies.lock().unwrap().clone()
@@ -166,9 +184,11 @@ pub async fn dead_url() -> String {
 async fn chat(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     inner.peers.lock().unwrap().insert(peer);
+    inner.note_request_id(&headers);
     let behaviour = *inner.behaviour.lock().unwrap();
     if let Behaviour::Slow { head, .. } = behaviour {
         tokio::time::sleep(head).await;
@@ -179,9 +199,11 @@ async fn chat(
 async fn completions(
     State(inner): State<Arc<Inner>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
     inner.peers.lock().unwrap().insert(peer);
+    inner.note_request_id(&headers);
     answer(inner, body, false)
 }
 
