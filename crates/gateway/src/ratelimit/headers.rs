@@ -91,7 +91,7 @@ enum Value {
 impl Value {
     fn write(self, out: &mut impl Write) -> std::fmt::Result {
         match self {
-            Value::Count(count) => write!(out, "{count}"),
+            Value::Count(count) => write_int(out, count),
             Value::Reset(reset) => write_reset(out, reset),
         }
     }
@@ -113,29 +113,37 @@ fn write_reset(out: &mut impl Write, reset: Duration) -> std::fmt::Result {
         return out.write_str("0s");
     }
     if millis < 1000 {
-        return write!(out, "{millis}ms");
+        write_int(out, millis)?;
+        return out.write_str("ms");
     }
     let hours = millis / 3_600_000;
     let minutes = millis / 60_000 % 60;
     let seconds = millis / 1000 % 60;
     let fraction = millis % 1000;
     if hours > 0 {
-        write!(out, "{hours}h")?;
+        write_int(out, hours)?;
+        out.write_char('h')?;
     }
     if hours > 0 || minutes > 0 {
-        write!(out, "{minutes}m")?;
+        write_int(out, minutes)?;
+        out.write_char('m')?;
     }
-    write!(out, "{seconds}")?;
+    write_int(out, seconds)?;
     if fraction > 0 {
         // Three digits without their trailing zeros: 500 is `.5`, 50 is `.05`.
-        let (mut digits, mut width) = (fraction, 3);
-        while digits % 10 == 0 {
-            digits /= 10;
-            width -= 1;
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+        let kept = digits.iter().rposition(|&digit| digit != 0).unwrap_or(0);
+        out.write_char('.')?;
+        for &digit in &digits[..=kept] {
+            write_int(out, digit)?;
         }
-        write!(out, ".{digits:0width$}")?;
     }
     out.write_char('s')
+}
+
+/// `n` in decimal, without the formatting machinery of `write!` (this runs for every response).
+fn write_int(out: &mut impl Write, n: impl itoa::Integer) -> std::fmt::Result {
+    out.write_str(itoa::Buffer::new().format(n))
 }
 
 #[cfg(test)]
