@@ -13,22 +13,22 @@
 # exit. Environment knobs, with their defaults:
 #   PASSERELLE_BIN   ${CARGO_TARGET_DIR:-target}/release/passerelle
 #   LITELLM          litellm (on PATH)
-#   REQUESTS         20000   measured requests per phase (nginx, Passerelle, direct)
+#   REQUESTS         100000  measured requests per phase (nginx, Passerelle, direct)
 #   LITELLM_REQUESTS 1000    measured requests per phase for LiteLLM
 #   WARMUP           500     unmeasured requests before each phase
 #   MAX_SECS         20      longest a measured phase runs
-#   ROUNDS           1       repeat every phase this many times; the table keeps the median
+#   ROUNDS           5       repeat every phase this many times; the table keeps the median
 #   BASE_PORT        18090   mock on BASE_PORT, nginx +1, Passerelle +2, LiteLLM +3
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PASSERELLE_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/passerelle}
 litellm=${LITELLM:-litellm}
-requests=${REQUESTS:-20000}
+requests=${REQUESTS:-100000}
 litellm_requests=${LITELLM_REQUESTS:-1000}
 warmup=${WARMUP:-500}
 max_secs=${MAX_SECS:-20}
-rounds=${ROUNDS:-1}
+rounds=${ROUNDS:-5}
 base=${BASE_PORT:-18090}
 mock_port=$base nginx_port=$((base + 1)) gateway_port=$((base + 2)) litellm_port=$((base + 3))
 key=sk-bench-$$
